@@ -1,0 +1,84 @@
+"""Where background work runs: a time scheduler for delays and an I/O scheduler for calls.
+
+Store calls block (network round trips with a deadline), so they never run on the timer
+thread nor on a store's watch thread: timers hop to the I/O scheduler. On the memory store
+both are the store's scheduler (a ``TestScheduler`` in marble tests), so everything runs in
+virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reactivex import abc
+from reactivex.disposable import Disposable, SerialDisposable
+
+__all__ = ["Backoff", "Runtime"]
+
+log = logging.getLogger("rx_discovery")
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff: the n-th delay is uniform in [d/2, d] with
+    ``d = min(maximum, initial * 2**n)``, so many clients reconnecting at once spread out
+    instead of stampeding the server.
+    """
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    attempt: int = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (and count the attempt)."""
+        ceiling = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a success)."""
+        self.attempt = 0
+
+
+class Runtime:
+    """Runs actions on the I/O scheduler, now or after a delay measured on the timer."""
+
+    def __init__(self, timer: abc.SchedulerBase, io: abc.SchedulerBase) -> None:
+        self.timer = timer
+        self.io = io
+
+    def with_timer(self, timer: abc.SchedulerBase | None) -> Runtime:
+        """The same I/O scheduler with another timer (a caller's ``scheduler=``)."""
+        return self if timer is None else Runtime(timer, self.io)
+
+    def now(self) -> float:
+        """The timer's clock, in seconds."""
+        return self.timer.now.timestamp()
+
+    def run(self, action: Callable[[], None]) -> abc.DisposableBase:
+        """Run ``action`` on the I/O scheduler; exceptions are logged, never lost silently."""
+        return self.io.schedule(lambda _s, _t: _guard(action))
+
+    def after(self, delay: float, action: Callable[[], None]) -> abc.DisposableBase:
+        """Run ``action`` on the I/O scheduler once ``delay`` seconds passed on the timer."""
+        if delay <= 0:
+            return self.run(action)
+        hop = SerialDisposable()
+
+        def fire(_s: abc.SchedulerBase, _t: Any) -> None:
+            hop.disposable = self.run(action)
+
+        timer = self.timer.schedule_relative(delay, fire)
+        return Disposable(lambda: (timer.dispose(), hop.dispose()))
+
+
+def _guard(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception:  # a bug must not kill a scheduler thread silently
+        log.exception("rx-discovery background action failed")

@@ -1,0 +1,181 @@
+"""Discovery settings, from keywords or from the environment.
+
+Secrets (password, private key) never appear in a repr or an error message: errors name the
+setting or the environment variable, not its value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rx_discovery._errors import ConfigError
+
+__all__ = ["Endpoint", "Settings", "DEFAULT_ENDPOINT"]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One etcd member address."""
+
+    host: str
+    port: int
+    secure: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
+    """Parse ``http://host:port``, ``https://host:port`` or ``host:port`` (plain HTTP).
+
+    Raises:
+        ConfigError: naming ``source``.
+    """
+    raw = text.strip()
+    if not raw:
+        raise ConfigError(f"{source}: empty endpoint")
+    if "://" not in raw:
+        raw = "http://" + raw
+    try:
+        parsed = urllib.parse.urlsplit(raw)
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(f"{source}: invalid endpoint {text.strip()!r}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port")
+    if parsed.username or parsed.password:
+        raise ConfigError(f"{source}: put credentials in user/password (ETCD_USER, "
+                          "ETCD_PASSWORD), not in the endpoint URL")
+    return Endpoint(parsed.hostname, port or 2379, parsed.scheme == "https")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to reach etcd. Built by :class:`~rx_discovery.Discovery` from its keywords or by
+    :meth:`from_env`; PEM material is held in memory as bytes.
+
+    Attributes:
+        endpoints: one or more members; calls fail over between them.
+        prefix: keyspace prefix ("" or e.g. "/prod").
+        ca_cert, client_cert, client_key: PEM bytes (None: not used).
+        user, password: etcd authentication (needs TLS on the server side).
+        timeout: deadline of one call, in seconds.
+    """
+
+    endpoints: tuple[Endpoint, ...] = (parse_endpoint(DEFAULT_ENDPOINT),)
+    prefix: str = ""
+    ca_cert: bytes | None = field(default=None, repr=False)
+    client_cert: bytes | None = field(default=None, repr=False)
+    client_key: bytes | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ConfigError("endpoints: at least one etcd endpoint is needed")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ConfigError("client TLS needs both a certificate and a key "
+                              "(ETCD_TLS_CERT and ETCD_TLS_KEY)")
+        if (self.user is None) != (self.password is None):
+            raise ConfigError("etcd authentication needs both a user and a password "
+                              "(ETCD_USER and ETCD_PASSWORD)")
+        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError("timeout must be a positive number of seconds")
+
+    @property
+    def tls(self) -> bool:
+        """True when the connection uses TLS (a CA, a client cert or an https endpoint)."""
+        return (self.ca_cert is not None or self.client_cert is not None
+                or any(e.secure for e in self.endpoints))
+
+    @classmethod
+    def build(cls, endpoints: str | Sequence[str] | None = None, *, prefix: str = "",
+              ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None,
+              client_key: str | bytes | None = None, user: str | None = None,
+              password: str | None = None, timeout: float = 5.0) -> Settings:
+        """Settings from keyword arguments. PEM arguments are file paths (str) or PEM bytes.
+
+        Raises:
+            ConfigError: a setting is invalid (the message names it, never a secret).
+        """
+        if endpoints is None:
+            endpoints = [DEFAULT_ENDPOINT]
+        elif isinstance(endpoints, str):
+            endpoints = endpoints.split(",")
+        parsed = tuple(parse_endpoint(e) for e in endpoints if e.strip())
+        return cls(endpoints=parsed, prefix=_prefix(prefix, "prefix"),
+                   ca_cert=_pem(ca_cert, "ca_cert"), client_cert=_pem(client_cert, "client_cert"),
+                   client_key=_pem(client_key, "client_key"), user=user or None,
+                   password=password if user else None, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``ETCD_HOSTS`` (comma list) or ``ETCD_HOST``, ``ETCD_CACERT``,
+        ``ETCD_TLS_CERT``, ``ETCD_TLS_KEY`` (file paths, or base64 PEM when
+        ``ETCD_TLS_INMEMORY=true``), ``ETCD_USER``, ``ETCD_PASSWORD``, ``ETCD_PREFIX``.
+
+        Raises:
+            ConfigError: naming the variable, never its value when it is a secret.
+        """
+        env = os.environ if environ is None else environ
+        hosts_var = "ETCD_HOSTS" if env.get("ETCD_HOSTS") else "ETCD_HOST"
+        raw_hosts = env.get(hosts_var) or DEFAULT_ENDPOINT
+        endpoints = tuple(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",") if h.strip())
+        if not endpoints:
+            raise ConfigError(f"{hosts_var}: no endpoint in it")
+        inmemory = env.get("ETCD_TLS_INMEMORY", "").strip().lower()
+        if inmemory not in ("", "true", "false", "1", "0", "yes", "no"):
+            raise ConfigError("ETCD_TLS_INMEMORY must be true or false")
+        in_memory = inmemory in ("true", "1", "yes")
+
+        def pem(var: str) -> bytes | None:
+            value = env.get(var)
+            if not value:
+                return None
+            if in_memory:
+                try:
+                    return base64.b64decode(value.strip(), validate=True)
+                except (binascii.Error, ValueError):
+                    raise ConfigError(f"{var}: not valid base64 (ETCD_TLS_INMEMORY=true)") from None
+            return _read_file(value, var)
+
+        user = env.get("ETCD_USER") or None
+        password = env.get("ETCD_PASSWORD") or None
+        if password is not None and user is None:
+            raise ConfigError("ETCD_PASSWORD is set but ETCD_USER is not")
+        if user is not None and password is None:
+            raise ConfigError("ETCD_USER is set but ETCD_PASSWORD is not")
+        return cls(endpoints=endpoints, prefix=_prefix(env.get("ETCD_PREFIX", ""), "ETCD_PREFIX"),
+                   ca_cert=pem("ETCD_CACERT"), client_cert=pem("ETCD_TLS_CERT"),
+                   client_key=pem("ETCD_TLS_KEY"), user=user, password=password)
+
+
+def _prefix(value: str, source: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source} must be a string")
+    if any(ch.isspace() for ch in value):
+        raise ConfigError(f"{source} must not contain whitespace")
+    return value
+
+
+def _read_file(path: str, source: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read file {path!r} ({error.strerror})") from None
+
+
+def _pem(value: str | bytes | None, source: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return _read_file(value, source)

@@ -1,0 +1,321 @@
+"""Discovery: the facade users hold. Streams, registrations and queries of one keyspace.
+
+Data flows one way: store -> :mod:`rx_discovery.sync` (snapshot, watch, resume) ->
+:mod:`rx_discovery._shared` (one watch per service, shared) -> the streams below -> user.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import reactivex
+from reactivex import abc, operators
+from reactivex.scheduler import EventLoopScheduler, ThreadPoolScheduler
+from reactivex.subject import Subject
+
+from rx_discovery._errors import MalformedValue
+from rx_discovery._runtime import Runtime
+from rx_discovery._shared import SharedSync
+from rx_discovery.config import Settings
+from rx_discovery.hostset import HostEvent, HostSet
+from rx_discovery.keys import Keyspace, validate_service_name
+from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
+from rx_discovery.query import ServiceQuery
+from rx_discovery.registration import Registration, prepare_host, validate_ttl
+from rx_discovery.store import Store
+from rx_discovery.sync import Change, Codec, Diagnostic, PrefixSync
+
+__all__ = ["Discovery"]
+
+log = logging.getLogger("rx_discovery")
+
+T = TypeVar("T")
+
+
+class Discovery:
+    """Service discovery on one etcd cluster (or an in-memory store) and one key prefix.
+
+    Creating it does no network I/O and never fails because etcd is down: registrations and
+    streams catch up when etcd appears. Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        endpoints: etcd members (``http://host:port``, comma-separated string or list);
+            default ``http://127.0.0.1:2379``. Calls fail over between them.
+        prefix: keyspace prefix ("" or e.g. "/prod").
+        ca_cert, client_cert, client_key: TLS material, file paths or PEM bytes.
+        user, password: etcd authentication (the server needs TLS for it).
+        timeout: deadline of one etcd call, in seconds.
+        scheduler: times keepalives, backoff and retries (default: one timer thread).
+        store: use this store instead of etcd (see :meth:`in_memory`).
+
+    Raises:
+        ConfigError: a setting is invalid (no secret is ever in the message).
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | None = None, *, prefix: str = "",
+                 ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None,
+                 client_key: str | bytes | None = None, user: str | None = None,
+                 password: str | None = None, timeout: float = 5.0,
+                 scheduler: abc.SchedulerBase | None = None, store: Store | None = None,
+                 settings: Settings | None = None) -> None:
+        if settings is None:
+            settings = Settings.build(endpoints, prefix=prefix, ca_cert=ca_cert,
+                                      client_cert=client_cert, client_key=client_key,
+                                      user=user, password=password, timeout=timeout)
+        self.settings = settings
+        self.keyspace = Keyspace(settings.prefix)
+        self._owned: list[Callable[[], None]] = []
+        if store is None:
+            from rx_discovery.store.etcd import EtcdStore
+
+            store = EtcdStore(settings)
+        # A store with a scheduler of its own (the memory store) runs everything on it, so
+        # a TestScheduler drives it all; etcd calls block, so they get a thread pool.
+        io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
+        default_timer: abc.SchedulerBase | None = io
+        if io is None:
+            pool = ThreadPoolScheduler(8)
+            loop = EventLoopScheduler()
+            self._owned += [loop.dispose, lambda: pool.executor.shutdown(wait=False)]
+            io, default_timer = pool, loop
+        self.store = store
+        self._runtime = Runtime(scheduler or default_timer or io, io)
+        self._lock = threading.Lock()
+        self._host_syncs: dict[str, SharedSync[Host]] = {}
+        self._service_syncs: dict[str, SharedSync[Service]] = {}
+        self._registrations: set[Registration] = set()
+        self._diagnostics: Subject[Diagnostic] = Subject()
+        self._closed = False
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Discovery:
+        """A Discovery configured from ``ETCD_*`` environment variables (see the README).
+
+        Raises:
+            ConfigError: naming the variable at fault.
+        """
+        return cls(settings=Settings.from_env(), **kwargs)
+
+    @classmethod
+    def in_memory(cls, scheduler: abc.SchedulerBase | None = None, *,
+                  prefix: str = "") -> Discovery:
+        """A Discovery on an in-memory store with etcd's semantics, driven by ``scheduler``
+        (e.g. ``reactivex.testing.TestScheduler`` for marble tests; default: a private event
+        loop thread). Its store is :attr:`store` (a :class:`~rx_discovery.testing.MemoryStore`
+        with fault switches)."""
+        from rx_discovery.store.memory import MemoryStore
+
+        return cls(store=MemoryStore(scheduler), prefix=prefix)
+
+    def __enter__(self) -> Discovery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = ("memory" if not hasattr(self.store, "settings")
+                 else ",".join(e.url for e in self.settings.endpoints))
+        return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
+
+    def close(self) -> None:
+        """Dispose every registration (revoking their leases), complete every stream,
+        release the client. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            registrations = list(self._registrations)
+            syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
+                                            *self._service_syncs.values()]
+        for registration in registrations:
+            registration.dispose()
+        for sync in syncs:
+            sync.close()
+        self._diagnostics.on_completed()
+        self.store.close()
+        for release in self._owned:
+            release()
+
+    # --- streams ------------------------------------------------------------------------
+
+    @property
+    def diagnostics(self) -> reactivex.Observable[Diagnostic]:
+        """Every malformed value skipped by a stream (key, reason, revision; never the value).
+
+        Hot: only problems found after you subscribe. Also logged at WARNING.
+        """
+        return self._diagnostics
+
+    def changes(self, service: str, *, scheduler: abc.SchedulerBase | None = None
+                ) -> reactivex.Observable[Change[Host]]:
+        """The raw shared change stream of a service's hosts (``Change[Host]``); the other
+        streams derive from it. Emits on the store's watch thread."""
+        return self._hosts_sync(validate_service_name(service)).observe(scheduler)
+
+    def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
+              observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
+        """The current set of hosts of ``service`` at once, then a new set on every change.
+
+        Hot and shared: every subscriber of this service's streams shares one etcd watch,
+        cancelled when the last one disposes. Gap-free across reconnects and compaction.
+
+        Args:
+            service: the service name.
+            scheduler: times the watch's retries if this subscription starts it.
+            observe_on: deliver on this scheduler instead of the store's watch thread.
+        """
+        name = validate_service_name(service)
+        stream = self.changes(name, scheduler=scheduler).pipe(
+            operators.map(lambda change: HostSet._wrap(name, change.items, change.revision)))
+        return _deliver(stream, observe_on)
+
+    def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
+               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostEvent]:
+        """Each host that comes up (``new``), goes down (``down``) or changes (``update``)
+        after you subscribed. Shares the watch of :meth:`hosts`."""
+        stream = self.changes(service, scheduler=scheduler).pipe(
+            operators.filter(lambda change: not change.initial),
+            operators.flat_map(lambda change: reactivex.from_iterable(_events(change))))
+        return _deliver(stream, observe_on)
+
+    def subscribe_new(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
+                      observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[Host]:
+        """Each host whose key is created after you subscribed (hosts already registered when
+        the stream's first snapshot is read are not new). Shares the watch of :meth:`hosts`."""
+        return self.events(service, scheduler=scheduler, observe_on=observe_on).pipe(
+            operators.filter(lambda event: event.kind == "new"),
+            operators.map(lambda event: event.host))
+
+    def subscribe_down(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
+                       observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[str]:
+        """The uuid of each host whose key is deleted or expires after you subscribed.
+        Shares the watch of :meth:`hosts`."""
+        return self.events(service, scheduler=scheduler, observe_on=observe_on).pipe(
+            operators.filter(lambda event: event.kind == "down"),
+            operators.map(lambda event: event.uuid))
+
+    def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
+                 ) -> reactivex.Observable[Service]:
+        """The service document of ``service`` (current, then each change); nothing while no
+        service key exists. Hot and shared like :meth:`hosts`."""
+        return self._service_sync(validate_service_name(service)).observe(scheduler).pipe(
+            operators.filter(lambda change: bool(change.items)),
+            operators.map(lambda change: next(iter(change.items.values()))))
+
+    def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
+                    observe_on: abc.SchedulerBase | None = None
+                    ) -> reactivex.Observable[Credentials]:
+        """The service's credentials (from its service key): current, then each change."""
+        stream = self.services(service, scheduler=scheduler).pipe(
+            operators.map(lambda service: service.credentials),
+            operators.distinct_until_changed())
+        return _deliver(stream, observe_on)
+
+    # --- registrations and queries ------------------------------------------------------
+
+    def register(self, service: str, host: Host, ttl: float = 5.0, *,
+                 scheduler: abc.SchedulerBase | None = None) -> Registration:
+        """Register ``host`` under ``service`` and keep it registered until disposed.
+
+        Returns at once; the lease grant and puts happen in the background, retried with
+        jittered backoff while etcd is unreachable, for ever. ``reg.wait()`` blocks until
+        the first success.
+
+        Args:
+            service: the service name (no ``/``).
+            host: the host; the Go package's defaults are filled in (see ``reg.host``).
+            ttl: lease TTL in seconds (>= 1; etcd grants at least 2); keepalive every ttl/3.
+            scheduler: times keepalives and backoff (default: the Discovery's).
+
+        Raises:
+            ValueError: a bad service name, host or ttl (before any I/O).
+            RuntimeError: the Discovery is closed.
+        """
+        name = validate_service_name(service)
+        seconds = validate_ttl(ttl)
+        stored = prepare_host(name, host)
+        if self._closed:
+            raise RuntimeError("this Discovery is closed")
+        registration = Registration(
+            self.store, self.keyspace, name, stored, seconds,
+            self._runtime.with_timer(scheduler), self.changes(name, scheduler=scheduler),
+            self._service_sync(name).observe(scheduler))
+        with self._lock:
+            self._registrations.add(registration)
+        registration.status.subscribe(on_completed=lambda: self._forget(registration))
+        registration.start()
+        return registration
+
+    def _forget(self, registration: Registration) -> None:
+        with self._lock:
+            self._registrations.discard(registration)
+
+    def get(self, service: str, shard: str | None = None) -> ServiceQuery:
+        """A one-shot query of ``service`` (of one shard when given); reads on first use.
+
+        Raises:
+            ValueError: a bad service name or shard.
+        """
+        name = validate_service_name(service)
+        if shard is not None and (not isinstance(shard, str) or not shard):
+            raise ValueError("shard must be a non-empty string or None")
+        return ServiceQuery(self.store, self.keyspace, name, shard)
+
+    # --- shared syncs -------------------------------------------------------------------
+
+    def _hosts_sync(self, service: str) -> SharedSync[Host]:
+        keyspace = self.keyspace
+
+        def ident(key: str) -> str | None:
+            uuid = keyspace.uuid_of(service, key)
+            if uuid is None:
+                raise MalformedValue("not a host key (extra path segments or no uuid)", key)
+            return uuid
+
+        codec = Codec(ident, lambda key, value: decode_host(value, key))
+        return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
+                            f"hosts of {service}")
+
+    def _service_sync(self, service: str) -> SharedSync[Service]:
+        key_of_service = self.keyspace.service_key(service)
+        codec = Codec(lambda key: service if key == key_of_service else None,
+                      lambda key, value: decode_service(value, key))
+        return self._shared(self._service_syncs, service, key_of_service, codec,
+                            f"service {service}")
+
+    def _shared(self, cache: dict[str, SharedSync[T]], service: str, prefix: str,
+                codec: Codec[T], label: str) -> SharedSync[T]:
+        with self._lock:
+            shared = cache.get(service)
+            if shared is None:
+                def create(publish: Callable[[Change[T]], None],
+                           timer: abc.SchedulerBase | None) -> PrefixSync[T]:
+                    return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
+                                      publish, self._report, label)
+
+                shared = cache[service] = SharedSync(create)
+            return shared
+
+    def _report(self, diagnostic: Diagnostic) -> None:
+        self._diagnostics.on_next(diagnostic)
+
+
+def _events(change: Change[Host]) -> list[HostEvent]:
+    events = [HostEvent("new", uuid, change.items[uuid], change.revision, change.resync)
+              for uuid in change.added]
+    events += [HostEvent("update", uuid, change.items[uuid], change.revision, change.resync)
+               for uuid in change.updated]
+    events += [HostEvent("down", uuid, host, change.revision, change.resync)
+               for uuid, host in (change.removed or {}).items()]
+    return events
+
+
+def _deliver(stream: reactivex.Observable[T], observe_on: abc.SchedulerBase | None
+             ) -> reactivex.Observable[T]:
+    return stream if observe_on is None else stream.pipe(operators.observe_on(observe_on))

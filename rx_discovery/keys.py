@@ -1,0 +1,87 @@
+"""The keyspace layout shared with the Go package.
+
+``{prefix}/services/{service}/{uuid}`` holds a host (leased); ``{prefix}/services_infos/{service}``
+holds the service (no lease). The prefix is "" by default, or e.g. "/prod".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keyspace", "validate_service_name"]
+
+
+def validate_service_name(name: object) -> str:
+    """Return ``name`` if it is a usable service name.
+
+    Raises:
+        ValueError: not a string, empty, or containing ``/`` or whitespace.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"service name must be a string, got {type(name).__name__}")
+    if not name:
+        raise ValueError("service name must not be empty")
+    if "/" in name:
+        raise ValueError(f"service name must not contain '/': {name!r}")
+    if name != name.strip() or any(ch.isspace() or ord(ch) < 32 for ch in name):
+        raise ValueError(f"service name must not contain whitespace or control characters: "
+                         f"{name!r}")
+    return name
+
+
+def _normalize_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+    prefix = prefix.rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    return prefix
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Builds and parses the keys of one deployment (one prefix)."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", _normalize_prefix(self.prefix))
+
+    @property
+    def services_root(self) -> str:
+        """Prefix of every host key: ``{prefix}/services/``."""
+        return f"{self.prefix}/services/"
+
+    @property
+    def infos_root(self) -> str:
+        """Prefix of every service key: ``{prefix}/services_infos/``."""
+        return f"{self.prefix}/services_infos/"
+
+    def hosts_prefix(self, service: str) -> str:
+        """Prefix of the host keys of one service (ends with ``/``)."""
+        return f"{self.prefix}/services/{service}/"
+
+    def host_key(self, service: str, uuid: str) -> str:
+        """Key of one host."""
+        return f"{self.prefix}/services/{service}/{uuid}"
+
+    def service_key(self, service: str) -> str:
+        """Key of the service document."""
+        return f"{self.prefix}/services_infos/{service}"
+
+    def uuid_of(self, service: str, key: str) -> str | None:
+        """The uuid of a host key of ``service``; None when the key is not one (extra path
+        segments, another service, empty uuid)."""
+        head = self.hosts_prefix(service)
+        if not key.startswith(head):
+            return None
+        uuid = key[len(head):]
+        return uuid if uuid and "/" not in uuid else None
+
+    def service_of(self, key: str) -> str | None:
+        """The service name of a host or service key, None for any other key."""
+        for root in (self.services_root, self.infos_root):
+            if key.startswith(root):
+                name = key[len(root):].split("/", 1)[0]
+                return name or None
+        return None

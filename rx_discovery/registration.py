@@ -1,0 +1,380 @@
+"""Registration: a host held under a lease, kept alive, healed, and revoked on dispose.
+
+Lifecycle (reported on :attr:`Registration.status`)::
+
+    REGISTERING --grant+put--> REGISTERED --keepalive every ttl/3--> REGISTERED
+         ^  (retry with jittered backoff)      |  lease gone, key deleted, or no
+         |                                     v  refresh for a whole ttl
+         +-------------------------------- LOST
+    any state --dispose()--> DISPOSED (lease revoked: the host key vanishes at once)
+
+Background work runs on the Discovery's I/O scheduler; delays (keepalive period, backoff)
+are measured on the registration's ``scheduler``, so a ``TestScheduler`` drives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import html
+import logging
+import math
+import os
+import socket
+import threading
+import uuid as uuidlib
+from typing import Any
+
+import reactivex
+from reactivex import abc, operators
+from reactivex.disposable import CompositeDisposable, SerialDisposable
+from reactivex.subject import BehaviorSubject
+
+from rx_discovery._errors import (
+    AuthenticationFailed,
+    LeaseNotFound,
+    RegistrationError,
+)
+from rx_discovery._runtime import Backoff, Runtime
+from rx_discovery.keys import Keyspace
+from rx_discovery.model import Credentials, Host, Service
+from rx_discovery.store import Store
+from rx_discovery.sync import Change
+
+__all__ = ["Registration", "RegistrationStatus", "prepare_host", "service_document",
+           "validate_ttl"]
+
+log = logging.getLogger("rx_discovery")
+
+
+class RegistrationStatus(enum.Enum):
+    """Where a registration stands."""
+
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    LOST = "lost"
+    DISPOSED = "disposed"
+
+
+def validate_ttl(ttl: object) -> float:
+    """Return ``ttl`` as a float if it is a number of seconds >= 1.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or math.isnan(ttl):
+        raise ValueError(f"ttl must be a number of seconds, got {type(ttl).__name__}")
+    if ttl < 1 or math.isinf(ttl):
+        raise ValueError(f"ttl must be at least 1 second (and finite), got {ttl}")
+    return float(ttl)
+
+
+def _machine_hostname() -> str:
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+def prepare_host(service: str, host: Host) -> Host:
+    """The host as it will be stored: the Go package's registration defaults filled in.
+
+    ``service_name`` is the service; a non-public host without a private hostname uses its
+    hostname; an empty private hostname becomes this machine's name; empty private ports
+    become the ports; the uuid is ``{uuid4}-{private_hostname}`` (unless already set).
+    """
+    if not isinstance(host, Host):
+        raise ValueError(f"host must be a rx_discovery.Host, got {type(host).__name__}")
+    private_hostname = host.private_hostname
+    if not host.public and not private_hostname:
+        private_hostname = host.hostname
+    if not private_hostname:
+        private_hostname = _machine_hostname()
+    return dataclasses.replace(
+        host,
+        service_name=service,
+        private_hostname=private_hostname,
+        private_ports=host.private_ports or host.ports,
+        uuid=host.uuid or f"{uuidlib.uuid4()}-{private_hostname}",
+    )
+
+
+def service_document(service: str, host: Host) -> Service:
+    """The service key's content for a registered host (public hosts publish their address
+    and credentials)."""
+    if host.public:
+        return Service(service, critical=host.critical, public=True, hostname=host.hostname,
+                       ports=host.ports, user=host.user, password=host.password)
+    return Service(service, critical=host.critical)
+
+
+class Registration(abc.DisposableBase):
+    """A host registered under a service, held until disposed.
+
+    Created by :meth:`Discovery.register`, which returns at once; the work goes on in the
+    background (on the Discovery's I/O threads) and never gives up until disposed.
+    Use it as a context manager, or call :meth:`dispose`.
+
+    Attributes:
+        service: the service name.
+        uuid: the host's uuid (last segment of its key).
+        key: the host key in the store.
+        ttl: the lease TTL in seconds.
+    """
+
+    def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
+                 runtime: Runtime, hosts: reactivex.Observable[Change[Host]],
+                 services: reactivex.Observable[Change[Service]]) -> None:
+        self.service = service
+        self.ttl = ttl
+        self._host = host
+        self.uuid = host.uuid
+        self.key = keyspace.host_key(service, host.uuid)
+        self._service_key = keyspace.service_key(service)
+        self._store = store
+        self._runtime = runtime
+        self._lock = threading.Condition(threading.RLock())
+        self._lease = 0
+        self._put_revision = 0  # revision of our last host put; older deletions are stale
+        self._last_refresh = 0.0
+        self._last_error: Exception | None = None
+        self._disposed = False
+        self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
+        self._pending = SerialDisposable()
+        self._subscriptions = CompositeDisposable()
+        self._status: BehaviorSubject[RegistrationStatus] = BehaviorSubject(
+            RegistrationStatus.REGISTERING)
+        self._credentials: BehaviorSubject[Credentials] = BehaviorSubject(host.credentials)
+        self._watch_hosts = hosts
+        self._watch_services = services
+
+    # --- public -------------------------------------------------------------------------
+
+    @property
+    def host(self) -> Host:
+        """The host as stored (defaults filled in, credentials kept in sync)."""
+        return self._host
+
+    @property
+    def ready(self) -> bool:
+        """True while the host key is known to be registered (non-blocking)."""
+        return self._status.value is RegistrationStatus.REGISTERED
+
+    @property
+    def current_status(self) -> RegistrationStatus:
+        """The status now."""
+        return self._status.value
+
+    @property
+    def status(self) -> reactivex.Observable[RegistrationStatus]:
+        """The current status, then every change; completes after DISPOSED.
+
+        Emits on the Discovery's I/O thread (or the caller's, on dispose).
+        """
+        return self._status.pipe(operators.distinct_until_changed())
+
+    @property
+    def credentials(self) -> reactivex.Observable[Credentials]:
+        """The host's current credentials, then each change written to the service key by
+        another host of a public service (the host key is rewritten with them)."""
+        return self._credentials.pipe(operators.distinct_until_changed())
+
+    def wait(self, timeout: float | None = None) -> Registration:
+        """Block until the host is first registered; returns the registration.
+
+        Raises:
+            RegistrationError: not registered within ``timeout`` seconds (the message says the
+                last error), disposed first, or refused by etcd (authentication/permission).
+        """
+        with self._lock:
+            ok = self._lock.wait_for(self._settled, timeout)
+            if self._disposed:
+                raise RegistrationError(f"registration of {self.service!r} was disposed")
+            if isinstance(self._last_error, AuthenticationFailed) and not self.ready:
+                raise RegistrationError(
+                    f"registration of {self.service!r} refused: {self._last_error}")
+            if not ok:
+                raise RegistrationError(
+                    f"registration of {self.service!r} not done after {timeout}s"
+                    + (f" (last error: {type(self._last_error).__name__}: {self._last_error})"
+                       if self._last_error else ""))
+        return self
+
+    def dispose(self) -> None:
+        """Stop keeping the host alive and revoke its lease, so its key vanishes at once.
+
+        Idempotent. If etcd cannot be reached the lease expires by itself after ``ttl``.
+        """
+        with self._lock:
+            if self._disposed:
+                return
+            self._disposed = True
+            lease, self._lease = self._lease, 0
+            self._lock.notify_all()
+        self._pending.dispose()
+        self._subscriptions.dispose()
+        if lease:
+            try:
+                self._store.revoke(lease)
+            except Exception as error:
+                log.warning("%s: could not revoke lease on dispose (%s); the key expires in "
+                            "%ss", self._label, type(error).__name__, self.ttl)
+        log.info("%s: disposed", self._label)
+        self._status.on_next(RegistrationStatus.DISPOSED)
+        self._status.on_completed()
+        self._credentials.on_completed()
+
+    def __enter__(self) -> Registration:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+    def __repr__(self) -> str:
+        return (f"Registration({self.service!r}, uuid={self.uuid!r}, "
+                f"status={self.current_status.name})")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        host = self._host
+        return (f"<b>Registration</b> of <code>{html.escape(self.service)}</code> "
+                f"as <code>{html.escape(host.hostname)}</code> "
+                f"(uuid <code>{html.escape(self.uuid)}</code>, ttl {self.ttl:g}s): "
+                f"<b>{self.current_status.name}</b>")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def _label(self) -> str:
+        return f"registration {self.service}/{self.uuid}"
+
+    def _settled(self) -> bool:
+        return (self._disposed or self.ready
+                or isinstance(self._last_error, AuthenticationFailed))
+
+    def start(self) -> None:
+        """Begin registering in the background (called by Discovery.register)."""
+        self._subscriptions.add(self._watch_hosts.subscribe(on_next=self._on_hosts))
+        if self._host.public:
+            self._subscriptions.add(self._watch_services.subscribe(on_next=self._on_service))
+        self._pending.disposable = self._runtime.run(self._register)
+
+    def _set_status(self, status: RegistrationStatus) -> None:
+        with self._lock:
+            if self._disposed:
+                return
+            self._status.on_next(status)
+            self._lock.notify_all()
+
+    def _failed(self, error: Exception, what: str) -> float:
+        with self._lock:
+            self._last_error = error
+            self._lock.notify_all()
+        delay = self._backoff.next()
+        log.log(logging.INFO if self._backoff.attempt == 1 else logging.DEBUG,
+                "%s: %s failed (%s: %s); retrying in %.2fs", self._label, what,
+                type(error).__name__, error, delay)
+        return delay
+
+    def _register(self) -> None:
+        if self._disposed:
+            return
+        host, old_lease = self._host, self._lease
+        try:
+            lease = self._store.grant(math.ceil(self.ttl))
+            revision = self._store.put(self.key, host.to_json().encode(), lease.id)
+            self._store.put(self._service_key,
+                            service_document(self.service, host).to_json().encode())
+        except Exception as error:
+            self._pending.disposable = self._runtime.after(self._failed(error, "register"),
+                                                           self._register)
+            return
+        with self._lock:
+            if self._disposed:
+                self._revoke_quietly(lease.id)
+                return
+            self._lease, self._put_revision = lease.id, revision
+            self._last_refresh, self._last_error = self._runtime.now(), None
+            self._backoff.reset()
+        if old_lease:
+            self._revoke_quietly(old_lease)
+        log.info("%s: registered (lease %x, ttl %ss)", self._label, lease.id, lease.ttl)
+        self._set_status(RegistrationStatus.REGISTERED)
+        self._schedule_keepalive(lease.ttl / 3)
+
+    def _schedule_keepalive(self, delay: float) -> None:
+        if not self._disposed:
+            self._pending.disposable = self._runtime.after(delay, self._keepalive)
+
+    def _keepalive(self) -> None:
+        lease = self._lease
+        if self._disposed or not lease:
+            return
+        try:
+            self._store.keepalive(lease)
+        except LeaseNotFound:
+            self._lost("the lease expired or was revoked")
+            return
+        except Exception as error:
+            delay = self._failed(error, "keepalive")
+            if self._runtime.now() - self._last_refresh >= self.ttl:
+                self._lost(f"no keepalive for {self.ttl:g}s")
+            else:
+                self._schedule_keepalive(min(delay, self.ttl / 3))
+            return
+        with self._lock:
+            self._last_refresh, self._last_error = self._runtime.now(), None
+            self._backoff.reset()
+        if self.current_status is not RegistrationStatus.REGISTERED:
+            self._set_status(RegistrationStatus.REGISTERED)
+        self._schedule_keepalive(self.ttl / 3)
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            if self._disposed or self.current_status is RegistrationStatus.LOST:
+                return
+        log.info("%s: lost (%s); registering again", self._label, reason)
+        self._set_status(RegistrationStatus.LOST)
+        self._pending.disposable = self._runtime.run(self._register)
+
+    def _revoke_quietly(self, lease: int) -> None:
+        try:
+            self._store.revoke(lease)
+        except Exception:  # the lease expires by itself
+            log.debug("%s: could not revoke old lease %x", self._label, lease)
+
+    # --- what others write --------------------------------------------------------------
+
+    def _on_hosts(self, change: Change[Host]) -> None:
+        """Our key deleted behind our back (lease alive): register again."""
+        if (change.removed and self.uuid in change.removed and self.ready
+                and change.revision > self._put_revision):
+            self._lost("its key was deleted")
+
+    def _on_service(self, change: Change[Service]) -> None:
+        """Credential synchronisation: adopt credentials another host wrote."""
+        service = next(iter(change.items.values()), None)
+        if service is None or not service.public or self._disposed:
+            return
+        credentials = service.credentials
+        if credentials == self._host.credentials:
+            return
+        self._host = dataclasses.replace(self._host, user=credentials.user,
+                                         password=credentials.password)
+        log.info("%s: credentials changed by another host; rewriting the host key", self._label)
+        self._credentials.on_next(credentials)
+        self._pending_rewrite()
+
+    def _pending_rewrite(self) -> None:
+        def rewrite() -> None:
+            lease = self._lease
+            if self._disposed or not lease:
+                return  # a later registration writes the current host anyway
+            try:
+                self._put_revision = self._store.put(self.key, self._host.to_json().encode(),
+                                                     lease)
+            except LeaseNotFound:
+                self._lost("the lease expired or was revoked")
+            except Exception as error:
+                self._runtime.after(self._failed(error, "credential update"), rewrite)
+
+        self._runtime.run(rewrite)

@@ -1,0 +1,279 @@
+"""Keeps the decoded state of one key prefix in sync with the store: snapshot, watch, resume.
+
+This is where "gap-free" lives. A :class:`PrefixSync` reads the prefix (a snapshot at revision
+R), then watches from R + 1 and applies each event once. When the watch fails it is reopened
+from the last revision it applied + 1, after a jittered backoff, for ever; when that revision
+was compacted it reads the prefix again and publishes the difference as an ordinary change.
+Values that do not decode are reported and skipped, never fatal.
+
+Thread: changes are published on the store's watch thread (etcd: the watch reader thread;
+memory: the store's scheduler) or on the I/O scheduler (snapshots); never two at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from reactivex.disposable import SerialDisposable
+
+from rx_discovery._errors import MalformedValue, RevisionCompacted
+from rx_discovery._runtime import Backoff, Runtime
+from rx_discovery.store import EventType, Store, WatchResponse
+
+__all__ = ["Change", "Diagnostic", "PrefixSync", "Codec"]
+
+log = logging.getLogger("rx_discovery")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A problem found in the store that was skipped (the stream went on).
+
+    Attributes:
+        key: the store key holding the bad value.
+        reason: what is wrong (never the value itself).
+        revision: the revision of the bad value (0 when unknown).
+    """
+
+    key: str
+    reason: str
+    revision: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.key} (revision {self.revision}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Change(Generic[T]):
+    """One step of the state of a prefix.
+
+    Attributes:
+        revision: the store revision the state reflects.
+        items: the whole state after the change, ``id -> value`` (do not mutate).
+        added: ids created by this change; updated: ids whose value changed;
+        removed: ``id -> last value`` of the ids that vanished.
+        initial: this is the first state seen (a snapshot), not a change.
+        resync: this change was computed by re-reading the prefix after a compaction.
+    """
+
+    revision: int
+    items: Mapping[str, T]
+    added: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    removed: Mapping[str, T] | None = None
+    initial: bool = False
+    resync: bool = False
+
+    def as_initial(self) -> Change[T]:
+        """The same state as a first snapshot, for a subscriber that joins late."""
+        return Change(self.revision, self.items, initial=True)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.updated or self.removed)
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How a prefix's keys and values become ``id -> value``.
+
+    Attributes:
+        ident: the id of a key; None to ignore the key; raises MalformedValue for a key that
+            belongs here but is unusable (reported).
+        decode: the value of a key; raises MalformedValue (reported, skipped).
+    """
+
+    ident: Callable[[str], str | None]
+    decode: Callable[[str, bytes], T]
+
+
+class PrefixSync(Generic[T]):
+    """The state of one prefix, kept in sync; publishes a :class:`Change` per store change.
+
+    Args:
+        store: the store to read and watch.
+        prefix: the key prefix.
+        codec: turns keys and values into ids and values.
+        runtime: where I/O and backoff timers run.
+        publish: receives each change (see the module doc for the thread).
+        report: receives each skipped bad value.
+        name: a label for log lines.
+    """
+
+    def __init__(self, store: Store, prefix: str, codec: Codec[T], runtime: Runtime,
+                 publish: Callable[[Change[T]], None], report: Callable[[Diagnostic], None],
+                 name: str) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._codec = codec
+        self._runtime = runtime
+        self._publish = publish
+        self._report = report
+        self._name = name
+        self._lock = threading.RLock()
+        self._items: dict[str, T] = {}
+        self._bad: dict[str, int] = {}  # key -> revision of bad values already reported
+        self._revision = 0  # last revision applied
+        self._loaded = False
+        self._stopped = False
+        self._token = object()  # identifies the current watch; stale callbacks are ignored
+        self._watch = SerialDisposable()
+        self._pending = SerialDisposable()
+        self._backoff = Backoff()
+
+    @property
+    def revision(self) -> int:
+        """The last revision applied."""
+        return self._revision
+
+    def start(self) -> None:
+        """Read the prefix and start watching, in the background."""
+        self._pending.disposable = self._runtime.run(self._load)
+
+    def stop(self) -> None:
+        """Cancel the watch and any pending retry. Nothing is published afterwards."""
+        self._stopped = True
+        self._token = object()
+        self._pending.dispose()
+        self._watch.dispose()
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._stopped:
+            return
+        try:
+            snapshot = self._store.get_prefix(self._prefix)
+        except Exception as error:
+            self._retry(self._load, error, "read")
+            return
+        with self._lock:
+            if self._stopped:
+                return
+            items: dict[str, T] = {}
+            for kv in snapshot.items:
+                decoded = self._decode(kv.key, kv.value, kv.mod_revision)
+                if decoded is not None:
+                    items[decoded[0]] = decoded[1]
+            first = not self._loaded
+            change = _diff(self._items, items, snapshot.revision, first, resync=True)
+            self._items, self._revision, self._loaded = items, snapshot.revision, True
+            if first or not change.empty:
+                if not first:
+                    log.info("%s: resynced at revision %d (%d added, %d removed)", self._name,
+                             snapshot.revision, len(change.added), len(change.removed or ()))
+                self._publish(change)
+            self._backoff.reset()
+            self._open_watch()
+
+    # --- watch --------------------------------------------------------------------------
+
+    def _open_watch(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            token = self._token = object()
+            watch = self._store.watch(self._prefix, self._revision + 1)
+            self._watch.disposable = watch.subscribe(
+                on_next=lambda response: self._on_response(token, response),
+                on_error=lambda error: self._on_error(token, error),
+            )
+
+    def _on_response(self, token: object, response: WatchResponse) -> None:
+        with self._lock:
+            if token is not self._token:
+                return
+            self._backoff.reset()
+            if not response.events:  # progress notification: nothing changed up to here
+                self._revision = max(self._revision, response.revision)
+                return
+            before = self._items
+            items = dict(before)
+            touched: set[str] = set()
+            for event in response.events:
+                if event.mod_revision <= self._revision:
+                    continue  # already applied (a resumed watch may overlap)
+                self._revision = event.mod_revision
+                if event.type is EventType.DELETE:
+                    self._bad.pop(event.key, None)
+                    ident = self._ident(event.key, report=False)
+                    if ident is not None and items.pop(ident, None) is not None:
+                        touched.add(ident)
+                else:
+                    decoded = self._decode(event.key, event.value, event.mod_revision)
+                    if decoded is not None:
+                        items[decoded[0]] = decoded[1]
+                        touched.add(decoded[0])
+            change = _diff(before, items, self._revision, initial=False, keys=touched)
+            self._items = items
+            if not change.empty:
+                self._publish(change)
+
+    def _on_error(self, token: object, error: Exception) -> None:
+        with self._lock:
+            if token is not self._token:
+                return
+            self._token = object()
+        if isinstance(error, RevisionCompacted):
+            log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
+                     self._name, self._revision + 1, error.compact_revision)
+            self._pending.disposable = self._runtime.run(self._load)
+        else:
+            self._retry(self._open_watch, error, "watch")
+
+    def _retry(self, action: Callable[[], None], error: Exception, what: str) -> None:
+        if self._stopped:
+            return
+        delay = self._backoff.next()
+        level = logging.INFO if self._backoff.attempt == 1 else logging.DEBUG
+        log.log(level, "%s: %s failed (%s: %s); retrying in %.2fs", self._name, what,
+                type(error).__name__, error, delay)
+        self._pending.disposable = self._runtime.after(delay, action)
+
+    # --- decoding -----------------------------------------------------------------------
+
+    def _ident(self, key: str, report: bool = True, revision: int = 0) -> str | None:
+        try:
+            return self._codec.ident(key)
+        except MalformedValue as error:
+            if report:
+                self._skip(key, error.reason, revision)
+            return None
+
+    def _decode(self, key: str, value: bytes, revision: int) -> tuple[str, T] | None:
+        ident = self._ident(key, revision=revision)
+        if ident is None:
+            return None
+        try:
+            return ident, self._codec.decode(key, value)
+        except MalformedValue as error:
+            self._skip(key, error.reason, revision)
+            return None
+
+    def _skip(self, key: str, reason: str, revision: int) -> None:
+        if self._bad.get(key) == revision:
+            return  # already reported (a resync reads it again)
+        self._bad[key] = revision
+        log.warning("%s: skipped malformed value at %s (revision %d): %s", self._name, key,
+                    revision, reason)
+        self._report(Diagnostic(key, reason, revision))
+
+
+def _diff(before: Mapping[str, T], after: dict[str, T], revision: int, initial: bool,
+          keys: set[str] | None = None, resync: bool = False) -> Change[T]:
+    """The change from ``before`` to ``after``, looking only at ``keys`` when given (the ids
+    a watch response touched: a live event costs O(1), not O(hosts))."""
+    if initial:
+        return Change(revision, after, initial=True)
+    if keys is None:
+        keys = set(before) | set(after)
+    added = tuple(sorted(k for k in keys if k in after and k not in before))
+    updated = tuple(sorted(k for k in keys if k in after and k in before and before[k] != after[k]))
+    removed = {k: before[k] for k in sorted(keys) if k in before and k not in after}
+    return Change(revision, after, added, updated, removed, resync=resync)
