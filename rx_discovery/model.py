@@ -245,7 +245,8 @@ _SERVICE_FIELDS: dict[str, tuple[str, Any]] = {
 def _decode(data: str | bytes | bytearray, key: str, kind: str,
             fields: dict[str, tuple[str, Any]], build: Callable[..., Any]) -> Any:
     try:
-        document = json.loads(data)
+        # decode ourselves: json.loads would guess UTF-16/32 from a BOM; etcd values are UTF-8
+        document = json.loads(data if isinstance(data, str) else data.decode("utf-8"))
     except UnicodeDecodeError:
         raise MalformedValue(f"{kind} value is not valid UTF-8", key) from None
     except ValueError as error:

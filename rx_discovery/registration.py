@@ -202,6 +202,11 @@ class Registration(abc.DisposableBase):
 
         Idempotent. If etcd cannot be reached the lease expires by itself after ``ttl``.
         """
+        self._stop(revoke=True)
+
+    def _stop(self, revoke: bool) -> None:
+        """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
+        to expire), which :func:`rx_discovery.testing.crash` uses."""
         with self._lock:
             if self._disposed:
                 return
@@ -210,7 +215,7 @@ class Registration(abc.DisposableBase):
             self._lock.notify_all()
         self._pending.dispose()
         self._subscriptions.dispose()
-        if lease:
+        if lease and revoke:
             try:
                 self._store.revoke(lease)
             except Exception as error:

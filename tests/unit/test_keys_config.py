@@ -1,0 +1,82 @@
+"""Keyspace layout and settings from keywords / environment."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from rx_discovery import ConfigError, Discovery
+from rx_discovery.config import Settings
+from rx_discovery.keys import Keyspace, validate_service_name
+
+
+def test_keys_without_and_with_prefix() -> None:
+    assert Keyspace().host_key("svc", "u-1") == "/services/svc/u-1"
+    assert Keyspace().service_key("svc") == "/services_infos/svc"
+    prod = Keyspace("prod/")
+    assert prod.host_key("svc", "u") == "/prod/services/svc/u"
+    assert prod.service_key("svc") == "/prod/services_infos/svc"
+    assert prod.hosts_prefix("svc") == "/prod/services/svc/"
+
+
+def test_parse_keys_back() -> None:
+    keys = Keyspace("/p")
+    assert keys.uuid_of("svc", "/p/services/svc/u-1") == "u-1"
+    assert keys.uuid_of("svc", "/p/services/svc/u-1/extra") is None
+    assert keys.uuid_of("svc", "/p/services/svc2/u-1") is None
+    assert keys.uuid_of("svc", "/p/services/svc/") is None
+    assert keys.service_of("/p/services_infos/svc") == "svc"
+    assert keys.service_of("/p/services/svc/u") == "svc"
+    assert keys.service_of("/other") is None
+
+
+@pytest.mark.parametrize("name", ["", "a/b", " a", "a b", "a\n", 3, None])
+def test_bad_service_names(name: object) -> None:
+    with pytest.raises(ValueError):
+        validate_service_name(name)
+
+
+def test_settings_from_env_hosts_prefix_and_failover_list() -> None:
+    settings = Settings.from_env({"ETCD_HOSTS": "http://a:1, https://b:2", "ETCD_HOST": "x:9",
+                                  "ETCD_PREFIX": "/prod"})
+    assert [e.url for e in settings.endpoints] == ["http://a:1", "https://b:2"]
+    assert settings.prefix == "/prod"
+    assert Settings.from_env({"ETCD_HOST": "c:3"}).endpoints[0].url == "http://c:3"
+    assert Settings.from_env({}).endpoints[0].url == "http://127.0.0.1:2379"
+
+
+def test_settings_tls_in_memory_and_files(tmp_path: object) -> None:
+    pem = b"-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
+    env = {"ETCD_TLS_INMEMORY": "true", "ETCD_CACERT": base64.b64encode(pem).decode()}
+    assert Settings.from_env(env).ca_cert == pem
+    with pytest.raises(ConfigError, match="ETCD_CACERT"):
+        Settings.from_env({"ETCD_CACERT": "/nonexistent/ca.pem"})
+    with pytest.raises(ConfigError, match="ETCD_TLS_CERT: not valid base64"):
+        Settings.from_env({"ETCD_TLS_INMEMORY": "true", "ETCD_TLS_CERT": "%%%",
+                           "ETCD_TLS_KEY": "AAAA"})
+
+
+def test_config_errors_name_the_variable_never_the_secret() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ETCD_PASSWORD": "hunter2"})
+    assert "ETCD_USER" in str(caught.value) and "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match="ETCD_HOSTS"):
+        Settings.from_env({"ETCD_HOSTS": "ftp://x:1"})
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ETCD_HOSTS": "http://user:hunter2@x:1"})
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match="key"):
+        Settings.build(client_cert=b"cert")
+
+
+def test_settings_repr_hides_secrets() -> None:
+    settings = Settings.build("http://a:1", user="u", password="hunter2", client_cert=b"C",
+                              client_key=b"PRIVATE")
+    assert "hunter2" not in repr(settings) and "PRIVATE" not in repr(settings)
+
+
+def test_discovery_construction_does_no_io_and_survives_no_server() -> None:
+    # Nothing listens on port 1: creating the Discovery must neither fail nor block.
+    with Discovery("http://127.0.0.1:1", timeout=0.5) as discovery:
+        assert "127.0.0.1:1" in repr(discovery)
