@@ -170,7 +170,7 @@ def test_registration_heals_after_its_lease_is_revoked(
     lease = store.get(registration.key).lease  # type: ignore[union-attr]
     at(scheduler, 10, lambda: store.revoke(lease))
     scheduler.advance_to(20)
-    assert [s for s in statuses.items] == [RegistrationStatus.REGISTERED,
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
                                            RegistrationStatus.LOST,
                                            RegistrationStatus.REGISTERED]
     assert [(e.kind, e.uuid) for e in events.items] == [("down", "uuid-1"), ("new", "uuid-1")]
