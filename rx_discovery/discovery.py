@@ -119,7 +119,7 @@ class Discovery:
         self.close()
 
     def __repr__(self) -> str:
-        where = ("memory" if not hasattr(self.store, "settings")
+        where = ("memory" if self._runtime.io is getattr(self.store, "scheduler", None)
                  else ",".join(e.url for e in self.settings.endpoints))
         return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rx_discovery._errors import MalformedValue, ServiceNotFound
+from rx_discovery._errors import MalformedValue, NoHostFound, ServiceNotFound
 from rx_discovery.hostset import HostSet
 from rx_discovery.keys import Keyspace
 from rx_discovery.model import Host, Service, decode_host, decode_service
@@ -55,7 +55,11 @@ class ServiceQuery:
     def hosts(self) -> HostSet:
         """Every host of the service (of the shard, when one was asked)."""
         hosts = self._load()
-        return hosts if self.shard is None else hosts.require_shard(self.shard)
+        if self.shard is not None:
+            return hosts.require_shard(self.shard)
+        if not hosts:
+            raise NoHostFound(f"no host registered for service {self.service_name!r}")
+        return hosts
 
     def all(self) -> list[Host]:
         """Every host, in key order."""

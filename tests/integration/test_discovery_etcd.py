@@ -1,0 +1,302 @@
+"""Registration, queries and streams against a real etcd (the session's EmbeddedEtcd).
+
+Tests that kill or restart a server start an EmbeddedEtcd of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import etcd3
+import pytest
+from helpers import Recorder, wait_until
+from proxy import TcpProxy
+
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    Host,
+    NoHostFound,
+    NoHostFoundOnShard,
+    RegistrationStatus,
+    ServiceNotFound,
+)
+from rx_discovery.embedded import EmbeddedEtcd
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def discovery(etcd: EmbeddedEtcd, unique_prefix: str) -> Iterator[Discovery]:
+    with Discovery(etcd.endpoint, prefix=unique_prefix) as d:
+        yield d
+
+
+@pytest.fixture
+def raw(etcd: EmbeddedEtcd) -> Iterator[etcd3.Etcd3Client]:
+    host, port = etcd.endpoint.rsplit("//", 1)[1].split(":")
+    client = etcd3.client(host=host, port=int(port))
+    yield client
+    client.close()
+
+
+def host(n: int, **fields: object) -> Host:
+    return Host(hostname=f"host-{n}.test", ports={"http": str(8000 + n)}, **fields)  # type: ignore[arg-type]
+
+
+def subscribe(observable: object) -> Recorder:
+    recorder = Recorder()
+    recorder.subscription = observable.subscribe(recorder)  # type: ignore[attr-defined]
+    return recorder
+
+
+def watchers(server: EmbeddedEtcd) -> float:
+    return server.metric("etcd_debugging_mvcc_watcher_total")
+
+
+# --- registration ------------------------------------------------------------------------
+
+
+def test_register_writes_the_go_wire_format_under_a_lease_of_the_ttl(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    public = Host(hostname="public-domain.dev", ports={"http": "80", "https": "443"},
+                  critical=True, user="user", password="secret", public=True,
+                  private_hostname="node-1.internal.dev", private_ports={"http": "8080"})
+    registration = discovery.register("my-service", public, ttl=7).wait(10)
+    value, meta = raw.get(registration.key)
+    assert registration.key == f"{unique_prefix}/services/my-service/{registration.uuid}"
+    assert value.decode() == (
+        '{"name":"public-domain.dev","service_name":"my-service",'
+        '"ports":{"http":"80","https":"443"},"user":"user","password":"secret","public":true,'
+        '"private_hostname":"node-1.internal.dev","private_ports":{"http":"8080"},'
+        f'"critical":true,"uuid":"{registration.uuid}"}}')
+    service, service_meta = raw.get(f"{unique_prefix}/services_infos/my-service")
+    assert service.decode() == (
+        '{"name":"my-service","critical":true,"hostname":"public-domain.dev","user":"user",'
+        '"password":"secret","ports":{"http":"80","https":"443"},"public":true}')
+    assert service_meta.lease_id == 0
+    lease = etcd3.Lease(meta.lease_id, 7, raw)
+    assert lease.granted_ttl == 7 and 5 <= lease.remaining_ttl <= 7
+    assert registration.uuid.endswith("-node-1.internal.dev")
+
+
+def test_dispose_removes_the_key_at_once(discovery: Discovery, raw: etcd3.Etcd3Client) -> None:
+    registration = discovery.register("svc", host(1)).wait(10)
+    downs = subscribe(discovery.subscribe_down("svc"))
+    wait_until(lambda: discovery.changes("svc") is not None and raw.get(registration.key)[0])
+    registration.dispose()
+    assert raw.get(registration.key)[0] is None  # revoked before dispose() returned
+    wait_until(lambda: downs.items == [registration.uuid], timeout=1.0,
+               message="subscribe_down within a second")
+    registration.dispose()  # idempotent
+
+
+def test_a_revoked_lease_comes_back(discovery: Discovery, raw: etcd3.Etcd3Client) -> None:
+    registration = discovery.register("svc", host(1), ttl=3).wait(10)
+    statuses = subscribe(registration.status)
+    lease_id = raw.get(registration.key)[1].lease_id
+    raw.revoke_lease(lease_id)
+    wait_until(lambda: statuses.items[-2:] == [RegistrationStatus.LOST,
+                                               RegistrationStatus.REGISTERED],
+               timeout=10, message="LOST then REGISTERED")
+    value, meta = raw.get(registration.key)
+    assert value is not None and meta.lease_id != lease_id
+
+
+def test_registration_survives_etcd_killed_and_restarted() -> None:
+    with EmbeddedEtcd(name="restart") as server, Discovery(server.endpoint) as discovery:
+        registration = discovery.register("svc", host(1), ttl=2).wait(10)
+        statuses = subscribe(registration.status)
+        server.kill()
+        wait_until(lambda: RegistrationStatus.LOST in statuses.items, timeout=15,
+                   message="LOST while etcd is down")
+        server.restart()
+        wait_until(lambda: registration.ready, timeout=15, message="registered again")
+        assert discovery.get("svc").first().uuid == registration.uuid
+
+
+def test_register_before_etcd_exists_catches_up_when_it_appears() -> None:
+    server = EmbeddedEtcd(name="late")
+    with Discovery(server.endpoint) as discovery:
+        registration = discovery.register("svc", host(1), ttl=2)
+        with server:
+            registration.wait(20)
+            assert discovery.get("svc").first().uuid == registration.uuid
+
+
+# --- queries -----------------------------------------------------------------------------
+
+
+def test_queries_and_their_errors(discovery: Discovery) -> None:
+    with pytest.raises(ServiceNotFound):
+        discovery.get("svc").all()
+    one = discovery.register("svc", host(1, shard="a")).wait(10)
+    discovery.register("svc", host(2, shard="a")).wait(10)
+    assert {h.uuid for h in discovery.get("svc").all()} == {
+        one.uuid, *[h.uuid for h in discovery.get("svc", shard="a").all()]}
+    assert discovery.get("svc").first().uuid == min(h.uuid for h in discovery.get("svc").all())
+    assert discovery.get("svc").url().startswith("http://host-")
+    with pytest.raises(NoHostFoundOnShard):
+        discovery.get("svc", shard="b").one()
+    assert discovery.get("svc").service().name == "svc"
+    discovery.close()
+    with Discovery(discovery.settings.endpoints[0].url,
+                   prefix=discovery.keyspace.prefix) as again:
+        with pytest.raises(NoHostFound) as caught:
+            again.get("svc").all()  # the service key stays, the hosts are gone
+        assert not isinstance(caught.value, NoHostFoundOnShard)
+
+
+def test_public_service_url_uses_the_service_key(discovery: Discovery) -> None:
+    discovery.register("web", Host(hostname="www.example.com", ports={"https": "443"},
+                                   public=True, private_hostname="node")).wait(10)
+    assert discovery.get("web").url(path="/x") == "https://www.example.com:443/x"
+
+
+# --- streams -----------------------------------------------------------------------------
+
+
+def test_two_subscribers_share_one_watch_cancelled_by_the_last(
+        etcd: EmbeddedEtcd, discovery: Discovery) -> None:
+    before = watchers(etcd)
+    first = subscribe(discovery.hosts("svc"))
+    second = subscribe(discovery.subscribe_new("svc"))
+    wait_until(lambda: first.items and watchers(etcd) == before + 1, message="one watch")
+    third = subscribe(discovery.hosts("svc"))
+    assert len(third.items) == 1  # the late subscriber gets the current set at once
+    assert watchers(etcd) == before + 1
+    for recorder in (first, second, third):
+        recorder.subscription.dispose()
+    wait_until(lambda: watchers(etcd) == before, message="the watch cancelled")
+
+
+def test_new_and_down_within_a_second(discovery: Discovery) -> None:
+    sets = subscribe(discovery.hosts("svc"))
+    news = subscribe(discovery.subscribe_new("svc"))
+    downs = subscribe(discovery.subscribe_down("svc"))
+    wait_until(lambda: sets.items, message="first snapshot")
+    registration = discovery.register("svc", host(1))
+    wait_until(lambda: [h.uuid for h in news.items] == [registration.uuid], timeout=1.0)
+    registration.dispose()
+    wait_until(lambda: downs.items == [registration.uuid], timeout=1.0)
+    assert [len(s) for s in sets.items] == [0, 1, 0]
+
+
+REGISTER_AND_WAIT = textwrap.dedent("""
+    import sys, time
+    from rx_discovery import Discovery, Host
+    d = Discovery(sys.argv[1], prefix=sys.argv[2])
+    r = d.register("svc", Host(hostname="doomed", ports={"http": "1"}), ttl=2).wait(10)
+    print(r.uuid, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_down_within_ttl_after_the_registering_process_is_killed(
+        etcd: EmbeddedEtcd, discovery: Discovery, unique_prefix: str) -> None:
+    downs = subscribe(discovery.subscribe_down("svc"))
+    process = subprocess.Popen([sys.executable, "-c", REGISTER_AND_WAIT, etcd.endpoint,
+                                unique_prefix], stdout=subprocess.PIPE, text=True)
+    try:
+        uuid = process.stdout.readline().strip()  # type: ignore[union-attr]
+        assert uuid
+        os.kill(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: downs.items == [uuid], timeout=2 + 1 + 2,
+                   message="down within ttl + 1 s (+ slack)")
+        assert time.monotonic() - killed <= 2 + 1 + 2
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_restart_mid_stream_every_change_seen_exactly_once() -> None:
+    with EmbeddedEtcd(name="midstream") as server, Discovery(server.endpoint) as discovery:
+        events = subscribe(discovery.events("svc"))
+        sets = subscribe(discovery.hosts("svc"))
+        wait_until(lambda: sets.items, message="first snapshot")
+        writer = Discovery(server.endpoint)
+        before = [writer.register("svc", host(n)).wait(10) for n in range(3)]
+        wait_until(lambda: len(events.items) == 3)
+        server.kill()
+        server.restart()
+        before[0].dispose()
+        after = [writer.register("svc", host(n)).wait(10) for n in range(3, 5)]
+        expected = {("new", r.uuid) for r in before + after} | {("down", before[0].uuid)}
+        wait_until(lambda: len(events.items) >= len(expected), timeout=15)
+        seen = [(e.kind, e.uuid) for e in events.items if e.kind != "update"]
+        assert sorted(seen) == sorted(expected)  # nothing lost, nothing repeated
+        revisions = [e.revision for e in events.items]
+        assert revisions == sorted(revisions)
+        writer.close()
+
+
+def test_compaction_during_an_outage_emits_the_difference(
+        etcd: EmbeddedEtcd, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    port = int(etcd.endpoint.rsplit(":", 1)[1])
+    with TcpProxy(port) as proxy, Discovery(etcd.endpoint, prefix=unique_prefix) as writer:
+        stays = writer.register("svc", host(1)).wait(10)
+        goes = writer.register("svc", host(2)).wait(10)
+        with Discovery(proxy.endpoint, prefix=unique_prefix, timeout=2) as discovery:
+            events = subscribe(discovery.events("svc"))
+            sets = subscribe(discovery.hosts("svc"))
+            wait_until(lambda: sets.items, message="first snapshot")
+            proxy.cut()  # the watcher loses its network; the writer does not
+            goes.dispose()
+            newcomer = writer.register("svc", host(3)).wait(10)
+            revision = raw.put(f"{unique_prefix}/other", "x").header.revision
+            raw.compact(revision, physical=True)
+            proxy.restore()
+            wait_until(lambda: {(e.kind, e.uuid) for e in events.items}
+                       == {("down", goes.uuid), ("new", newcomer.uuid)}, timeout=15)
+            assert all(e.resync for e in events.items)
+            assert set(sets.items[-1]) == {stays.uuid, newcomer.uuid}
+
+
+def test_malformed_value_between_two_valid_ones(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    sets = subscribe(discovery.hosts("svc"))
+    problems = subscribe(discovery.diagnostics)
+    wait_until(lambda: sets.items, message="first snapshot")
+    root = f"{unique_prefix}/services/svc/"
+    raw.put(root + "a", host(1, uuid="a").to_json())
+    raw.put(root + "b", b"\xff not json")
+    raw.put(root + "c", host(3, uuid="c").to_json())
+    wait_until(lambda: set(sets.items[-1]) == {"a", "c"})
+    assert [p.key for p in problems.items] == [root + "b"]
+    assert sets.error is None and not sets.completed
+
+
+def test_credential_change_reaches_both_registrations_and_their_keys(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    public = dict(public=True, user="u1", password="p1", private_hostname="node")
+    one = discovery.register("db", host(1, **public)).wait(10)
+    two = discovery.register("db", host(2, **public)).wait(10)
+    creds = subscribe(one.credentials)
+    service = discovery.get("db").service()
+    raw.put(f"{unique_prefix}/services_infos/db",
+            dataclasses.replace(service, user="u2", password="p2").to_json())
+    wait_until(lambda: creds.items[-1:] == [Credentials("u2", "p2")])
+    for registration in (one, two):
+        wait_until(lambda r=registration: Host.from_json(raw.get(r.key)[0]).credentials
+                   == Credentials("u2", "p2"), message="host key rewritten")
+
+
+def test_secrets_absent_from_reprs_and_errors(discovery: Discovery) -> None:
+    registration = discovery.register("db", host(1, user="u", password="hunter2",
+                                                 public=True)).wait(10)
+    texts = [repr(registration), registration._repr_html_(), repr(registration.host),
+             repr(discovery.get("db").service()), repr(discovery.get("db").hosts()),
+             discovery.get("db").hosts()._repr_html_(), repr(discovery)]
+    assert all("hunter2" not in text for text in texts)
+    with Discovery("http://127.0.0.1:1", user="root", password="hunter2", timeout=0.5) as d:
+        with pytest.raises(Exception) as caught:
+            d.get("db").all()
+        assert "hunter2" not in str(caught.value) and "hunter2" not in repr(d)
