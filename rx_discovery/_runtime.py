@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reactivex import abc
-from reactivex.disposable import Disposable, SerialDisposable
+from reactivex.disposable import CompositeDisposable, SerialDisposable
 
 __all__ = ["Backoff", "Runtime"]
 
@@ -74,7 +74,7 @@ class Runtime:
             hop.disposable = self.run(action)
 
         timer = self.timer.schedule_relative(delay, fire)
-        return Disposable(lambda: (timer.dispose(), hop.dispose()))
+        return CompositeDisposable(timer, hop)
 
 
 def _guard(action: Callable[[], None]) -> None:

@@ -164,6 +164,7 @@ class Discovery:
 
         Hot and shared: every subscriber of this service's streams shares one etcd watch,
         cancelled when the last one disposes. Gap-free across reconnects and compaction.
+        An empty set means "no host registered"; nothing is emitted before the first read.
 
         Args:
             service: the service name.
@@ -171,50 +172,59 @@ class Discovery:
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
         name = validate_service_name(service)
-        stream = self.changes(name, scheduler=scheduler).pipe(
-            operators.map(lambda change: HostSet._wrap(name, change.items, change.revision)))
+
+        def to_set(change: Change[Host]) -> HostSet:
+            return HostSet._wrap(name, change.items, change.revision)
+
+        stream = self.changes(name, scheduler=scheduler).pipe(operators.map(to_set))
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostEvent]:
         """Each host that comes up (``new``), goes down (``down``) or changes (``update``)
         after you subscribed. Shares the watch of :meth:`hosts`."""
-        stream = self.changes(service, scheduler=scheduler).pipe(
-            operators.filter(lambda change: not change.initial),
-            operators.flat_map(lambda change: reactivex.from_iterable(_events(change))))
+        stream: reactivex.Observable[HostEvent] = self.changes(service, scheduler=scheduler).pipe(
+            operators.flat_map(_events))
         return _deliver(stream, observe_on)
 
     def subscribe_new(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                       observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[Host]:
         """Each host whose key is created after you subscribed (hosts already registered when
         the stream's first snapshot is read are not new). Shares the watch of :meth:`hosts`."""
-        return self.events(service, scheduler=scheduler, observe_on=observe_on).pipe(
-            operators.filter(lambda event: event.kind == "new"),
-            operators.map(lambda event: event.host))
+        return self._events_of("new", service, scheduler, observe_on).pipe(
+            operators.map(_host_of))
 
     def subscribe_down(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                        observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[str]:
         """The uuid of each host whose key is deleted or expires after you subscribed.
         Shares the watch of :meth:`hosts`."""
+        return self._events_of("down", service, scheduler, observe_on).pipe(
+            operators.map(_uuid_of))
+
+    def _events_of(self, kind: str, service: str, scheduler: abc.SchedulerBase | None,
+                   observe_on: abc.SchedulerBase | None) -> reactivex.Observable[HostEvent]:
+        def of_kind(event: HostEvent) -> bool:
+            return event.kind == kind
+
         return self.events(service, scheduler=scheduler, observe_on=observe_on).pipe(
-            operators.filter(lambda event: event.kind == "down"),
-            operators.map(lambda event: event.uuid))
+            operators.filter(of_kind))
 
     def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                  ) -> reactivex.Observable[Service]:
         """The service document of ``service`` (current, then each change); nothing while no
         service key exists. Hot and shared like :meth:`hosts`."""
-        return self._service_sync(validate_service_name(service)).observe(scheduler).pipe(
-            operators.filter(lambda change: bool(change.items)),
-            operators.map(lambda change: next(iter(change.items.values()))))
+        stream: reactivex.Observable[Service] = self._service_sync(
+            validate_service_name(service)).observe(scheduler).pipe(
+            operators.flat_map(_values))
+        return stream
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
                     ) -> reactivex.Observable[Credentials]:
         """The service's credentials (from its service key): current, then each change."""
-        stream = self.services(service, scheduler=scheduler).pipe(
-            operators.map(lambda service: service.credentials),
-            operators.distinct_until_changed())
+        stream: reactivex.Observable[Credentials] = self.services(
+            service, scheduler=scheduler).pipe(
+            operators.map(_credentials_of), operators.distinct_until_changed())
         return _deliver(stream, observe_on)
 
     # --- registrations and queries ------------------------------------------------------
@@ -307,6 +317,9 @@ class Discovery:
 
 
 def _events(change: Change[Host]) -> list[HostEvent]:
+    """The events of a change; none for a first snapshot (nothing happened, it was there)."""
+    if change.initial:
+        return []
     events = [HostEvent("new", uuid, change.items[uuid], change.revision, change.resync)
               for uuid in change.added]
     events += [HostEvent("update", uuid, change.items[uuid], change.revision, change.resync)
@@ -314,6 +327,22 @@ def _events(change: Change[Host]) -> list[HostEvent]:
     events += [HostEvent("down", uuid, host, change.revision, change.resync)
                for uuid, host in (change.removed or {}).items()]
     return events
+
+
+def _values(change: Change[Service]) -> list[Service]:
+    return list(change.items.values())
+
+
+def _host_of(event: HostEvent) -> Host:
+    return event.host
+
+
+def _uuid_of(event: HostEvent) -> str:
+    return event.uuid
+
+
+def _credentials_of(service: Service) -> Credentials:
+    return service.credentials
 
 
 def _deliver(stream: reactivex.Observable[T], observe_on: abc.SchedulerBase | None

@@ -26,15 +26,16 @@ class HostSet(Mapping[str, Host]):
         self.service = service
         self.revision = revision
         if isinstance(hosts, Mapping):
-            self._hosts: dict[str, Host] = dict(hosts)
+            self._hosts: Mapping[str, Host] = dict(hosts)
         else:
             self._hosts = {host.uuid: host for host in hosts}
 
     @classmethod
-    def _wrap(cls, service: str, hosts: dict[str, Host], revision: int) -> HostSet:
+    def _wrap(cls, service: str, hosts: Mapping[str, Host], revision: int) -> HostSet:
         """A set over ``hosts`` without copying it (the caller never mutates it again)."""
         self = cls.__new__(cls)
-        self.service, self.revision, self._hosts = service, revision, hosts
+        self.service, self.revision = service, revision
+        self._hosts = hosts
         return self
 
     def __getitem__(self, uuid: str) -> Host:

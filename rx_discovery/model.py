@@ -137,12 +137,12 @@ class Host(DataClassJsonMixin):
         object.__setattr__(self, "private_ports",
                            _sorted_ports("Host", "private_ports", self.private_ports))
 
-    def to_json(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+    def to_json(self, *args: Any, **kwargs: Any) -> str:
         """The compact JSON that Go's ``encoding/json`` writes for this host."""
         return _go_json(self)
 
     @classmethod
-    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Host:  # type: ignore[override]
+    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Host:
         """Decode and validate host JSON; unknown fields are ignored.
 
         Raises:
@@ -203,12 +203,12 @@ class Service(DataClassJsonMixin):
         _check_bool("Service", "public", self.public)
         object.__setattr__(self, "ports", _sorted_ports("Service", "ports", self.ports))
 
-    def to_json(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+    def to_json(self, *args: Any, **kwargs: Any) -> str:
         """The compact JSON that Go's ``encoding/json`` writes for this service."""
         return _go_json(self)
 
     @classmethod
-    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Service:  # type: ignore[override]
+    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Service:
         """Decode and validate service JSON; unknown fields are ignored.
 
         Raises:

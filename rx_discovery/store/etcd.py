@@ -1,0 +1,713 @@
+"""The :class:`~rx_discovery.store.Store` port on a real etcd v3 cluster.
+
+This is the only module that imports ``etcd3`` (python3-etcd3) and ``grpc``. It works around
+the client's known gaps (``/work/shared/reference/ETCD-CLIENT-NOTES.md``):
+
+- a ``MultiEndpointEtcd3Client`` with failover even for one endpoint, and a short retry delay,
+  so one failed call does not lock an endpoint out for 300 s;
+- watches and lease keepalives run on streams owned here, over the generated gRPC stubs and the
+  client's own channels: the library's watcher thread dies silently when a stream ends, and its
+  ``refresh_lease`` opens one stream per refresh;
+- gRPC keepalive, so a frozen server (SIGSTOP, dead network) ends streams within seconds, and
+  short reconnect backoffs, so a restarted server is usable at once;
+- every error (raw ``grpc.RpcError``, ``etcd3.exceptions``, the client's ``ValueError``) is
+  mapped in :func:`_translate` to the library's :class:`~rx_discovery.StoreError` family;
+- an expired auth token makes the store log in again, transparently, once per call.
+
+Threads: calls block the caller's thread (up to ``Settings.timeout``); each watch subscription
+has one daemon reader thread, which emits its notifications; one daemon thread reads the
+shared lease keepalive stream.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import etcd3
+import etcd3.exceptions
+import grpc
+import reactivex
+from etcd3.etcdrpc import kv_pb2
+from reactivex import abc
+from reactivex.disposable import Disposable
+
+from rx_discovery._errors import (
+    AuthenticationFailed,
+    LeaseNotFound,
+    RevisionCompacted,
+    StoreError,
+    StoreUnavailable,
+)
+from rx_discovery.config import Settings
+from rx_discovery.store import (
+    EventType,
+    KeyValue,
+    Lease,
+    Snapshot,
+    WatchEvent,
+    WatchResponse,
+)
+
+__all__ = ["EtcdStore"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A failed endpoint is skipped for this long (python3-etcd3's default is 300 s).
+_ENDPOINT_RETRY_S = 1.0
+
+# etcd enforces a minimum ping interval of 5 s (--grpc-keepalive-min-time) and does not permit
+# pings without an active stream: pinging faster, or when idle, earns a GOAWAY "too_many_pings"
+# that kills every stream of the connection. 6 s + a 2 s ping timeout notices a frozen server
+# within ~8 s. Unlimited pings without data: a watch never sends data after its creation, and
+# gRPC's default (2) would stop pinging an idle watch, so a frozen server would go unnoticed.
+_GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 6000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.ping_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect within seconds after an outage (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 300),
+    ("grpc.min_reconnect_backoff_ms", 300),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # One subchannel per channel: a new store must not inherit another's connection backoff.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+_UNAVAILABLE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+})
+# Codes after which the endpoint is skipped for a while, so that the next call fails over.
+_ENDPOINT_FAILURE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+})
+_MAX_DETAILS = 200
+_DELETE = kv_pb2.Event.DELETE
+
+
+class _TokenExpired(AuthenticationFailed):
+    """The auth token expired or is unknown to the member: log in again and retry once."""
+
+
+# -- error mapping ----------------------------------------------------------------------------
+
+def _translate(error: BaseException, operation: str) -> StoreError | None:
+    """The library error for an error raised by etcd3/gRPC, or None if it is not one of theirs.
+
+    Messages carry the operation, the gRPC status code name and etcd's short reason, never the
+    raw gRPC debug string (which may quote request metadata).
+    """
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return _from_status(error.code(), _details(error), operation)
+    if isinstance(error, (etcd3.exceptions.ConnectionFailedError,
+                          etcd3.exceptions.ConnectionTimeoutError,
+                          etcd3.exceptions.InternalServerError)):
+        return StoreUnavailable(f"{operation}: {error or 'etcd error'}")
+    if isinstance(error, etcd3.exceptions.NoServerAvailableError):
+        return StoreUnavailable(f"{operation}: no etcd endpoint available")
+    if isinstance(error, ValueError) and "failed node" in str(error):
+        return StoreUnavailable(f"{operation}: no etcd endpoint available")
+    if isinstance(error, etcd3.exceptions.Etcd3Exception):
+        return StoreError(f"{operation}: {type(error).__name__}")
+    return None
+
+
+def _details(error: grpc.RpcError) -> str:
+    try:
+        details = error.details() or ""
+    except Exception:  # a non-Call RpcError
+        details = ""
+    return str(details)[:_MAX_DETAILS]
+
+
+def _from_status(code: grpc.StatusCode, details: str, operation: str) -> StoreError:
+    """Map a gRPC status (code and etcd's reason) to a library error."""
+    message = f"{operation}: {getattr(code, 'name', code)} {details}".rstrip()
+    lowered = details.lower()
+    if code == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in lowered:
+        return _TokenExpired(message)
+    if "revision in header is old" in lowered:  # auth store changed: a retry succeeds
+        return StoreUnavailable(message)
+    if code in _UNAVAILABLE_CODES:
+        return StoreUnavailable(message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return LeaseNotFound(message)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+            "authentication" in lowered or "permission denied" in lowered):
+        return AuthenticationFailed(message)
+    return StoreError(message)
+
+
+def _status_code(error: BaseException) -> grpc.StatusCode | None:
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        code: grpc.StatusCode = error.code()
+        return code
+    return None
+
+
+def _public(error: StoreError) -> StoreError:
+    """Hide the internal :class:`_TokenExpired` behind its public class."""
+    return AuthenticationFailed(str(error)) if isinstance(error, _TokenExpired) else error
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` selecting every key that starts with ``prefix`` (as etcd's Go
+    client: the empty prefix selects every key)."""
+    start = _encode(prefix)
+    if not start:
+        return b"\x00", b"\x00"
+    end = bytearray(start)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return start, b"\x00"  # no upper bound
+    end[-1] += 1
+    return start, bytes(end)
+
+
+def _key_value(kv: Any) -> KeyValue:
+    return KeyValue(key=_decode(kv.key), value=bytes(kv.value),
+                    create_revision=kv.create_revision, mod_revision=kv.mod_revision,
+                    version=kv.version, lease=kv.lease)
+
+
+def _watch_event(event: Any) -> WatchEvent:
+    kv = event.kv
+    kind = EventType.DELETE if event.type == _DELETE else EventType.PUT
+    return WatchEvent(type=kind, key=_decode(kv.key), value=bytes(kv.value),
+                      mod_revision=kv.mod_revision, create_revision=kv.create_revision,
+                      version=kv.version, lease=kv.lease)
+
+
+def _per_revision(events: Any) -> Iterator[WatchResponse]:
+    """Split one etcd watch response into one :class:`WatchResponse` per revision.
+
+    etcd packs many revisions into one response when a watch catches up on history; one
+    response per revision (one transaction each) is what the memory store emits too.
+    """
+    batch: list[WatchEvent] = []
+    for event in events:
+        converted = _watch_event(event)
+        if batch and converted.mod_revision != batch[-1].mod_revision:
+            yield WatchResponse(revision=batch[-1].mod_revision, events=tuple(batch))
+            batch = []
+        batch.append(converted)
+    if batch:
+        yield WatchResponse(revision=batch[-1].mod_revision, events=tuple(batch))
+
+
+def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    """Requests of a bidi stream, until a None sentinel (which half-closes it)."""
+    while (request := requests.get()) is not None:
+        yield request
+
+
+# -- the store --------------------------------------------------------------------------------
+
+class EtcdStore:
+    """:class:`~rx_discovery.store.Store` over etcd v3 (python3-etcd3 and its gRPC stubs).
+
+    Construction does no I/O: the client is built (and logs in) on the first call, so a store
+    can be created before etcd is up. Every method is thread-safe and blocks its caller for at
+    most ``settings.timeout`` (plus one transparent re-login when the auth token expired).
+
+    Threads: :meth:`watch` notifications are emitted on that subscription's own daemon reader
+    thread; lease keepalive answers are read by one daemon thread shared by all leases.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        """Keep the settings; connect lazily.
+
+        Args:
+            settings: endpoints, TLS material, credentials and per-call timeout.
+        """
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._endpoints: list[Any] | None = None  # etcd3.Endpoint, each owning a gRPC channel
+        self._client: Any | None = None  # etcd3.MultiEndpointEtcd3Client
+        self._closed = False
+        self._keepalive = _KeepAliveStream(self, settings.timeout)
+        self._watches: set[_WatchSubscription] = set()
+
+    def __repr__(self) -> str:
+        endpoints = ",".join(e.url for e in self._settings.endpoints)
+        return f"<EtcdStore {endpoints}{' closed' if self._closed else ''}>"
+
+    # -- key-value ----------------------------------------------------------------------------
+
+    def get_prefix(self, prefix: str) -> Snapshot:
+        """Every key starting with ``prefix``, sorted by key, with the revision of the read.
+
+        Raises:
+            StoreUnavailable: etcd cannot be reached within the timeout.
+            AuthenticationFailed: credentials or permission refused.
+        """
+        start, end = _prefix_range(prefix)
+        response = self._call("get_prefix", lambda client: client.get_range_response(
+            start, end, sort_order="ascend", sort_target="key"))
+        items = tuple(_key_value(kv) for kv in response.kvs)
+        return Snapshot(revision=response.header.revision, items=items)
+
+    def get(self, key: str) -> KeyValue | None:
+        """One key, or None when absent.
+
+        Raises:
+            StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        response = self._call("get", lambda client: client.get_response(_encode(key)))
+        return _key_value(response.kvs[0]) if response.kvs else None
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write ``key``, attached to ``lease`` unless 0. Returns the new revision.
+
+        Raises:
+            LeaseNotFound: ``lease`` expired or was revoked.
+            StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        response = self._call("put", lambda client: client.put(_encode(key), value, lease=lease))
+        revision: int = response.header.revision
+        return revision
+
+    def delete(self, key: str) -> int:
+        """Delete ``key`` if present. Returns the revision after the call.
+
+        Raises:
+            StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        response = self._call("delete", lambda client: client.delete(
+            _encode(key), return_response=True))
+        revision: int = response.header.revision
+        return revision
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> Lease:
+        """Grant a lease of ``ttl`` seconds (etcd grants at least 2).
+
+        Raises:
+            StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        lease = self._call("grant", lambda client: client.lease(int(ttl)))
+        return Lease(id=lease.id, ttl=lease.ttl)
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh ``lease`` over the store's shared keepalive stream; returns its TTL.
+
+        Concurrent refreshes of one lease share a single request and answer.
+
+        Raises:
+            LeaseNotFound: the lease expired or was revoked.
+            StoreUnavailable: no answer within the timeout, or the stream broke.
+            AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        return self._call("keepalive", lambda client: self._keepalive.refresh(client, lease))
+
+    def revoke(self, lease: int) -> None:
+        """Revoke ``lease``, deleting its keys. A lease that is already gone is not an error.
+
+        Raises:
+            StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
+        """
+        with contextlib.suppress(LeaseNotFound):
+            self._call("revoke", lambda client: client.revoke_lease(lease))
+
+    # -- watch --------------------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int) -> reactivex.Observable[WatchResponse]:
+        """Changes under ``prefix`` from ``start_revision`` on (cold: one etcd watch stream per
+        subscription).
+
+        Emits a :class:`WatchResponse` per etcd response carrying events, and per progress
+        notification (empty ``events``). Fails with :class:`RevisionCompacted` when
+        ``start_revision`` is compacted, :class:`AuthenticationFailed` when refused, and
+        :class:`StoreUnavailable` on any loss of the stream (server down, frozen, failover);
+        never completes. Disposing cancels the stream; nothing is emitted afterwards.
+
+        Threads: subscribing returns at once; the stream is opened, and every notification is
+        emitted, on the subscription's own daemon reader thread.
+        """
+        def subscribe(observer: abc.ObserverBase[WatchResponse],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            subscription = _WatchSubscription(self, prefix, start_revision, observer)
+            subscription.start()
+            return Disposable(subscription.dispose)
+
+        return reactivex.create(subscribe)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel every watch (silently: their observers are not called again), the keepalive
+        stream and pending keepalives, and close the connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            watches, self._watches = list(self._watches), set()
+            endpoints, self._endpoints, self._client = self._endpoints, None, None
+        for watch in watches:
+            watch.dispose()
+        self._keepalive.close()
+        for endpoint in endpoints or ():
+            endpoint.close()
+
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals used by the streams --------------------------------------------------------
+
+    def _call(self, operation: str, action: Callable[[Any], _T]) -> _T:
+        """Run ``action(client)``, mapping errors; log in again once if the token expired."""
+        relogged = False
+        while True:
+            client = None
+            try:
+                client = self._get_client()
+                return action(client)
+            except Exception as exc:
+                error = _translate(exc, operation)
+                if error is None:
+                    raise
+            if isinstance(error, _TokenExpired) and not relogged and client is not None:
+                log.info("etcd auth token expired; logging in again")
+                relogged = True
+                self._drop_client(client)
+                continue
+            raise _public(error)
+
+    def _get_client(self) -> Any:
+        """The current client, built on first use (logging in when credentials are set)."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            if self._client is not None:
+                return self._client
+            if self._endpoints is None:
+                self._endpoints = self._make_endpoints()
+            endpoints = self._endpoints
+        # Logging in is network I/O: do it outside the lock. Clients share the endpoints (and so
+        # the channels): replacing a client after a token expiry does not break open streams.
+        client = etcd3.MultiEndpointEtcd3Client(
+            endpoints=endpoints, timeout=self._settings.timeout, failover=True,
+            user=self._settings.user, password=self._settings.password)
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            if self._client is None:
+                self._client = client
+            return self._client
+
+    def _make_endpoints(self) -> list[Any]:
+        settings = self._settings
+        creds = None
+        if settings.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert,
+                                                 private_key=settings.client_key,
+                                                 certificate_chain=settings.client_cert)
+        return [etcd3.Endpoint(e.host, e.port, secure=settings.tls, creds=creds,
+                               time_retry=_ENDPOINT_RETRY_S, opts=_GRPC_OPTIONS)
+                for e in settings.endpoints]
+
+    def _drop_client(self, stale: Any) -> None:
+        """Forget ``stale`` so that the next call builds (and logs in with) a new client."""
+        with self._lock:
+            if self._client is stale:
+                self._client = None
+
+    def _stream_target(self, client: Any) -> tuple[Any, Any]:
+        """``(channel, metadata)`` for a new stream: the client's current endpoint's channel
+        (so streams fail over with it) and its auth token metadata."""
+        return client.channel, client.metadata
+
+    def _endpoint_failed(self, client: Any, channel: Any) -> None:
+        """Skip the endpoint of ``channel`` for a while, so that calls and new streams fail
+        over, as the client itself does after a failed call."""
+        for endpoint in self._endpoints or ():
+            if endpoint.channel is channel and not endpoint.is_failed():
+                endpoint.fail()
+                # python3-etcd3 caches stubs bound to the old channel; it clears them the same
+                # way in _manage_grpc_errors (python3-etcd3==0.13.0 is pinned).
+                client._clear_old_stubs()
+
+    def _add_watch(self, watch: _WatchSubscription) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._watches.add(watch)
+            return True
+
+    def _remove_watch(self, watch: _WatchSubscription) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+
+# -- lease keepalive --------------------------------------------------------------------------
+
+class _KeepAliveStream:
+    """One long-lived ``LeaseKeepAlive`` bidi stream shared by every lease of a store.
+
+    Callers enqueue a request and wait on a future per lease; a daemon reader thread resolves
+    the futures from the answers. The stream is opened on first use and reopened by the first
+    call after it broke.
+    """
+
+    def __init__(self, store: EtcdStore, timeout: float) -> None:
+        self._store = store
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._stream: _LeaseStream | None = None
+        self._closed = False
+
+    def refresh(self, client: Any, lease: int) -> int:
+        """Send one keepalive for ``lease`` (or join the one in flight) and wait for its TTL.
+
+        Raises:
+            LeaseNotFound: the answer's TTL is 0.
+            StoreUnavailable: no answer within the timeout, or the stream broke.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            stream = self._stream
+            if stream is None or stream.dead:
+                stream = self._stream = _LeaseStream(self._store, client)
+            future = stream.request(lease)
+        try:
+            return future.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            # A stream that does not answer is stuck (e.g. its member lost the leader): drop
+            # it and fail over, so that the next refresh opens a fresh one.
+            stream.abort(StoreUnavailable(
+                f"keepalive: no answer within {self._timeout:g} s"), endpoint_failed=True)
+            raise StoreUnavailable(f"keepalive: no answer within {self._timeout:g} s") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.abort(StoreUnavailable("the store is closed"))
+
+
+class _LeaseStream:
+    """One open ``LeaseKeepAlive`` call, its pending requests and its reader thread."""
+
+    def __init__(self, store: EtcdStore, client: Any) -> None:
+        self._store = store
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: dict[int, concurrent.futures.Future[int]] = {}
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._aborted: StoreError | None = None
+        self.dead = False
+        self._channel, metadata = store._stream_target(client)
+        stub = etcd3.etcdrpc.LeaseStub(self._channel)
+        # Opening the call does no blocking I/O; the reader thread waits for the answers.
+        self._call = stub.LeaseKeepAlive(_queue_iterator(self._requests), metadata=metadata)
+        threading.Thread(target=self._read, name="rx-discovery-lease-keepalive",
+                         daemon=True).start()
+
+    def request(self, lease: int) -> concurrent.futures.Future[int]:
+        """The future answer for ``lease``: the one in flight, or a new request's."""
+        with self._lock:
+            if self.dead:
+                raise StoreUnavailable(str(self._aborted or "keepalive: stream closed"))
+            future = self._pending.get(lease)
+            if future is None:
+                future = self._pending[lease] = concurrent.futures.Future()
+                self._requests.put(etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease))
+            return future
+
+    def abort(self, error: StoreError, endpoint_failed: bool = False) -> None:
+        """Cancel the call; pending and later requests fail with ``error``."""
+        with self._lock:
+            if self.dead:
+                return
+            self._aborted = error
+        if endpoint_failed:
+            self._store._endpoint_failed(self._client, self._channel)
+        self._call.cancel()  # the reader thread then fails the pending futures
+        self._finish(error)
+
+    def _read(self) -> None:
+        """Reader thread: resolve futures from answers until the stream ends."""
+        try:
+            for answer in self._call:
+                with self._lock:
+                    future = self._pending.pop(answer.ID, None)
+                if future is None:
+                    continue
+                if answer.TTL > 0:
+                    future.set_result(answer.TTL)
+                else:
+                    future.set_exception(LeaseNotFound(f"keepalive: lease {answer.ID:x} not "
+                                                       "found (expired or revoked)"))
+            error: StoreError = StoreUnavailable("keepalive: stream ended by the server")
+        except Exception as exc:
+            error = _translate(exc, "keepalive") or StoreUnavailable(
+                f"keepalive: unexpected {type(exc).__name__}")
+            if _status_code(exc) in _ENDPOINT_FAILURE_CODES and self._aborted is None:
+                self._store._endpoint_failed(self._client, self._channel)
+        if self._aborted is None:
+            log.debug("lease keepalive stream ended: %s", error)
+        self._finish(self._aborted or error)
+
+    def _finish(self, error: StoreError) -> None:
+        with self._lock:
+            self.dead = True
+            pending, self._pending = list(self._pending.values()), {}
+        self._requests.put(None)  # ends gRPC's request-sending thread
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+class _WatchSubscription:
+    """One subscription to :meth:`EtcdStore.watch`: one etcd watch stream and its reader
+    thread, which is the only thread calling the observer."""
+
+    def __init__(self, store: EtcdStore, prefix: str, start_revision: int,
+                 observer: abc.ObserverBase[WatchResponse]) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._start_revision = start_revision
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._disposed = False
+        self._call: Any | None = None
+        self._requests: queue.SimpleQueue[Any] | None = None  # of the open stream
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name=f"rx-discovery-watch {self._prefix}",
+                         daemon=True).start()
+
+    def dispose(self) -> None:
+        """Cancel the stream; the observer is not called again. Idempotent."""
+        with self._lock:
+            if self._disposed:
+                return
+            self._disposed = True
+            call = self._call
+        if call is not None:
+            call.cancel()
+        self._store._remove_watch(self)
+
+    def _run(self) -> None:
+        """Reader thread: open the watch, emit its responses, report how it ended."""
+        if not self._store._add_watch(self):
+            self._fail(StoreUnavailable("watch: the store is closed"))
+            return
+        relogged = False
+        while True:
+            client: Any = None
+            try:
+                client = self._store._get_client()
+                self._stream(client)
+                error: StoreError = StoreUnavailable("watch: stream ended by the server")
+            except Exception as exc:
+                error = _translate(exc, "watch") or self._unexpected(exc)
+            if self._disposed:
+                return
+            if isinstance(error, _TokenExpired) and not relogged and client is not None:
+                relogged = True
+                self._store._drop_client(client)
+                continue
+            self._fail(_public(error))
+            return
+
+    def _stream(self, client: Any) -> None:
+        """Open the watch on ``client`` and emit until the stream ends or is disposed.
+
+        Raises:
+            StoreError: a canceled watch; grpc.RpcError when the stream fails.
+        """
+        channel, metadata = self._store._stream_target(client)
+        key, range_end = _prefix_range(self._prefix)
+        create = etcd3.etcdrpc.WatchCreateRequest(
+            key=key, range_end=range_end, start_revision=self._start_revision,
+            progress_notify=True)
+        # The request stream stays open (as Go's client keeps it) until the call ends; its
+        # None sentinel then ends gRPC's request-sending thread.
+        requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        requests.put(etcd3.etcdrpc.WatchRequest(create_request=create))
+        call = etcd3.etcdrpc.WatchStub(channel).Watch(
+            _queue_iterator(requests), metadata=metadata)
+        with self._lock:
+            self._call = call
+            disposed = self._disposed
+        try:
+            if disposed:
+                call.cancel()
+                return
+            for response in call:
+                if self._disposed:
+                    return
+                self._on_response(response)
+        except grpc.RpcError as exc:
+            if _status_code(exc) in _ENDPOINT_FAILURE_CODES and not self._disposed:
+                self._store._endpoint_failed(client, channel)
+            raise
+        finally:
+            call.cancel()  # no-op when already ended
+            requests.put(None)
+
+    def _unexpected(self, error: Exception) -> StoreError:
+        """An error that is not etcd's (e.g. raised by the observer): log it, and end the
+        stream as unavailable so that callers retry rather than lose the stream silently."""
+        if not self._disposed:
+            log.error("watch %r: unexpected error", self._prefix, exc_info=error)
+        return StoreUnavailable(f"watch: unexpected {type(error).__name__}")
+
+    def _on_response(self, response: Any) -> None:
+        if response.compact_revision > 0:
+            raise RevisionCompacted(response.compact_revision)
+        if response.canceled:
+            reason = str(response.cancel_reason)[:_MAX_DETAILS] or "canceled by the server"
+            if "permission denied" in reason or "auth" in reason:
+                # etcd cancels a watch created with an expired token this way.
+                raise _TokenExpired(f"watch: {reason}")
+            raise StoreUnavailable(f"watch: {reason}")
+        if not response.events:
+            if not response.created:  # a progress notification
+                self._emit(WatchResponse(revision=response.header.revision, events=()))
+            return
+        for batch in _per_revision(response.events):
+            self._emit(batch)
+
+    def _emit(self, response: WatchResponse) -> None:
+        if not self._disposed:
+            self._observer.on_next(response)
+
+    def _fail(self, error: StoreError) -> None:
+        with self._lock:
+            if self._disposed:
+                return
+            self._disposed = True  # nothing may follow an error
+        self._store._remove_watch(self)
+        self._observer.on_error(error)
