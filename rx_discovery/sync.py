@@ -189,7 +189,9 @@ class PrefixSync(Generic[T]):
         with self._lock:
             if token is not self._token:
                 return
-            self._backoff.reset()
+            if self._backoff.attempt:
+                log.info("%s: watch resumed from revision %d", self._name, self._revision + 1)
+                self._backoff.reset()
             if not response.events:  # progress notification: nothing changed up to here
                 self._revision = max(self._revision, response.revision)
                 return
