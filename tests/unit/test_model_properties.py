@@ -1,0 +1,67 @@
+"""Property tests: encoding round-trips, and decoding anything raises only MalformedValue."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rx_discovery import Host, MalformedValue, Service
+
+text = st.text(max_size=20)
+name = st.text(min_size=1, max_size=20)
+ports = st.dictionaries(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=6),
+                        max_size=4)
+
+hosts = st.builds(Host, hostname=name, service_name=text, ports=ports, user=text,
+                  password=text, public=st.booleans(), private_hostname=text,
+                  private_ports=ports, critical=st.booleans(), shard=text, uuid=text)
+services = st.builds(Service, name=name, critical=st.booleans(), hostname=text, user=text,
+                     password=text, ports=ports, public=st.booleans())
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=10)
+host_like = st.fixed_dictionaries(
+    {}, optional={key: json_values | st.text() for key in (
+        "name", "service_name", "ports", "user", "password", "public", "private_hostname",
+        "private_ports", "critical", "shard", "uuid")})
+
+
+@given(hosts)
+def test_host_round_trips_and_agrees_with_dataclasses_json(host: Host) -> None:
+    encoded = host.to_json()
+    assert Host.from_json(encoded) == host
+    assert Host.from_json(encoded.encode()) == host
+    assert Host.from_dict(json.loads(encoded), infer_missing=True) == host
+    assert host.password == "" or f'"password":{json.dumps(host.password)}' not in repr(host)
+
+
+@given(services)
+def test_service_round_trips(service: Service) -> None:
+    assert Service.from_json(service.to_json()) == service
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200) | host_like.map(lambda d: json.dumps(d).encode()))
+def test_decoding_anything_raises_only_malformed_value(data: bytes) -> None:
+    for decode in (Host.from_json, Service.from_json):
+        try:
+            decode(data)
+        except MalformedValue:
+            pass
+
+
+@given(host_like)
+def test_fast_decoder_accepts_exactly_what_validates(document: dict[str, object]) -> None:
+    """Whenever the fast path accepts a document, dataclasses-json builds the same Host."""
+    try:
+        host = Host.from_json(json.dumps(document))
+    except MalformedValue:
+        return
+    reference = Host.from_dict({k: v for k, v in document.items() if v is not None},
+                               infer_missing=True)
+    assert reference == host
