@@ -6,6 +6,7 @@ Data flows one way: store -> :mod:`rx_discovery.sync` (snapshot, watch, resume) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -93,13 +94,21 @@ class Discovery:
     # --- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> Discovery:
-        """A Discovery configured from ``ETCD_*`` environment variables (see the README).
+    def from_env(cls, *, prefix: str | None = None, timeout: float | None = None,
+                 scheduler: abc.SchedulerBase | None = None) -> Discovery:
+        """A Discovery configured from ``ETCD_*`` environment variables (see the README);
+        ``prefix`` and ``timeout``, when given, override ``ETCD_PREFIX`` and the default.
 
         Raises:
             ConfigError: naming the variable at fault.
         """
-        return cls(settings=Settings.from_env(), **kwargs)
+        settings = Settings.from_env()
+        overrides: dict[str, Any] = {}
+        if prefix is not None:
+            overrides["prefix"] = prefix
+        if timeout is not None:
+            overrides["timeout"] = timeout
+        return cls(settings=dataclasses.replace(settings, **overrides), scheduler=scheduler)
 
     @classmethod
     def in_memory(cls, scheduler: abc.SchedulerBase | None = None, *,

@@ -281,12 +281,15 @@ class EmbeddedEtcd:
         process.wait()
 
     def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
+        """Freeze the server (SIGSTOP): connections stay open but nothing answers. Returns once
+        the process is stopped."""
         self._signal(signal.SIGSTOP)
+        self._wait_stopped(True)
 
     def resume(self) -> None:
-        """Unfreeze a paused server (SIGCONT)."""
+        """Unfreeze a paused server (SIGCONT). Returns once the process runs again."""
         self._signal(signal.SIGCONT)
+        self._wait_stopped(False)
 
     def restart(self, wait: bool = True) -> EmbeddedEtcd:
         """Stop (if running) and start again on the same ports with the same data."""
@@ -378,6 +381,23 @@ class EmbeddedEtcd:
         if not self.running or self._process is None:
             raise RuntimeError(f"etcd {self.name!r} is not running")
         self._process.send_signal(signum)
+
+    def _wait_stopped(self, stopped: bool, timeout: float = 5.0) -> None:
+        """Wait until the process state (Linux /proc) says stopped or not: signals are
+        delivered asynchronously, and a test must not race them."""
+        stat = f"/proc/{self.pid}/stat"
+        if not os.path.exists(stat):
+            return  # not Linux: nothing to wait on
+
+        def check() -> bool | None:
+            try:
+                with open(stat) as handle:
+                    state = handle.read().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                return True  # exited
+            return True if (state in ("T", "t")) == stopped else None
+
+        _poll(check, timeout, interval=0.005)
 
     def _returncode(self) -> int | None:
         return None if self._process is None else self._process.returncode

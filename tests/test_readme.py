@@ -50,7 +50,8 @@ def test_python_blocks_run(etcd: EmbeddedEtcd, unique_prefix: str,
             try:
                 exec(compile(code, f"README.md python block {number}", "exec"), namespace)
             except Exception as error:
-                raise AssertionError(f"README python block {number} failed: {error!r}\n{code}")
+                raise AssertionError(f"README python block {number} failed: {error!r}\n{code}"
+                                     ) from error
     finally:
         discovery = namespace.get("discovery")
         if discovery is not None:

@@ -113,7 +113,7 @@ def _translate(error: BaseException, operation: str) -> StoreError | None:
     if isinstance(error, (etcd3.exceptions.ConnectionFailedError,
                           etcd3.exceptions.ConnectionTimeoutError,
                           etcd3.exceptions.InternalServerError)):
-        return StoreUnavailable(f"{operation}: {error or 'etcd error'}")
+        return StoreUnavailable(f"{operation}: {str(error) or type(error).__name__}")
     if isinstance(error, etcd3.exceptions.NoServerAvailableError):
         return StoreUnavailable(f"{operation}: no etcd endpoint available")
     if isinstance(error, ValueError) and "failed node" in str(error):
@@ -143,8 +143,8 @@ def _from_status(code: grpc.StatusCode, details: str, operation: str) -> StoreEr
         return StoreUnavailable(message)
     if code == grpc.StatusCode.NOT_FOUND:
         return LeaseNotFound(message)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-            "authentication" in lowered or "permission denied" in lowered):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+            reason in lowered for reason in ("authentication", "permission denied", "user name")):
         return AuthenticationFailed(message)
     return StoreError(message)
 
@@ -338,8 +338,9 @@ class EtcdStore:
         """Changes under ``prefix`` from ``start_revision`` on (cold: one etcd watch stream per
         subscription).
 
-        Emits a :class:`WatchResponse` per etcd response carrying events, and per progress
-        notification (empty ``events``). Fails with :class:`RevisionCompacted` when
+        Emits one :class:`WatchResponse` per revision (all the events of one transaction, with
+        ``revision`` = their revision), and one per progress notification (empty ``events``,
+        ``revision`` = the server's revision). Fails with :class:`RevisionCompacted` when
         ``start_revision`` is compacted, :class:`AuthenticationFailed` when refused, and
         :class:`StoreUnavailable` on any loss of the stream (server down, frozen, failover);
         never completes. Disposing cancels the stream; nothing is emitted afterwards.
@@ -392,7 +393,8 @@ class EtcdStore:
                 error = _translate(exc, operation)
                 if error is None:
                     raise
-            if isinstance(error, _TokenExpired) and not relogged and client is not None:
+            if (isinstance(error, _TokenExpired) and not relogged and client is not None
+                    and self._settings.user):
                 log.info("etcd auth token expired; logging in again")
                 relogged = True
                 self._drop_client(client)
@@ -550,8 +552,8 @@ class _LeaseStream:
             self._aborted = error
         if endpoint_failed:
             self._store._endpoint_failed(self._client, self._channel)
-        self._call.cancel()  # the reader thread then fails the pending futures
-        self._finish(error)
+        self._call.cancel()
+        self._finish(error)  # now, rather than when the reader thread notices the cancel
 
     def _read(self) -> None:
         """Reader thread: resolve futures from answers until the stream ends."""
@@ -622,6 +624,9 @@ class _WatchSubscription:
         """Reader thread: open the watch, emit its responses, report how it ended."""
         if not self._store._add_watch(self):
             self._fail(StoreUnavailable("watch: the store is closed"))
+            return
+        if self._disposed:  # disposed before this thread started
+            self._store._remove_watch(self)
             return
         relogged = False
         while True:

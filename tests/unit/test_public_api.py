@@ -8,8 +8,8 @@ from reactivex.testing import TestScheduler
 import rx_discovery
 from rx_discovery import (
     ConfigError,
-    DiscoveryError,
     Discovery,
+    DiscoveryError,
     Host,
     MalformedValue,
     NoHostFound,

@@ -1,0 +1,49 @@
+"""Small helpers shared by the tests (import as ``from helpers import wait_until``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,
+               message: str = "") -> None:
+    """Poll ``predicate`` until it returns something truthy.
+
+    Raises:
+        AssertionError: still falsy after ``timeout`` seconds (with ``message``).
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                                 f"{message or getattr(predicate, '__name__', 'a condition')}")
+        time.sleep(interval)
+
+
+class Recorder:
+    """Observer that records what an observable emits (from any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Any] = []
+        self.error: Exception | None = None
+        self.completed = False
+        self.subscription: Any = None  # set by the test, to dispose it
+
+    def on_next(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def on_error(self, error: Exception) -> None:
+        self.error = error
+
+    def on_completed(self) -> None:
+        self.completed = True
+
+    @property
+    def items(self) -> list[Any]:
+        with self._lock:
+            return list(self._items)

@@ -1,0 +1,86 @@
+"""EmbeddedEtcd and EmbeddedEtcdCluster: lifecycle, faults, readiness, metrics, cleanup."""
+
+from __future__ import annotations
+
+import os
+
+import etcd3
+import pytest
+from helpers import wait_until
+
+from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster
+
+pytestmark = pytest.mark.etcd
+
+
+def _client(server: EmbeddedEtcd) -> etcd3.Etcd3Client:
+    return etcd3.client("127.0.0.1", server.client_port, timeout=3)
+
+
+def test_restart_keeps_ports_and_data_and_close_cleans_up() -> None:
+    with EmbeddedEtcd() as server:
+        endpoint, data_dir, first_pid = server.endpoint, server.data_dir, server.pid
+        assert endpoint.startswith("http://127.0.0.1:") and server.endpoints == [endpoint]
+        assert first_pid is not None and os.path.isdir(data_dir)
+        client = _client(server)
+        client.put("/kept", b"v")
+        client.close()
+
+        server.kill()
+        assert not server.running and server.pid is None
+        server.restart()
+        assert server.endpoint == endpoint and server.data_dir == data_dir
+        assert server.pid not in (None, first_pid)
+        client = _client(server)
+        assert client.get("/kept")[0] == b"v"
+        client.close()
+
+        server.stop()
+        server.stop()  # idempotent
+        server.start()
+        assert server.healthy()
+        pid = server.pid
+    assert not os.path.exists(data_dir)
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_pause_and_resume() -> None:
+    with EmbeddedEtcd() as server:
+        server.pause()
+        assert not server.healthy()  # frozen: /health does not answer
+        server.resume()
+        server.wait_ready(5)
+        assert server.healthy()
+
+
+def test_metrics() -> None:
+    with EmbeddedEtcd() as server:
+        assert "etcd_server_is_leader 1" in server.metrics()
+        assert server.is_leader()
+        assert server.metric("etcd_server_has_leader") == 1
+        assert server.metric("no_such_metric") == 0
+
+
+def test_a_server_that_cannot_start_reports_its_log() -> None:
+    with pytest.raises(RuntimeError, match="exited"), \
+            EmbeddedEtcd(extra_args=["--no-such-flag"]):
+        pass
+
+
+def test_cluster_elects_a_new_leader_when_the_leader_dies() -> None:
+    with EmbeddedEtcdCluster(3) as cluster:
+        assert len(cluster.members) == 3 and len(set(cluster.endpoints)) == 3
+        leader = cluster.leader()
+        assert leader in cluster.members
+        assert sum(member.is_leader() for member in cluster.members) == 1
+
+        leader.kill()
+        new_leader = cluster.leader(timeout=10)
+        assert new_leader is not leader
+        leader.restart()
+        cluster.wait_ready()
+        wait_until(lambda: all(m.healthy() for m in cluster.members), message="all healthy")
+        data_dirs = [member.data_dir for member in cluster.members]
+    assert not any(os.path.exists(path) for path in data_dirs)

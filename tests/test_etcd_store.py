@@ -1,0 +1,360 @@
+"""EtcdStore behaviour specific to real etcd: outages, frozen servers, compaction, the shared
+keepalive stream, failover in a cluster, TLS and auth token expiry.
+
+The Store contract itself (what the memory store does too) is in tests/store_contract.py.
+Tests that kill or pause a server start their own; the others use the session's ``etcd``.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import etcd3
+import pytest
+from helpers import Recorder, wait_until
+
+from rx_discovery._errors import (
+    AuthenticationFailed,
+    LeaseNotFound,
+    RevisionCompacted,
+    StoreUnavailable,
+)
+from rx_discovery.config import Settings
+from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles, etcd_binary
+from rx_discovery.store import EventType, Store
+from rx_discovery.store.etcd import EtcdStore
+
+pytestmark = pytest.mark.etcd
+
+MakeStore = Callable[..., EtcdStore]
+
+
+@pytest.fixture
+def make_store() -> Iterator[MakeStore]:
+    """``make_store(endpoints, **settings)``: an EtcdStore closed after the test."""
+    stores: list[EtcdStore] = []
+
+    def make(endpoints: list[str], **settings: Any) -> EtcdStore:
+        settings.setdefault("timeout", 2.0)
+        store = EtcdStore(Settings.build(endpoints, **settings))
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def private_etcd() -> Iterator[EmbeddedEtcd]:
+    """An etcd of the test's own, free to kill or pause."""
+    with EmbeddedEtcd(name="private") as server:
+        yield server
+
+
+def succeeds(call: Callable[[], object]) -> Callable[[], bool]:
+    """A predicate for wait_until: ``call()`` no longer raises StoreUnavailable."""
+    def attempt() -> bool:
+        try:
+            call()
+        except StoreUnavailable:
+            return False
+        return True
+    return attempt
+
+
+def watch(store: Store, prefix: str, start_revision: int) -> Recorder:
+    recorder = Recorder()
+    recorder.subscription = store.watch(prefix, start_revision).subscribe(recorder)
+    return recorder
+
+
+def changes(recorder: Recorder) -> list[tuple[EventType, str, bytes]]:
+    return [(e.type, e.key, e.value) for r in recorder.items for e in r.events]
+
+
+# -- etcd down --------------------------------------------------------------------------------
+
+def test_down_etcd_raises_store_unavailable_fast(make_store: MakeStore) -> None:
+    server = EmbeddedEtcd()  # never started: its port is free
+    store = make_store([server.endpoint])  # no I/O here
+
+    for call in (lambda: store.get("/k"), lambda: store.put("/k", b"v"),
+                 lambda: store.grant(5), lambda: store.keepalive(1)):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            call()
+        assert time.monotonic() - started < 2.5
+    recorder = watch(store, "/", 1)
+    wait_until(lambda: recorder.error is not None, timeout=3, message="the watch error")
+    assert isinstance(recorder.error, StoreUnavailable)
+
+
+def test_store_created_while_etcd_is_down_works_once_it_starts(make_store: MakeStore) -> None:
+    with EmbeddedEtcd() as server:
+        server.stop()
+        store = make_store([server.endpoint])
+        with pytest.raises(StoreUnavailable):
+            store.put("/early", b"v")
+        server.start()
+        # No 300 s endpoint lock-out, no long gRPC reconnect backoff.
+        started = time.monotonic()
+        wait_until(succeeds(lambda: store.put("/early", b"v")), timeout=5)
+        assert time.monotonic() - started < 5
+        kv = store.get("/early")
+        assert kv is not None and kv.value == b"v"
+
+
+# -- watch faults -----------------------------------------------------------------------------
+
+def test_watch_fails_on_server_kill_and_resumes_gap_free(private_etcd: EmbeddedEtcd,
+                                                        make_store: MakeStore) -> None:
+    store = make_store([private_etcd.endpoint])
+    start = store.put("/w/a", b"1")
+    recorder = watch(store, "/w/", start)
+    wait_until(lambda: recorder.items, message="the first event")
+
+    private_etcd.kill()
+    wait_until(lambda: recorder.error is not None, timeout=3, message="the watch error")
+    assert isinstance(recorder.error, StoreUnavailable)
+
+    private_etcd.restart()
+    wait_until(succeeds(lambda: store.put("/w/b", b"2")), timeout=5)
+    store.delete("/w/a")
+    last_seen = recorder.items[-1].revision
+    resumed = watch(store, "/w/", last_seen + 1)
+    wait_until(lambda: len(changes(resumed)) >= 2, message="the missed events")
+    assert changes(resumed) == [(EventType.PUT, "/w/b", b"2"), (EventType.DELETE, "/w/a", b"")]
+    assert resumed.error is None
+    resumed.subscription.dispose()
+
+
+def test_frozen_server_fails_the_watch_then_recovers(private_etcd: EmbeddedEtcd,
+                                                     make_store: MakeStore) -> None:
+    store = make_store([private_etcd.endpoint])
+    start = store.put("/f/a", b"1")
+    recorder = watch(store, "/f/", start)
+    wait_until(lambda: recorder.items, message="the first event")
+
+    private_etcd.pause()
+    try:
+        paused = time.monotonic()
+        # gRPC keepalive (6 s interval, 2 s ping timeout) notices the frozen server.
+        wait_until(lambda: recorder.error is not None, timeout=12, message="the watch error")
+        assert isinstance(recorder.error, StoreUnavailable)
+        assert time.monotonic() - paused < 10
+        with pytest.raises(StoreUnavailable):
+            store.get("/f/a")
+    finally:
+        private_etcd.resume()
+
+    wait_until(succeeds(lambda: store.put("/f/b", b"2")), timeout=8)
+    again = watch(store, "/f/", start)
+    wait_until(lambda: len(changes(again)) == 2, message="events after the resume")
+    again.subscription.dispose()
+
+
+def test_disposed_watch_is_silent_even_on_server_kill(private_etcd: EmbeddedEtcd,
+                                                      make_store: MakeStore) -> None:
+    store = make_store([private_etcd.endpoint])
+    recorder = watch(store, "/d/", 1)
+    store.put("/d/a", b"1")
+    wait_until(lambda: recorder.items, message="the first event")
+    recorder.subscription.dispose()
+    private_etcd.kill()
+    control = watch(store, "/d/", 1)  # fails: etcd is down
+    wait_until(lambda: control.error is not None, timeout=3, message="the control's error")
+    assert recorder.error is None and len(recorder.items) == 1
+
+
+def test_revision_compacted_carries_the_compact_revision(etcd: EmbeddedEtcd,
+                                                         etcd_store: EtcdStore,
+                                                         unique_prefix: str) -> None:
+    first = etcd_store.put(f"{unique_prefix}/k", b"1")
+    etcd_store.put(f"{unique_prefix}/k", b"2")
+    compacted = etcd_store.put(f"{unique_prefix}/k", b"3")
+    raw = etcd3.client("127.0.0.1", etcd.client_port)
+    try:
+        raw.compact(compacted, physical=True)
+    finally:
+        raw.close()
+
+    recorder = watch(etcd_store, f"{unique_prefix}/", first)
+    wait_until(lambda: recorder.error is not None, message="RevisionCompacted")
+    assert isinstance(recorder.error, RevisionCompacted)
+    assert recorder.error.compact_revision == compacted
+    assert recorder.items == []
+
+
+def test_close_cancels_watches_silently(etcd: EmbeddedEtcd, unique_prefix: str,
+                                        make_store: MakeStore) -> None:
+    store = make_store([etcd.endpoint])
+    start = store.put(f"{unique_prefix}/a", b"1")
+    recorder = watch(store, f"{unique_prefix}/", start)
+    wait_until(lambda: recorder.items, message="the first event")
+    store.close()
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.get(f"{unique_prefix}/a")
+    assert recorder.error is None
+    wait_until(lambda: not [t for t in threading.enumerate() if "watch" in t.name],
+               timeout=5, message="the watch thread to end")
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+def test_keepalive_of_many_leases_uses_one_stream(etcd: EmbeddedEtcd,
+                                                  etcd_store: EtcdStore) -> None:
+    leases = [etcd_store.grant(30).id for _ in range(200)]
+    streams_before = etcd.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")
+
+    with ThreadPoolExecutor(8) as pool:
+        ttls = list(pool.map(etcd_store.keepalive, leases))
+        # Concurrent refreshes of one lease each get the answer.
+        same = list(pool.map(etcd_store.keepalive, [leases[0]] * 16))
+
+    assert ttls == [30] * 200 and same == [30] * 16
+    streams = etcd.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")
+    assert streams - streams_before == 1
+    for lease in leases:
+        etcd_store.revoke(lease)
+
+
+def test_revoked_and_expired_leases_raise_lease_not_found(etcd_store: EtcdStore,
+                                                          unique_prefix: str) -> None:
+    revoked = etcd_store.grant(30).id
+    etcd_store.revoke(revoked)
+    etcd_store.revoke(revoked)  # already gone: not an error
+    with pytest.raises(LeaseNotFound):
+        etcd_store.keepalive(revoked)
+    with pytest.raises(LeaseNotFound):
+        etcd_store.put(f"{unique_prefix}/k", b"v", lease=revoked)
+
+    expiring = etcd_store.grant(2).id  # etcd's shortest TTL
+    etcd_store.put(f"{unique_prefix}/leased", b"v", lease=expiring)
+    wait_until(lambda: etcd_store.get(f"{unique_prefix}/leased") is None, timeout=6,
+               interval=0.1, message="the lease to expire")
+    with pytest.raises(LeaseNotFound):
+        etcd_store.keepalive(expiring)
+
+
+def test_keepalive_stream_reopens_after_a_restart(private_etcd: EmbeddedEtcd,
+                                                  make_store: MakeStore) -> None:
+    store = make_store([private_etcd.endpoint])
+    lease = store.grant(30).id
+    assert store.keepalive(lease) == 30
+    private_etcd.kill()
+    with pytest.raises(StoreUnavailable):
+        store.keepalive(lease)
+    private_etcd.restart()
+    wait_until(succeeds(lambda: store.keepalive(lease)), timeout=5)
+    assert store.keepalive(lease) == 30
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+def test_cluster_keeps_working_when_a_member_dies(make_store: MakeStore) -> None:
+    with EmbeddedEtcdCluster(3) as cluster:
+        store = make_store(cluster.endpoints)
+        lease = store.grant(30).id
+        store.put("/c/a", b"1", lease=lease)
+
+        # The leader dies: an election, and a failover if the store was using it.
+        leader = cluster.leader()
+        leader.kill()
+        wait_until(succeeds(lambda: store.put("/c/b", b"2")), timeout=8)
+        wait_until(succeeds(lambda: store.keepalive(lease)), timeout=5)
+        leader.restart()
+
+        # The member the store uses dies: calls, keepalives and watches fail over.
+        in_use = store._client.endpoint_in_use.netloc  # type: ignore[union-attr]
+        member = next(m for m in cluster.members if m.endpoint.endswith(in_use))
+        member.kill()
+        started = time.monotonic()
+        wait_until(succeeds(lambda: store.put("/c/c", b"3")), timeout=8)
+        wait_until(succeeds(lambda: store.keepalive(lease)), timeout=5)
+        assert time.monotonic() - started < 6
+        kv = store.get("/c/a")
+        assert kv is not None and kv.lease == lease
+        recorder = watch(store, "/c/", 1)
+        wait_until(lambda: len(changes(recorder)) == 3, message="events through the others")
+        recorder.subscription.dispose()
+
+
+# -- TLS and auth -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TLSFiles, Path]:
+    """Server files (no client-cert auth: users log in with a password) and the CA path."""
+    trustme = pytest.importorskip("trustme")
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca_path = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    server.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    server.private_key_pem.write_to_path(str(directory / "server-key.pem"))
+    files = TLSFiles(cert=str(directory / "server.pem"), key=str(directory / "server-key.pem"),
+                     ca=str(ca_path), client_cert_auth=False)
+    return files, ca_path
+
+
+def _etcdctl(server: EmbeddedEtcd, ca: Path, *args: str) -> None:
+    command = [etcd_binary("etcdctl"), f"--endpoints={server.endpoint}", f"--cacert={ca}",
+               "--command-timeout=5s", *args]
+    subprocess.run(command, check=True, capture_output=True, stdin=subprocess.DEVNULL,
+                   timeout=20)
+
+
+def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, Path],
+                                                    make_store: MakeStore,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    files, ca = tls_files
+    with EmbeddedEtcd(tls=files, auth_token_ttl=2) as server:
+        assert server.endpoint.startswith("https://")
+        _etcdctl(server, ca, "user", "add", "root", "--new-user-password=s3cret-pw",
+                "--interactive=false")
+        _etcdctl(server, ca, "auth", "enable")
+
+        wrong = make_store(server.endpoints, ca_cert=str(ca), user="root", password="nope-pw")
+        with pytest.raises(AuthenticationFailed) as refused:
+            wrong.get("/k")
+        assert "nope-pw" not in str(refused.value)
+
+        store = make_store(server.endpoints, ca_cert=str(ca), user="root", password="s3cret-pw")
+        store.put("/k", b"v")
+        lease = store.grant(30).id
+        witness = etcd3.MultiEndpointEtcd3Client(
+            [etcd3.Endpoint("127.0.0.1", server.client_port, secure=True,
+                            creds=_creds(ca))], user="root", password="s3cret-pw")
+        witness.get("/k")  # its token and the store's are now idle for the same time
+
+        # Idle tokens expire after --auth-token-ttl (2 s, checked every second). The wait is
+        # the scenario itself; polling would keep the tokens alive.
+        time.sleep(3.5)
+        with pytest.raises(Exception) as expired:
+            witness.get("/k")
+        assert "invalid auth token" in expired.value.details()  # type: ignore[attr-defined]
+        with caplog.at_level(logging.INFO, logger="rx_discovery.store.etcd"):
+            kv = store.get("/k")  # logs in again, transparently
+        assert "logging in again" in caplog.text
+        assert "s3cret-pw" not in caplog.text
+        assert kv is not None and kv.value == b"v"
+        assert store.keepalive(lease) == 30
+        recorder = watch(store, "/", 1)
+        wait_until(lambda: recorder.items, message="a watch after the re-login")
+        recorder.subscription.dispose()
+        witness.close()
+
+
+def _creds(ca: Path) -> Any:
+    import grpc
+
+    return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
