@@ -13,7 +13,7 @@ import random
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dataclasses_json import DataClassJsonMixin, config
 
@@ -99,8 +99,36 @@ class Credentials:
         return f"Credentials(user={self.user!r}, password={'***' if self.password else ''!r})"
 
 
+D = TypeVar("D", bound="_WireDocument")
+
+
+class _WireDocument(DataClassJsonMixin):
+    """What Host and Service share: Go-compatible encoding, validated decoding, credentials."""
+
+    user: str
+    password: str
+
+    def to_json(self, *args: Any, **kwargs: Any) -> str:
+        """The compact JSON that Go's ``encoding/json`` writes for this value."""
+        return _go_json(self)
+
+    @classmethod
+    def from_json(cls: type[D], s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> D:
+        """Decode and validate JSON read from etcd; unknown fields are ignored.
+
+        Raises:
+            MalformedValue: the text is not a valid document of this kind.
+        """
+        return _DECODERS[cls](s, "")  # type: ignore[no-any-return]
+
+    @property
+    def credentials(self) -> Credentials:
+        """The user and password."""
+        return Credentials(self.user, self.password)
+
+
 @dataclass(frozen=True)
-class Host(DataClassJsonMixin):
+class Host(_WireDocument):
     """One registered instance of a service: the value of ``/services/{service}/{uuid}``.
 
     Attributes carry the JSON field names, except the JSON ``name``, which is ``hostname``.
@@ -137,24 +165,6 @@ class Host(DataClassJsonMixin):
         object.__setattr__(self, "private_ports",
                            _sorted_ports("Host", "private_ports", self.private_ports))
 
-    def to_json(self, *args: Any, **kwargs: Any) -> str:
-        """The compact JSON that Go's ``encoding/json`` writes for this host."""
-        return _go_json(self)
-
-    @classmethod
-    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Host:
-        """Decode and validate host JSON; unknown fields are ignored.
-
-        Raises:
-            MalformedValue: the text is not a valid host document.
-        """
-        return decode_host(s)
-
-    @property
-    def credentials(self) -> Credentials:
-        """The host's user and password."""
-        return Credentials(self.user, self.password)
-
     def url(self, scheme: str | None = None, path: str = "") -> str:
         """The public URL, e.g. ``http://u:p@public-domain.dev:80/path``.
 
@@ -182,7 +192,7 @@ class Host(DataClassJsonMixin):
 
 
 @dataclass(frozen=True)
-class Service(DataClassJsonMixin):
+class Service(_WireDocument):
     """What ``/services_infos/{service}`` holds about a service. The repr hides the password."""
 
     name: str
@@ -202,24 +212,6 @@ class Service(DataClassJsonMixin):
         _check_bool("Service", "critical", self.critical)
         _check_bool("Service", "public", self.public)
         object.__setattr__(self, "ports", _sorted_ports("Service", "ports", self.ports))
-
-    def to_json(self, *args: Any, **kwargs: Any) -> str:
-        """The compact JSON that Go's ``encoding/json`` writes for this service."""
-        return _go_json(self)
-
-    @classmethod
-    def from_json(cls, s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Service:
-        """Decode and validate service JSON; unknown fields are ignored.
-
-        Raises:
-            MalformedValue: the text is not a valid service document.
-        """
-        return decode_service(s)
-
-    @property
-    def credentials(self) -> Credentials:
-        """The service's user and password."""
-        return Credentials(self.user, self.password)
 
     def url(self, scheme: str | None = None, path: str = "") -> str:
         """The public URL of a public service (its hostname and ports)."""
@@ -301,6 +293,10 @@ def _build_service(**kwargs: Any) -> Service:
     if "name" not in kwargs:
         raise ValueError("service field 'name' is missing")
     return Service(**kwargs)
+
+
+_DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {
+    Host: decode_host, Service: decode_service}
 
 
 def pick(hosts: list[Host]) -> Host:
