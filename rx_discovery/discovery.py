@@ -18,6 +18,7 @@ from reactivex.scheduler import EventLoopScheduler, ThreadPoolScheduler
 from reactivex.subject import Subject
 
 from rx_discovery._errors import MalformedValue
+from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import Runtime
 from rx_discovery._shared import SharedSync
 from rx_discovery.config import Settings
@@ -25,7 +26,12 @@ from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, validate_service_name
 from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
 from rx_discovery.query import ServiceQuery
-from rx_discovery.registration import Registration, prepare_host, validate_ttl
+from rx_discovery.registration import (
+    Registration,
+    ServiceGroup,
+    prepare_host,
+    validate_ttl,
+)
 from rx_discovery.store import Store
 from rx_discovery.sync import Change, Codec, Diagnostic, PrefixSync
 
@@ -88,6 +94,8 @@ class Discovery:
         self._host_syncs: dict[str, SharedSync[Host]] = {}
         self._service_syncs: dict[str, SharedSync[Service]] = {}
         self._registrations: set[Registration] = set()
+        self._groups: dict[str, ServiceGroup] = {}
+        self._keepers: dict[abc.SchedulerBase, LeaseKeeper] = {}
         self._diagnostics: Subject[Diagnostic] = Subject()
         self._closed = False
 
@@ -268,10 +276,18 @@ class Discovery:
         stored = prepare_host(name, host)
         if self._closed:
             raise RuntimeError("this Discovery is closed")
-        registration = Registration(
-            self.store, self.keyspace, name, stored, seconds,
-            self._runtime.with_timer(scheduler), self.changes(name, scheduler=scheduler),
-            self._service_sync(name).observe(scheduler))
+        runtime = self._runtime.with_timer(scheduler)
+        hosts, services = self.changes(name), self._service_sync(name).observe()
+        with self._lock:
+            group = self._groups.get(name)
+            if group is None:
+                group = self._groups[name] = ServiceGroup(
+                    self.store, self.keyspace.service_key(name), hosts, services)
+            keeper = self._keepers.get(runtime.timer)
+            if keeper is None:
+                keeper = self._keepers[runtime.timer] = LeaseKeeper(self.store, runtime)
+        registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
+                                    group, keeper)
         with self._lock:
             self._registrations.add(registration)
         registration.status.subscribe(on_completed=lambda: self._forget(registration))

@@ -27,7 +27,7 @@ from typing import Any
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.disposable import CompositeDisposable, SerialDisposable
+from reactivex.disposable import SerialDisposable
 from reactivex.subject import BehaviorSubject
 
 from rx_discovery._errors import (
@@ -35,13 +35,14 @@ from rx_discovery._errors import (
     LeaseNotFound,
     RegistrationError,
 )
+from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery.keys import Keyspace
 from rx_discovery.model import Credentials, Host, Service
 from rx_discovery.store import Store
 from rx_discovery.sync import Change
 
-__all__ = ["Registration", "RegistrationStatus", "prepare_host", "service_document",
+__all__ = ["Registration", "RegistrationStatus", "ServiceGroup", "prepare_host", "service_document",
            "validate_ttl"]
 
 log = logging.getLogger("rx_discovery")
@@ -105,6 +106,90 @@ def service_document(service: str, host: Host) -> Service:
     return Service(service, critical=host.critical)
 
 
+class ServiceGroup:
+    """The registrations of one service held by a Discovery.
+
+    They share one subscription to the service's host changes (a registration whose key is
+    deleted heals) and, when one is public, one to its service key (credential sync): a change
+    costs a dictionary lookup, not one callback per registration. The group also remembers the
+    service document it last wrote, so 1,000 registrations of a service write it once.
+
+    Args:
+        store: where the service key is written.
+        service_key: the service key.
+        hosts: the service's shared host changes.
+        services: the service's shared service-key changes.
+    """
+
+    def __init__(self, store: Store, service_key: str,
+                 hosts: reactivex.Observable[Change[Host]],
+                 services: reactivex.Observable[Change[Service]]) -> None:
+        self._store = store
+        self._service_key = service_key
+        self._hosts = hosts
+        self._services = services
+        self._lock = threading.Lock()
+        # replaced, never mutated: the watch thread reads it without the lock
+        self._members: dict[str, Registration] = {}
+        self._subscriptions: list[abc.DisposableBase] = []
+        self._watching_services = False
+        self._written: Service | None = None
+
+    def add(self, registration: Registration) -> None:
+        with self._lock:
+            first = not self._members
+            self._members = {**self._members, registration.uuid: registration}
+            public = registration.host.public and not self._watching_services
+            self._watching_services |= public
+        # outside the lock: a subscription may deliver the current state at once
+        if first:
+            self._keep(self._hosts.subscribe(on_next=self._on_hosts))
+        if public:
+            self._keep(self._services.subscribe(on_next=self._on_services))
+
+    def remove(self, registration: Registration) -> None:
+        with self._lock:
+            members = dict(self._members)
+            members.pop(registration.uuid, None)
+            self._members = members
+            if members:
+                return
+            subscriptions, self._subscriptions = self._subscriptions, []
+            self._watching_services, self._written = False, None
+        for subscription in subscriptions:
+            subscription.dispose()
+
+    def write_service(self, document: Service, force: bool) -> None:
+        """Write the service key unless this group already wrote that very document (and
+        ``force`` is off: a registration that healed rewrites it, it may have been deleted)."""
+        if not force and document == self._written:
+            return
+        self._store.put(self._service_key, document.to_json().encode())
+        self._written = document
+
+    def _keep(self, subscription: abc.DisposableBase) -> None:
+        with self._lock:
+            if self._members:
+                self._subscriptions.append(subscription)
+                return
+        subscription.dispose()  # the group emptied meanwhile
+
+    def _on_hosts(self, change: Change[Host]) -> None:
+        if change.initial or not change.removed:
+            return
+        members = self._members
+        for uuid in change.removed:
+            registration = members.get(uuid)
+            if registration is not None:
+                registration._on_removed(change.revision)
+
+    def _on_services(self, change: Change[Service]) -> None:
+        for service in change.items.values():
+            self._written = service
+            for registration in self._members.values():
+                registration._on_service(service)
+
+
 class Registration(abc.DisposableBase):
     """A host registered under a service, held until disposed.
 
@@ -120,8 +205,7 @@ class Registration(abc.DisposableBase):
     """
 
     def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
-                 runtime: Runtime, hosts: reactivex.Observable[Change[Host]],
-                 services: reactivex.Observable[Change[Service]]) -> None:
+                 runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper) -> None:
         self.service = service
         self.ttl = ttl
         self._host = host
@@ -132,18 +216,19 @@ class Registration(abc.DisposableBase):
         self._runtime = runtime
         self._lock = threading.Condition(threading.RLock())
         self._lease = 0
+        self._ever = False  # registered at least once: later registrations rewrite everything
+        self._keeping: abc.DisposableBase | None = None  # the keeper's hold on our lease
         self._put_revision = 0  # revision of our last host put; older deletions are stale
         self._last_refresh = 0.0
         self._last_error: Exception | None = None
         self._disposed = False
         self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
         self._pending = SerialDisposable()
-        self._subscriptions = CompositeDisposable()
         self._status: BehaviorSubject[RegistrationStatus] = BehaviorSubject(
             RegistrationStatus.REGISTERING)
         self._credentials: BehaviorSubject[Credentials] = BehaviorSubject(host.credentials)
-        self._watch_hosts = hosts
-        self._watch_services = services
+        self._group = group
+        self._keeper = keeper
 
     # --- public -------------------------------------------------------------------------
 
@@ -212,9 +297,12 @@ class Registration(abc.DisposableBase):
                 return
             self._disposed = True
             lease, self._lease = self._lease, 0
+            keeping, self._keeping = self._keeping, None
             self._lock.notify_all()
         self._pending.dispose()
-        self._subscriptions.dispose()
+        if keeping is not None:
+            keeping.dispose()
+        self._group.remove(self)
         if lease and revoke:
             try:
                 self._store.revoke(lease)
@@ -258,9 +346,7 @@ class Registration(abc.DisposableBase):
 
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
-        self._subscriptions.add(self._watch_hosts.subscribe(on_next=self._on_hosts))
-        if self._host.public:
-            self._subscriptions.add(self._watch_services.subscribe(on_next=self._on_service))
+        self._group.add(self)
         self._pending.disposable = self._runtime.run(self._register)
 
     def _set_status(self, status: RegistrationStatus) -> None:
@@ -283,12 +369,11 @@ class Registration(abc.DisposableBase):
     def _register(self) -> None:
         if self._disposed:
             return
-        host, old_lease = self._host, self._lease
+        host, old_lease, renewing = self._host, self._lease, self._lease != 0 or self._ever
         try:
             lease = self._store.grant(math.ceil(self.ttl))
             revision = self._store.put(self.key, host.to_json().encode(), lease.id)
-            self._store.put(self._service_key,
-                            service_document(self.service, host).to_json().encode())
+            self._group.write_service(service_document(self.service, host), force=renewing)
         except Exception as error:
             self._pending.disposable = self._runtime.after(self._failed(error, "register"),
                                                            self._register)
@@ -297,46 +382,38 @@ class Registration(abc.DisposableBase):
             if self._disposed:
                 self._revoke_quietly(lease.id)
                 return
-            self._lease, self._put_revision = lease.id, revision
+            self._lease, self._put_revision, self._ever = lease.id, revision, True
             self._last_refresh, self._last_error = self._runtime.now(), None
             self._backoff.reset()
+            self._keeping = self._keeper.keep(lease.id, lease.ttl, self._on_keepalive)
         if old_lease:
             self._revoke_quietly(old_lease)
         log.info("%s: registered (lease %x, ttl %ss)", self._label, lease.id, lease.ttl)
         self._set_status(RegistrationStatus.REGISTERED)
-        self._schedule_keepalive(lease.ttl / 3)
 
-    def _schedule_keepalive(self, delay: float) -> None:
-        if not self._disposed:
-            self._pending.disposable = self._runtime.after(delay, self._keepalive)
-
-    def _keepalive(self) -> None:
-        lease = self._lease
-        if self._disposed or not lease:
+    def _on_keepalive(self, error: Exception | None) -> None:
+        """The outcome of a refresh of our lease (on the I/O scheduler)."""
+        if self._disposed:
             return
-        try:
-            self._store.keepalive(lease)
-        except LeaseNotFound:
+        if error is None:
+            with self._lock:
+                self._last_refresh, self._last_error = self._runtime.now(), None
+            if self.current_status is not RegistrationStatus.REGISTERED:
+                self._set_status(RegistrationStatus.REGISTERED)
+        elif isinstance(error, LeaseNotFound):
             self._lost("the lease expired or was revoked")
-            return
-        except Exception as error:
-            delay = self._failed(error, "keepalive")
+        else:
+            self._failed(error, "keepalive")
             if self._runtime.now() - self._last_refresh >= self.ttl:
                 self._lost(f"no keepalive for {self.ttl:g}s")
-            else:
-                self._schedule_keepalive(min(delay, self.ttl / 3))
-            return
-        with self._lock:
-            self._last_refresh, self._last_error = self._runtime.now(), None
-            self._backoff.reset()
-        if self.current_status is not RegistrationStatus.REGISTERED:
-            self._set_status(RegistrationStatus.REGISTERED)
-        self._schedule_keepalive(self.ttl / 3)
 
     def _lost(self, reason: str) -> None:
         with self._lock:
             if self._disposed or self.current_status is RegistrationStatus.LOST:
                 return
+            keeping, self._keeping = self._keeping, None
+        if keeping is not None:
+            keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
         self._set_status(RegistrationStatus.LOST)
         self._pending.disposable = self._runtime.run(self._register)
@@ -349,16 +426,15 @@ class Registration(abc.DisposableBase):
 
     # --- what others write --------------------------------------------------------------
 
-    def _on_hosts(self, change: Change[Host]) -> None:
-        """Our key deleted behind our back (lease alive): register again."""
-        if (change.removed and self.uuid in change.removed and self.ready
-                and change.revision > self._put_revision):
+    def _on_removed(self, revision: int) -> None:
+        """Our key was deleted (on the watch thread): unless it is an old deletion, we lost it
+        behind our back (key deleted, lease revoked or expired): register again."""
+        if self.ready and revision > self._put_revision:
             self._lost("its key was deleted")
 
-    def _on_service(self, change: Change[Service]) -> None:
+    def _on_service(self, service: Service) -> None:
         """Credential synchronisation: adopt credentials another host wrote."""
-        service = next(iter(change.items.values()), None)
-        if service is None or not service.public or self._disposed:
+        if not service.public or not self._host.public or self._disposed:
             return
         credentials = service.credentials
         if credentials == self._host.credentials:

@@ -276,3 +276,41 @@ def test_close_completes_streams_and_disposes_registrations(
     discovery.close()
     assert sets.completed
     assert registration.current_status is RegistrationStatus.DISPOSED
+
+
+def test_leases_of_one_ttl_are_refreshed_together_and_the_service_key_written_once(
+        scheduler: TestScheduler) -> None:
+    from rx_discovery.store.memory import MemoryStore
+
+    calls: list[tuple[float, str]] = []
+
+    class Counting(MemoryStore):
+        def keepalive(self, lease: int) -> int:
+            calls.append((scheduler.clock, "keepalive"))
+            return super().keepalive(lease)
+
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            calls.append((scheduler.clock, key))
+            return super().put(key, value, lease)
+
+    discovery = Discovery(store=Counting(scheduler))
+    for n in range(50):
+        at(scheduler, 1 + n / 100, lambda n=n: discovery.register("api", make_host(n), ttl=3))
+    scheduler.advance_to(10.5)
+    keepalive_times = sorted({t for t, what in calls if what == "keepalive"})
+    assert keepalive_times == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]  # every ttl/3
+    assert sum(1 for _, what in calls if what == "keepalive") == 50 * len(keepalive_times)
+    assert sum(1 for _, what in calls if what == "/services_infos/api") == 1
+
+
+def test_a_refresh_that_fails_for_less_than_the_ttl_keeps_the_registration(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    store = discovery.store
+    registration = discovery.register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    at(scheduler, 9, store.disconnect)  # type: ignore[attr-defined]
+    at(scheduler, 11, store.reconnect)  # the refresh at 10 failed; the one at 12 is in time
+    scheduler.advance_to(30)
+    assert RegistrationStatus.LOST not in statuses.items
+    assert registration.ready
+    assert store.get(registration.key) is not None  # type: ignore[attr-defined]
