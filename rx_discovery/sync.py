@@ -125,7 +125,8 @@ class PrefixSync(Generic[T]):
         self._token = object()  # identifies the current watch; stale callbacks are ignored
         self._watch = SerialDisposable()
         self._pending = SerialDisposable()
-        self._backoff = Backoff()
+        # watches are cheap to reopen: retry soon (jittered, so clients do not stampede)
+        self._backoff = Backoff(initial=0.05, maximum=1.0)
 
     @property
     def revision(self) -> int:
