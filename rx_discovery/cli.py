@@ -44,7 +44,6 @@ from rich.table import Table
 from rx_discovery._errors import (
     ConfigError,
     DiscoveryError,
-    MalformedValue,
     RegistrationError,
     ServiceNotFound,
     StoreUnavailable,
@@ -53,7 +52,7 @@ from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.discovery import Discovery
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import validate_service_name
-from rx_discovery.model import Host, Service, decode_host, decode_service
+from rx_discovery.model import Host, Service
 from rx_discovery.registration import Registration, RegistrationStatus, validate_ttl
 
 __all__ = ["main"]
@@ -367,37 +366,20 @@ def _read_listings(discovery: Discovery, service: str | None) -> tuple[int, list
     Raises:
         ServiceNotFound: ``service`` was asked and nothing is stored for it.
     """
-    keyspace, store = discovery.keyspace, discovery.store
-    snapshot = store.get_prefix(keyspace.hosts_prefix(service) if service
-                                else keyspace.services_root)
-    listings: dict[str, _Listing] = {}
-    for kv in snapshot.items:
-        name = keyspace.service_of(kv.key)
-        if name is None or keyspace.uuid_of(name, kv.key) is None:
-            continue
-        try:
-            host = decode_host(kv.value, kv.key)
-        except MalformedValue as error:
-            _log.warning("skipped malformed value: %s", error)
-            continue
-        listings.setdefault(name, _Listing(name)).hosts.append(host)
-    if service:
-        one = store.get(keyspace.service_key(service))
-        infos = [] if one is None else [one]
-    else:
-        infos = list(store.get_prefix(keyspace.infos_root).items)
-    for kv in infos:
-        name = keyspace.service_of(kv.key)
-        if name is None:
-            continue
-        try:
-            listings.setdefault(name, _Listing(name)).service = decode_service(kv.value, kv.key)
-        except MalformedValue as error:
-            _log.warning("skipped malformed value: %s", error)
-    if service and service not in listings:
+    catalog = discovery.catalog(service)
+    if service and service not in catalog:
         raise ServiceNotFound(f"service {service!r} not found under prefix "
-                              f"{keyspace.prefix or '/'!r}")
-    return snapshot.revision, sorted(listings.values(), key=lambda listing: listing.name)
+                              f"{discovery.keyspace.prefix or '/'!r}")
+    listings, revision = [], 0
+    for name, query in catalog.items():
+        hosts = query.host_set()
+        revision = max(revision, hosts.revision)
+        try:
+            document: Service | None = query.service()
+        except ServiceNotFound:
+            document = None
+        listings.append(_Listing(name, document, list(hosts.values())))
+    return revision, listings
 
 
 def _listing_json(listing: _Listing) -> dict[str, Any]:

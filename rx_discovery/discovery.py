@@ -25,7 +25,7 @@ from rx_discovery.config import Settings
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, validate_service_name
 from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
-from rx_discovery.query import ServiceQuery
+from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
     ServiceGroup,
@@ -308,6 +308,16 @@ class Discovery:
         if shard is not None and (not isinstance(shard, str) or not shard):
             raise ValueError("shard must be a non-empty string or None")
         return ServiceQuery(self.store, self.keyspace, name, shard)
+
+    def catalog(self, service: str | None = None) -> dict[str, ServiceQuery]:
+        """Every service that has hosts or a service key (or only ``service``), read at once,
+        as loaded queries keyed by name (sorted). Blocks on the caller's thread.
+
+        Raises:
+            ValueError: a bad service name.
+        """
+        return read_catalog(self.store, self.keyspace,
+                            None if service is None else validate_service_name(service))
 
     # --- shared syncs -------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""One-shot queries: ``Discovery.get(service).all() / first() / one() / url() / service()``."""
+"""One-shot queries: ``Discovery.get(service).all() / first() / one() / url() / service()`` and
+``Discovery.catalog()`` (every service at once)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rx_discovery.keys import Keyspace
 from rx_discovery.model import Host, Service, decode_host, decode_service
 from rx_discovery.store import Store
 
-__all__ = ["ServiceQuery"]
+__all__ = ["ServiceQuery", "read_catalog"]
 
 
 class ServiceQuery:
@@ -18,6 +19,7 @@ class ServiceQuery:
     stored for the service, ``NoHostFound`` when its service key exists but no host is
     registered, ``NoHostFoundOnShard`` when hosts exist but none on the asked shard.
     Store errors (``StoreUnavailable``...) propagate. Calls block on the caller's thread.
+    Malformed stored values are skipped, as the streams skip them.
     """
 
     def __init__(self, store: Store, keyspace: Keyspace, service: str,
@@ -29,28 +31,24 @@ class ServiceQuery:
         self._hosts: HostSet | None = None
         self._service: Service | None = None
 
+    def _loaded(self, hosts: HostSet, service: Service | None) -> ServiceQuery:
+        self._hosts, self._service = hosts, service
+        return self
+
     def _load(self) -> HostSet:
         if self._hosts is None:
-            snapshot = self._store.get_prefix(self._keyspace.hosts_prefix(self.service_name))
-            hosts: dict[str, Host] = {}
-            for kv in snapshot.items:
-                uuid = self._keyspace.uuid_of(self.service_name, kv.key)
-                if uuid is None:
-                    continue
-                try:
-                    hosts[uuid] = decode_host(kv.value, kv.key)
-                except MalformedValue:
-                    continue  # skipped, as the streams do
-            stored = self._store.get(self._keyspace.service_key(self.service_name))
-            if stored is not None:
-                try:
-                    self._service = decode_service(stored.value, stored.key)
-                except MalformedValue:
-                    self._service = None
-            if not hosts and stored is None:
+            found = read_catalog(self._store, self._keyspace, self.service_name)
+            if self.service_name not in found:
                 raise ServiceNotFound(f"service {self.service_name!r} not found")
-            self._hosts = HostSet(self.service_name, hosts, snapshot.revision)
+            other = found[self.service_name]
+            self._hosts, self._service = other._hosts, other._service
+        assert self._hosts is not None
         return self._hosts
+
+    def host_set(self) -> HostSet:
+        """Every host of the service, possibly none (never raises ``NoHostFound``)."""
+        hosts = self._load()
+        return hosts if self.shard is None else hosts.on_shard(self.shard)
 
     def hosts(self) -> HostSet:
         """Every host of the service (of the shard, when one was asked)."""
@@ -91,3 +89,42 @@ class ServiceQuery:
         if self._service is not None and self._service.public and self._service.hostname:
             return self._service.url(scheme, path)
         return self.hosts().url(scheme, path)
+
+    def __repr__(self) -> str:
+        shard = f", shard={self.shard!r}" if self.shard else ""
+        return f"ServiceQuery({self.service_name!r}{shard})"
+
+
+def read_catalog(store: Store, keyspace: Keyspace,
+                 service: str | None = None) -> dict[str, ServiceQuery]:
+    """Every service with something stored (or just ``service``), read in two calls, as
+    loaded queries keyed by name, sorted by name."""
+    snapshot = store.get_prefix(keyspace.hosts_prefix(service) if service
+                                else keyspace.services_root)
+    hosts: dict[str, dict[str, Host]] = {}
+    for kv in snapshot.items:
+        name = keyspace.service_of(kv.key)
+        uuid = None if name is None else keyspace.uuid_of(name, kv.key)
+        if name is None or uuid is None:
+            continue
+        try:
+            hosts.setdefault(name, {})[uuid] = decode_host(kv.value, kv.key)
+        except MalformedValue:
+            continue
+    if service:
+        one = store.get(keyspace.service_key(service))
+        infos = [] if one is None else [one]
+    else:
+        infos = list(store.get_prefix(keyspace.infos_root).items)
+    services: dict[str, Service | None] = {}
+    for kv in infos:
+        name = keyspace.service_of(kv.key)
+        if name is None or kv.key != keyspace.service_key(name):
+            continue
+        try:
+            services[name] = decode_service(kv.value, kv.key)
+        except MalformedValue:
+            services[name] = None
+    return {name: ServiceQuery(store, keyspace, name)._loaded(
+                HostSet(name, hosts.get(name, {}), snapshot.revision), services.get(name))
+            for name in sorted(set(hosts) | set(services))}
