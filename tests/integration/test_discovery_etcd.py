@@ -300,3 +300,17 @@ def test_secrets_absent_from_reprs_and_errors(discovery: Discovery) -> None:
         with pytest.raises(Exception) as caught:
             d.get("db").all()
         assert "hunter2" not in str(caught.value) and "hunter2" not in repr(d)
+
+
+def test_catalog_lists_every_service_and_skips_malformed_values(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    assert discovery.catalog() == {}
+    api = discovery.register("api", host(1)).wait(10)
+    discovery.register("db", host(2)).wait(10)
+    raw.put(f"{unique_prefix}/services/api/bad", b"not json")
+    catalog = discovery.catalog()
+    assert list(catalog) == ["api", "db"]
+    assert [h.uuid for h in catalog["api"].all()] == [api.uuid]
+    assert list(discovery.catalog("db")) == ["db"]
+    api.dispose()
+    assert len(discovery.catalog()["api"].host_set()) == 0
