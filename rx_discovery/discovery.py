@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.scheduler import EventLoopScheduler, ThreadPoolScheduler
+from reactivex.scheduler import EventLoopScheduler
 from reactivex.subject import Subject
 
 from rx_discovery._errors import MalformedValue
 from rx_discovery._keeper import LeaseKeeper
-from rx_discovery._runtime import Runtime
+from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._shared import SharedSync
 from rx_discovery.config import Settings
 from rx_discovery.hostset import HostEvent, HostSet
@@ -84,9 +84,9 @@ class Discovery:
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
         if io is None:
-            pool = ThreadPoolScheduler(8)
+            pool = PoolScheduler(8)
             loop = EventLoopScheduler()
-            self._owned += [loop.dispose, lambda: pool.executor.shutdown(wait=False)]
+            self._owned += [loop.dispose, pool.shutdown]
             io, default_timer = pool, loop
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io)
@@ -287,10 +287,9 @@ class Discovery:
             if keeper is None:
                 keeper = self._keepers[runtime.timer] = LeaseKeeper(self.store, runtime)
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
-                                    group, keeper)
+                                    group, keeper, on_disposed=self._forget)
         with self._lock:
             self._registrations.add(registration)
-        registration.status.subscribe(on_completed=lambda: self._forget(registration))
         registration.start()
         return registration
 

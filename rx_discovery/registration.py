@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 import reactivex
@@ -205,7 +206,8 @@ class Registration(abc.DisposableBase):
     """
 
     def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
-                 runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper) -> None:
+                 runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper,
+                 on_disposed: Callable[[Registration], None] | None = None) -> None:
         self.service = service
         self.ttl = ttl
         self._host = host
@@ -229,6 +231,7 @@ class Registration(abc.DisposableBase):
         self._credentials: BehaviorSubject[Credentials] = BehaviorSubject(host.credentials)
         self._group = group
         self._keeper = keeper
+        self._on_disposed = on_disposed
 
     # --- public -------------------------------------------------------------------------
 
@@ -303,6 +306,8 @@ class Registration(abc.DisposableBase):
         if keeping is not None:
             keeping.dispose()
         self._group.remove(self)
+        if self._on_disposed is not None:
+            self._on_disposed(self)
         if lease and revoke:
             try:
                 self._store.revoke(lease)

@@ -90,7 +90,8 @@ _UNAVAILABLE_CODES = frozenset({
 _ENDPOINT_FAILURE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
 })
-_MAX_DETAILS = 200
+_MAX_DETAILS = 300
+_NO_ENDPOINT = "no etcd endpoint available"
 _DELETE = kv_pb2.Event.DELETE
 
 
@@ -113,11 +114,15 @@ def _translate(error: BaseException, operation: str) -> StoreError | None:
     if isinstance(error, (etcd3.exceptions.ConnectionFailedError,
                           etcd3.exceptions.ConnectionTimeoutError,
                           etcd3.exceptions.InternalServerError)):
+        cause = error.__context__  # python3-etcd3 raises these while handling the gRPC error
+        if isinstance(cause, grpc.RpcError) and hasattr(cause, "code"):
+            # its details say why (e.g. "Tls handshake failed ... BAD_CERTIFICATE")
+            return _from_status(cause.code(), _details(cause), operation)
         return StoreUnavailable(f"{operation}: {str(error) or type(error).__name__}")
     if isinstance(error, etcd3.exceptions.NoServerAvailableError):
-        return StoreUnavailable(f"{operation}: no etcd endpoint available")
+        return StoreUnavailable(f"{operation}: {_NO_ENDPOINT}")
     if isinstance(error, ValueError) and "failed node" in str(error):
-        return StoreUnavailable(f"{operation}: no etcd endpoint available")
+        return StoreUnavailable(f"{operation}: {_NO_ENDPOINT}")
     if isinstance(error, etcd3.exceptions.Etcd3Exception):
         return StoreError(f"{operation}: {type(error).__name__}")
     return None
@@ -249,6 +254,7 @@ class EtcdStore:
         self._closed = False
         self._keepalive = _KeepAliveStream(self, settings.timeout)
         self._watches: set[_WatchSubscription] = set()
+        self._last_failure = ""  # why the last call could not reach etcd
 
     def __repr__(self) -> str:
         endpoints = ",".join(e.url for e in self._settings.endpoints)
@@ -388,7 +394,9 @@ class EtcdStore:
             client = None
             try:
                 client = self._get_client()
-                return action(client)
+                result = action(client)
+                self._last_failure = ""
+                return result
             except Exception as exc:
                 error = _translate(exc, operation)
                 if error is None:
@@ -399,7 +407,19 @@ class EtcdStore:
                 relogged = True
                 self._drop_client(client)
                 continue
-            raise _public(error)
+            raise self._explained(_public(error))
+
+    def _explained(self, error: StoreError) -> StoreError:
+        """Remember why the last call could not reach etcd, and say it when a later call
+        fails only because every endpoint is still marked failed (which tells nothing)."""
+        if type(error) is not StoreUnavailable:
+            return error
+        message = str(error)
+        if not message.endswith(_NO_ENDPOINT):
+            self._last_failure = message.split(": ", 1)[-1]
+        elif self._last_failure:
+            return StoreUnavailable(f"{message} (last failure: {self._last_failure})")
+        return error
 
     def _get_client(self) -> Any:
         """The current client, built on first use (logging in when credentials are set)."""
