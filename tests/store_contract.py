@@ -204,13 +204,14 @@ class StoreContract:
         store.revoke(lease.id)
 
         assert [kv.key for kv in store.get_prefix(f"{prefix}/").items] == [f"{prefix}/kept"]
-        wait_until(lambda: len(recorder.responses) == 4, DEADLINE, message="4 responses")
-        deletion = recorder.responses[-1]
-        assert [(e.type, e.key) for e in deletion.events] == [
+        wait_until(lambda: len(recorder.events) == 5, DEADLINE, message="5 events")
+        deletions = recorder.events[-2:]
+        assert [(e.type, e.key) for e in deletions] == [
             (EventType.DELETE, f"{prefix}/a"),
             (EventType.DELETE, f"{prefix}/b"),
         ]
-        assert {e.mod_revision for e in deletion.events} == {deletion.revision}
+        assert deletions[0].mod_revision == deletions[1].mod_revision
+        assert_whole_revisions(recorder.responses)
 
     def test_lease_expires_after_its_ttl(self, store: Store, prefix: str) -> None:
         # Real time, so once only, with etcd's shortest TTL.
@@ -245,7 +246,7 @@ class StoreContract:
         revisions = [e.mod_revision for e in recorder.events]
         assert revisions[0] == since and revisions[-1] == last
         assert revisions == sorted(revisions)
-        assert [r.revision for r in recorder.responses] == revisions
+        assert_whole_revisions(recorder.responses)
 
     def test_watch_follows_live_writes(self, store: Store, prefix: str) -> None:
         start = store.get_prefix(f"{prefix}/").revision + 1
@@ -323,3 +324,17 @@ class StoreContract:
         time.sleep(0.1)
         assert disposed.changes() == [(EventType.PUT, f"{prefix}/before")]
         assert disposed.error is None
+
+
+def assert_whole_revisions(responses: list[WatchResponse]) -> None:
+    """Each response holds whole revisions in order (one transaction is never split across
+    responses) and is stamped with the revision of its last event."""
+    seen: set[int] = set()
+    for response in responses:
+        if not response.events:
+            continue
+        revisions = [e.mod_revision for e in response.events]
+        assert revisions == sorted(revisions)
+        assert response.revision == revisions[-1]
+        assert not seen & set(revisions), "a revision split across responses"
+        seen |= set(revisions)

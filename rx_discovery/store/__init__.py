@@ -64,10 +64,11 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatchResponse:
-    """One batch of events from a watch, all at revisions <= ``revision``.
+    """One batch of events from a watch: one or more whole revisions (a transaction is never
+    split across responses), in order; ``revision`` is the revision of the last event.
 
     ``events`` may be empty: a progress notification, saying that nothing under the prefix
-    changed up to ``revision``.
+    changed up to ``revision`` (the store's revision).
     """
 
     revision: int
