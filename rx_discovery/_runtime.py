@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 from reactivex import abc, typing
 from reactivex.disposable import (
     CompositeDisposable,
+    Disposable,
     SerialDisposable,
     SingleAssignmentDisposable,
 )
+from reactivex.internal.exceptions import DisposedException
 from reactivex.scheduler.scheduler import Scheduler
 
 __all__ = ["Backoff", "PoolScheduler", "Runtime"]
@@ -106,7 +108,10 @@ class Runtime:
 
     def run(self, action: Callable[[], None]) -> abc.DisposableBase:
         """Run ``action`` on the I/O scheduler; exceptions are logged, never lost silently."""
-        return self.io.schedule(lambda _s, _t: _guard(action))
+        try:
+            return self.io.schedule(lambda _s, _t: _guard(action))
+        except (DisposedException, RuntimeError):  # closed (a pool refuses new work)
+            return Disposable()
 
     def after(self, delay: float, action: Callable[[], None]) -> abc.DisposableBase:
         """Run ``action`` on the I/O scheduler once ``delay`` seconds passed on the timer."""
@@ -117,7 +122,10 @@ class Runtime:
         def fire(_s: abc.SchedulerBase, _t: Any) -> None:
             hop.disposable = self.run(action)
 
-        timer = self.timer.schedule_relative(delay, fire)
+        try:
+            timer = self.timer.schedule_relative(delay, fire)
+        except DisposedException:  # the Discovery closed meanwhile: nothing more to do
+            return hop
         return CompositeDisposable(timer, hop)
 
 

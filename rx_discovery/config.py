@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,9 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     if parsed.username or parsed.password:
         raise ConfigError(f"{source}: put credentials in user/password (ETCD_USER, "
                           "ETCD_PASSWORD), not in the endpoint URL")
-    return Endpoint(parsed.hostname, port or 2379, parsed.scheme == "https")
+    if port == 0:
+        raise ConfigError(f"{source}: endpoint {text.strip()!r} has port 0")
+    return Endpoint(parsed.hostname, 2379 if port is None else port, parsed.scheme == "https")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,9 @@ class Settings:
         if (self.user is None) != (self.password is None):
             raise ConfigError("etcd authentication needs both a user and a password "
                               "(ETCD_USER and ETCD_PASSWORD)")
-        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise ConfigError("timeout must be a positive number of seconds")
+        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+                or not 0 < self.timeout < math.inf):
+            raise ConfigError("timeout must be a positive, finite number of seconds")
 
     @property
     def tls(self) -> bool:
@@ -111,11 +115,14 @@ class Settings:
             endpoints = [DEFAULT_ENDPOINT]
         elif isinstance(endpoints, str):
             endpoints = endpoints.split(",")
+        elif not (isinstance(endpoints, (list, tuple))
+                  and all(isinstance(e, str) for e in endpoints)):
+            raise ConfigError("endpoints must be a string or a list of strings")
         parsed = tuple(parse_endpoint(e) for e in endpoints if e.strip())
         return cls(endpoints=parsed, prefix=_prefix(prefix, "prefix"),
                    ca_cert=_pem(ca_cert, "ca_cert"), client_cert=_pem(client_cert, "client_cert"),
                    client_key=_pem(client_key, "client_key"), user=user or None,
-                   password=password if user else None, timeout=timeout)
+                   password=password or None, timeout=timeout)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -178,4 +185,6 @@ def _read_file(path: str, source: str) -> bytes:
 def _pem(value: str | bytes | None, source: str) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{source} must be a file path or PEM bytes")
     return _read_file(value, source)

@@ -76,6 +76,10 @@ def _sorted_ports(owner: str, name: str, ports: object) -> Ports:
 
 def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
          user: str, password: str) -> str:
+    if not isinstance(path, str):
+        raise ValueError(f"path must be a string, got {type(path).__name__}")
+    if scheme is not None and not isinstance(scheme, str):
+        raise ValueError(f"scheme must be a string or None, got {type(scheme).__name__}")
     if scheme is None or scheme == "":
         scheme = "http" if "http" in ports else "https"
     port = ports.get(scheme)

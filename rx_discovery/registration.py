@@ -84,6 +84,8 @@ def prepare_host(service: str, host: Host) -> Host:
     """
     if not isinstance(host, Host):
         raise ValueError(f"host must be a rx_discovery.Host, got {type(host).__name__}")
+    if "/" in host.uuid:
+        raise ValueError(f"Host.uuid must not contain '/': {host.uuid!r}")
     private_hostname = host.private_hostname
     if not host.public and not private_hostname:
         private_hostname = host.hostname
@@ -380,8 +382,9 @@ class Registration(abc.DisposableBase):
             revision = self._store.put(self.key, host.to_json().encode(), lease.id)
             self._group.write_service(service_document(self.service, host), force=renewing)
         except Exception as error:
-            self._pending.disposable = self._runtime.after(self._failed(error, "register"),
-                                                           self._register)
+            if not self._disposed:
+                self._pending.disposable = self._runtime.after(
+                    self._failed(error, "register"), self._register)
             return
         with self._lock:
             if self._disposed:

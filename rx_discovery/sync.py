@@ -213,6 +213,10 @@ class PrefixSync(Generic[T]):
                     if decoded is not None:
                         items[decoded[0]] = decoded[1]
                         touched.add(decoded[0])
+                    else:  # overwritten with garbage: gone, as a fresh read would say
+                        ident = self._ident(event.key, report=False)
+                        if ident is not None and items.pop(ident, None) is not None:
+                            touched.add(ident)
             change = _diff(before, items, self._revision, initial=False, keys=touched)
             self._items = items
             if not change.empty:

@@ -1,0 +1,423 @@
+"""TLS with client certificates, etcd authentication over TLS, and secrets kept out of sight.
+
+Two real servers, with a CA and certificates from trustme:
+
+- ``mtls``: TLS requiring a client certificate signed by the CA;
+- ``auth``: TLS (no client certificate) with etcd authentication enabled, a ``root`` user and a
+  user ``svc`` whose role may only touch ``/services/`` and ``/services_infos/``; simple auth
+  tokens live ``TOKEN_TTL`` seconds.
+
+Every test collects the log records of every logger at DEBUG (rx_discovery, etcd3, grpc...),
+what was written to stdout/stderr, and the text and repr of every exception and object it met,
+and asserts that no password, no auth token the library used, and no private key text appears.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import subprocess
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import etcd3
+import grpc
+import pytest
+import trustme
+from faultkit import address, healthy_stream, host, last, subscribe
+from helpers import wait_until
+
+from rx_discovery import (
+    AuthenticationFailed,
+    Credentials,
+    Discovery,
+    DiscoveryError,
+    Host,
+    RegistrationError,
+    RegistrationStatus,
+)
+from rx_discovery.embedded import EmbeddedEtcd, TLSFiles, etcd_binary
+from rx_discovery.store.etcd import EtcdStore
+
+pytestmark = pytest.mark.faults
+
+TOKEN_TTL = 2
+ROOT_PASSWORD = "root-Pw-5f2a91"
+SVC_PASSWORD = "svc-Pw-8c3e17"
+ROTATED_PASSWORD = "rotated-Pw-2b7d40"
+NEW_ROTATED_PASSWORD = "rotated-Pw-new-91ac3e"
+WRONG_PASSWORD = "wrong-Pw-e40b6d"
+HOST_PASSWORD = "host-Pw-1-3f9e0a"
+NEW_HOST_PASSWORD = "host-Pw-2-77c1d2"
+# what a user needs to read in the error to understand a refused client certificate
+TLS_REFUSED = re.compile(r"(tls|ssl) handshake failed.*(bad_certificate|certificate)", re.I)
+PASSWORDS = (ROOT_PASSWORD, SVC_PASSWORD, ROTATED_PASSWORD, NEW_ROTATED_PASSWORD,
+             WRONG_PASSWORD, HOST_PASSWORD, NEW_HOST_PASSWORD)
+
+
+@dataclass
+class Pki:
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+    client_key_pem: bytes = field(repr=False)
+
+    def pem(self, name: str) -> bytes:
+        return Path(getattr(self, name)).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("rx-discovery-client")
+    paths = {name: str(folder / f"{name}.pem") for name in
+             ("ca", "cert", "key", "client_cert", "client_key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.cert_chain_pems[0].write_to_path(paths["cert"])
+    server.private_key_pem.write_to_path(paths["key"])
+    client.cert_chain_pems[0].write_to_path(paths["client_cert"])
+    client.private_key_pem.write_to_path(paths["client_key"])
+    return Pki(**paths, client_key_pem=client.private_key_pem.bytes())
+
+
+@pytest.fixture(scope="module")
+def mtls(pki: Pki) -> Iterator[EmbeddedEtcd]:
+    with EmbeddedEtcd(name="mtls", tls=TLSFiles(pki.cert, pki.key, pki.ca)) as server:
+        yield server
+
+
+def etcdctl(server: EmbeddedEtcd, pki: Pki, *args: str, user: str | None = None,
+            stdin: str | None = None) -> None:
+    command = [etcd_binary("etcdctl"), "--endpoints", server.endpoint, "--cacert", pki.ca]
+    if user:
+        command += ["--user", user]
+    done = subprocess.run(command + list(args), capture_output=True, text=True, input=stdin,
+                          timeout=30, check=False)
+    assert done.returncode == 0, f"etcdctl {args[:2]} failed: {done.stderr[:300]}"
+
+
+@pytest.fixture(scope="module")
+def auth(pki: Pki) -> Iterator[EmbeddedEtcd]:
+    tls = TLSFiles(pki.cert, pki.key, pki.ca, client_cert_auth=False)
+    with EmbeddedEtcd(name="auth", tls=tls, auth_token_ttl=TOKEN_TTL) as server:
+        etcdctl(server, pki, "user", "add", "root", "--new-user-password", ROOT_PASSWORD)
+        etcdctl(server, pki, "user", "grant-role", "root", "root")
+        etcdctl(server, pki, "role", "add", "discovery")
+        for prefix in ("/services/", "/services_infos/"):
+            etcdctl(server, pki, "role", "grant-permission", "discovery", "readwrite", prefix,
+                    "--prefix=true")
+        for user, password in (("svc", SVC_PASSWORD), ("rotating", ROTATED_PASSWORD)):
+            etcdctl(server, pki, "user", "add", user, "--new-user-password", password)
+            etcdctl(server, pki, "user", "grant-role", user, "discovery")
+        etcdctl(server, pki, "auth", "enable")
+        yield server
+
+
+def root_client(server: EmbeddedEtcd, pki: Pki) -> etcd3.Etcd3Client:
+    hostname, port = address(server.endpoint)
+    return etcd3.client(host=hostname, port=port, ca_cert=pki.ca, user="root",
+                        password=ROOT_PASSWORD, timeout=5)
+
+
+class Leaks:
+    """Collects what a scenario showed (logs, output, exceptions, reprs) and the secrets it
+    must never show (passwords, private key, every auth token the library obtained)."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+                 pki: Pki) -> None:
+        self._caplog = caplog
+        self._capfd = capfd
+        self.texts: list[str] = []
+        self.tokens: set[str] = set()
+        key_lines = [line for line in pki.client_key_pem.decode().splitlines()
+                     if len(line) >= 16 and not line.startswith("-----")]
+        self.secrets: set[str] = {*PASSWORDS, *key_lines,
+                                  base64.b64encode(pki.client_key_pem).decode()[:40]}
+
+    def error(self, error: BaseException) -> BaseException:
+        """Remember an exception: its text, repr, traceback, and those of its causes."""
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            self.texts += [str(current), repr(current), *traceback.format_exception(current)]
+            current = current.__cause__ or current.__context__
+        return error
+
+    def show(self, *objects: Any) -> None:
+        """Remember what a user would see of these objects (repr, str, HTML)."""
+        for obj in objects:
+            self.texts += [repr(obj), str(obj)]
+            if hasattr(obj, "_repr_html_"):
+                self.texts.append(obj._repr_html_())
+
+    def check(self, expect_tokens: bool = True) -> None:
+        if expect_tokens:
+            assert self.tokens, "no auth token was captured: the check would prove nothing"
+        formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+        records = self._caplog.records
+        assert records, "nothing was logged: the capture is not working"
+        logged = [formatter.format(record) for record in records]
+        out, err = self._capfd.readouterr()
+        haystack = [*logged, out, err, *self.texts]
+        for secret in self.secrets | self.tokens:
+            leaks = [text[:200] for text in haystack if secret in text]
+            assert not leaks, f"a secret ({len(secret)} chars) leaked: {leaks[:3]}"
+
+
+@pytest.fixture
+def leaks(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], pki: Pki,
+          monkeypatch: pytest.MonkeyPatch) -> Leaks:
+    caplog.set_level(logging.DEBUG)
+    for name in ("rx_discovery", "rx_discovery.store.etcd", "etcd3", "grpc", "grpc._channel",
+                 "grpc._cython", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    found = Leaks(caplog, capfd, pki)
+    original = EtcdStore._get_client
+
+    def recording(self: EtcdStore) -> Any:
+        client = original(self)
+        for name, value in getattr(client, "metadata", None) or ():
+            if name == "token" and value:
+                found.tokens.add(value)
+        return client
+
+    monkeypatch.setattr(EtcdStore, "_get_client", recording)
+    return found
+
+
+# --- TLS with client certificates ----------------------------------------------------------
+
+
+def test_client_certificate_register_and_watch(mtls: EmbeddedEtcd, pki: Pki,
+                                               leaks: Leaks) -> None:
+    for material in ({"ca_cert": pki.ca, "client_cert": pki.client_cert,
+                      "client_key": pki.client_key},
+                     {"ca_cert": pki.pem("ca"), "client_cert": pki.pem("client_cert"),
+                      "client_key": pki.pem("client_key")}):
+        with Discovery(mtls.endpoint, timeout=3, **material) as discovery:
+            sets = subscribe(discovery.hosts("web"))
+            registration = discovery.register("web", host("tls")).wait(10)
+            wait_until(lambda r=registration, s=sets: r.uuid in last(s), timeout=5)
+            assert discovery.get("web").first().hostname == "host-tls.test"
+            leaks.show(discovery, discovery.settings, discovery.store, registration,
+                       last(sets))
+            assert healthy_stream(sets)
+            registration.dispose()
+    leaks.check(expect_tokens=False)
+
+
+def test_without_client_certificate_fails_clearly_within_the_timeout(
+        mtls: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    timeout = 2.0
+    with Discovery(mtls.endpoint, ca_cert=pki.ca, timeout=timeout) as discovery:
+        started = time.monotonic()
+        with pytest.raises(DiscoveryError) as query:
+            discovery.get("web").all()
+        assert time.monotonic() - started < timeout + 2
+        assert TLS_REFUSED.search(str(query.value)), str(query.value)
+        leaks.error(query.value)
+        registration = discovery.register("web", host("no-cert"))
+        started = time.monotonic()
+        with pytest.raises(RegistrationError) as waited:
+            registration.wait(timeout=3)
+        assert time.monotonic() - started < 3 + 1
+        leaks.error(waited.value)
+        assert "not done after 3" in str(waited.value)
+        assert TLS_REFUSED.search(str(waited.value)), str(waited.value)
+        assert not registration.ready
+    leaks.check(expect_tokens=False)
+
+
+def test_tls_in_memory_from_env(mtls: EmbeddedEtcd, pki: Pki, leaks: Leaks,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETCD_HOSTS", mtls.endpoint)
+    monkeypatch.setenv("ETCD_TLS_INMEMORY", "true")
+    for var, name in (("ETCD_CACERT", "ca"), ("ETCD_TLS_CERT", "client_cert"),
+                      ("ETCD_TLS_KEY", "client_key")):
+        value = base64.b64encode(pki.pem(name)).decode()
+        monkeypatch.setenv(var, value)
+        if name == "client_key":
+            leaks.secrets.add(value[-60:])
+    for var in ("ETCD_HOST", "ETCD_USER", "ETCD_PASSWORD", "ETCD_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+    with Discovery.from_env() as discovery:
+        assert discovery.settings.client_key == pki.client_key_pem
+        sets = subscribe(discovery.hosts("env"))
+        registration = discovery.register("env", host("env")).wait(10)
+        wait_until(lambda: registration.uuid in last(sets), timeout=5)
+        leaks.show(discovery, discovery.settings, registration)
+    leaks.check(expect_tokens=False)
+
+
+# --- authentication over TLS ---------------------------------------------------------------
+
+
+def test_scoped_user_works_and_is_denied_outside_its_prefixes(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                   timeout=3) as discovery:
+        sets = subscribe(discovery.hosts("api"))
+        registration = discovery.register("api", host("api")).wait(10)
+        wait_until(lambda: registration.uuid in last(sets), timeout=5)
+        assert discovery.get("api").first().uuid == registration.uuid
+        leaks.show(discovery, discovery.settings, registration, last(sets))
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                   timeout=3, prefix="/elsewhere") as outside:
+        with pytest.raises(AuthenticationFailed) as denied:
+            outside.get("api").all()
+        assert "permission denied" in str(denied.value)
+        with pytest.raises(RegistrationError) as refused:
+            outside.register("api", host("outside")).wait(10)
+        assert "permission denied" in str(refused.value)
+        leaks.error(denied.value)
+        leaks.error(refused.value)
+    raw = root_client(auth, pki)
+    try:
+        assert raw.get_prefix("/elsewhere/")
+        assert not list(raw.get_prefix("/elsewhere/"))  # nothing was written there
+    finally:
+        raw.close()
+    leaks.check()
+
+
+def test_wrong_password_is_a_clear_authentication_error(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                   timeout=3) as good:
+        good.get("api")  # a good login, so that the check has a token to look for
+        with pytest.raises(DiscoveryError):
+            good.get("nothing-here").all()
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=WRONG_PASSWORD,
+                   timeout=3) as discovery:
+        started = time.monotonic()
+        with pytest.raises(RegistrationError) as refused:
+            discovery.register("api", host("wrong")).wait(10)
+        assert time.monotonic() - started < 3
+        assert "authentication failed" in str(refused.value)
+        with pytest.raises(AuthenticationFailed) as query:
+            discovery.get("api").all()
+        leaks.error(refused.value)
+        leaks.error(query.value)
+        leaks.show(discovery, discovery.settings, discovery.store)
+    leaks.check()
+
+
+def probe_token(server: EmbeddedEtcd, pki: Pki) -> tuple[grpc.Channel, str]:
+    """A token of user svc obtained now over the raw gRPC stubs, then left idle."""
+    hostname, port = address(server.endpoint)
+    channel = grpc.secure_channel(f"{hostname}:{port}",
+                                  grpc.ssl_channel_credentials(pki.pem("ca")))
+    answer = etcd3.etcdrpc.AuthStub(channel).Authenticate(
+        etcd3.etcdrpc.AuthenticateRequest(name="svc", password=SVC_PASSWORD), timeout=5)
+    return channel, answer.token
+
+
+def token_rejected(channel: grpc.Channel, token: str) -> bool:
+    try:
+        etcd3.etcdrpc.KVStub(channel).Range(etcd3.etcdrpc.RangeRequest(key=b"/services/x"),
+                                            metadata=(("token", token),), timeout=5)
+    except grpc.RpcError as error:
+        return "invalid auth token" in (error.details() or "")
+    return False
+
+
+def test_expired_token_is_renewed_transparently(auth: EmbeddedEtcd, pki: Pki,
+                                                leaks: Leaks) -> None:
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                   timeout=3) as discovery:
+        sets = subscribe(discovery.hosts("renew"))
+        registration = discovery.register("renew", host("renew-1"), ttl=3).wait(10)
+        statuses = subscribe(registration.status)
+        wait_until(lambda: registration.uuid in last(sets), timeout=5)
+        channel, token = probe_token(auth, pki)
+        leaks.tokens.add(token)
+        try:
+            logins = len(leaks.tokens)
+            # let every idle token expire: the probe, left idle, proves the server dropped it
+            expired_at = time.monotonic() + TOKEN_TTL + 1.0
+            wait_until(lambda: time.monotonic() > expired_at, timeout=TOKEN_TTL + 2)
+            assert token_rejected(channel, token), "the server did not expire idle tokens"
+        finally:
+            channel.close()
+        second = discovery.register("renew", host("renew-2"), ttl=3).wait(10)
+        wait_until(lambda: second.uuid in last(sets), timeout=5,
+                   message="the watch opened before the expiry still delivers")
+        assert len(leaks.tokens) > logins, "the library logged in again"
+        others = subscribe(discovery.hosts("renew-other"))  # a stream started after the expiry
+        wait_until(lambda: others.items, timeout=5)
+
+        auth.restart()  # every simple token is lost with the server's memory
+        third = discovery.register("renew", host("renew-3"), ttl=3).wait(15)
+        wait_until(lambda: third.uuid in last(sets), timeout=10,
+                   message="the watch resumed with a fresh token after the restart")
+        wait_until(lambda: registration.ready, timeout=10)
+        assert statuses.items[0] is RegistrationStatus.REGISTERED
+        assert set(last(sets)) == {registration.uuid, second.uuid, third.uuid}
+        assert all(map(healthy_stream, (sets, others, statuses)))
+    leaks.check()
+
+
+def test_full_scenario_never_shows_a_secret(auth: EmbeddedEtcd, pki: Pki,
+                                            leaks: Leaks) -> None:
+    """Register (a public host with credentials), watch, fail a login, rotate the service's
+    credentials and the etcd user's password; nothing secret in any log, output, error or
+    repr."""
+    raw = root_client(auth, pki)
+    try:
+        with Discovery(auth.endpoint, ca_cert=pki.ca, user="rotating",
+                       password=ROTATED_PASSWORD, timeout=3) as discovery:
+            public = Host(hostname="db.example.com", ports={"pg": "5432"}, public=True,
+                          user="app", password=HOST_PASSWORD, private_hostname="db-1")
+            registration = discovery.register("db", public).wait(10)
+            credentials = subscribe(registration.credentials)
+            watched = subscribe(discovery.credentials("db"))
+            sets = subscribe(discovery.hosts("db"))
+            events = subscribe(discovery.events("db"))
+            wait_until(lambda: sets.items and registration.uuid in last(sets), timeout=5)
+
+            # another party rotates the service's credentials
+            service = discovery.get("db").service()
+            raw.put("/services_infos/db", service.to_json().replace(HOST_PASSWORD,
+                                                                    NEW_HOST_PASSWORD))
+            wait_until(lambda: credentials.items[-1:] == [Credentials("app", NEW_HOST_PASSWORD)],
+                       timeout=5)
+            wait_until(lambda: watched.items[-1:] == [Credentials("app", NEW_HOST_PASSWORD)],
+                       timeout=5)
+            wait_until(lambda: last(sets)[registration.uuid].password == NEW_HOST_PASSWORD,
+                       timeout=5, message="the host key rewritten with the new credentials")
+
+            # a login with a wrong password
+            with Discovery(auth.endpoint, ca_cert=pki.ca, user="rotating",
+                           password=WRONG_PASSWORD, timeout=3) as wrong:
+                with pytest.raises(RegistrationError) as refused:
+                    wrong.register("db", public).wait(10)
+                leaks.error(refused.value)
+                leaks.show(wrong, wrong.settings, wrong.store)
+
+            # the etcd password of the user is rotated: a client with the new one works,
+            # the old one is refused (clearly, without showing either)
+            etcdctl(auth, pki, "user", "passwd", "rotating", "--interactive=false",
+                    user=f"root:{ROOT_PASSWORD}", stdin=NEW_ROTATED_PASSWORD + "\n")
+            with Discovery(auth.endpoint, ca_cert=pki.ca, user="rotating",
+                           password=NEW_ROTATED_PASSWORD, timeout=3) as rotated:
+                assert rotated.get("db").first().uuid == registration.uuid
+                leaks.show(rotated, rotated.settings)
+            with pytest.raises(AuthenticationFailed) as stale:
+                discovery.get("db").all()
+            leaks.error(stale.value)
+            leaks.show(discovery, discovery.settings, discovery.store, registration,
+                       registration.host, last(sets), last(sets).first(),
+                       *credentials.items, *watched.items, *events.items, service)
+    finally:
+        raw.close()
+    leaks.check()
