@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from reactivex import abc
 from reactivex.disposable import Disposable, SerialDisposable
 
-from rx_discovery._errors import StoreError, StoreUnavailable
+from rx_discovery._errors import AuthenticationFailed, LeaseNotFound
 from rx_discovery._runtime import Runtime
 from rx_discovery.store import Store
 
@@ -97,7 +97,10 @@ class LeaseKeeper:
             cohort.busy = True
             batch = list(cohort.reports.items())
         try:
-            outcomes = self._keepalive([lease for lease, _ in batch])
+            try:
+                outcomes = self._keepalive([lease for lease, _ in batch])
+            except Exception as error:  # whatever failed, every lease of the batch is told
+                outcomes = dict.fromkeys((lease for lease, _ in batch), error)
             for lease, report in batch:
                 report(outcomes.get(lease))
         finally:
@@ -112,9 +115,9 @@ class LeaseKeeper:
             try:
                 self._store.keepalive(lease)
                 outcomes[lease] = None
-            except StoreUnavailable as error:
+            except (LeaseNotFound, AuthenticationFailed) as error:
+                outcomes[lease] = error
+            except Exception as error:
                 # etcd is unreachable: the rest of the batch would only wait for timeouts
                 return {**dict.fromkeys(leases, error), **outcomes}
-            except StoreError as error:
-                outcomes[lease] = error
         return outcomes

@@ -32,6 +32,8 @@ class Stoppable(Protocol):
 
     def stop(self) -> None: ...
 
+    def ensure_loaded(self) -> None: ...
+
 
 class SharedSync(Generic[T]):
     """One sync shared by every subscriber of :attr:`observable`.
@@ -55,6 +57,17 @@ class SharedSync(Generic[T]):
         """The shared changes. ``scheduler`` times the sync's retries when this subscription
         is the one that starts it."""
         return reactivex.create(lambda observer, _: self._subscribe(observer, scheduler))
+
+    def ensure_loaded(self) -> None:
+        """Make the running sync read its first state now, on this thread (see
+        :meth:`PrefixSync.ensure_loaded`); nothing when no sync runs.
+
+        Raises:
+            StoreError: the read failed.
+        """
+        sync = self._sync
+        if sync is not None:
+            sync.ensure_loaded()
 
     def close(self) -> None:
         """Stop the sync and complete every subscriber; later subscribers complete at once."""

@@ -277,7 +277,7 @@ class Discovery:
         if self._closed:
             raise RuntimeError("this Discovery is closed")
         runtime = self._runtime.with_timer(scheduler)
-        hosts, services = self.changes(name), self._service_sync(name).observe()
+        hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         with self._lock:
             group = self._groups.get(name)
             if group is None:

@@ -38,6 +38,7 @@ from rx_discovery._errors import (
 )
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import Backoff, Runtime
+from rx_discovery._shared import SharedSync
 from rx_discovery.keys import Keyspace
 from rx_discovery.model import Credentials, Host, Service
 from rx_discovery.store import Store
@@ -120,12 +121,11 @@ class ServiceGroup:
     Args:
         store: where the service key is written.
         service_key: the service key.
-        hosts: the service's shared host changes.
+        hosts: the service's shared host sync.
         services: the service's shared service-key changes.
     """
 
-    def __init__(self, store: Store, service_key: str,
-                 hosts: reactivex.Observable[Change[Host]],
+    def __init__(self, store: Store, service_key: str, hosts: SharedSync[Host],
                  services: reactivex.Observable[Change[Service]]) -> None:
         self._store = store
         self._service_key = service_key
@@ -146,9 +146,19 @@ class ServiceGroup:
             self._watching_services |= public
         # outside the lock: a subscription may deliver the current state at once
         if first:
-            self._keep(self._hosts.subscribe(on_next=self._on_hosts))
+            self._keep(self._hosts.observe().subscribe(on_next=self._on_hosts))
         if public:
             self._keep(self._services.subscribe(on_next=self._on_services))
+
+    def ensure_loaded(self) -> None:
+        """Have the service's host changes read their first state before a registration
+        writes its key, so that its put reaches every stream of the service as a change (a
+        stream whose first read came after the put would see the host neither come nor go).
+
+        Raises:
+            StoreError: the read failed.
+        """
+        self._hosts.ensure_loaded()
 
     def remove(self, registration: Registration) -> None:
         with self._lock:
@@ -378,6 +388,7 @@ class Registration(abc.DisposableBase):
             return
         host, old_lease, renewing = self._host, self._lease, self._lease != 0 or self._ever
         try:
+            self._group.ensure_loaded()
             lease = self._store.grant(math.ceil(self.ttl))
             revision = self._store.put(self.key, host.to_json().encode(), lease.id)
             self._group.write_service(service_document(self.service, host), force=renewing)

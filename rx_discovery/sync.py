@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,7 +22,7 @@ from reactivex.disposable import SerialDisposable
 
 from rx_discovery._errors import MalformedValue, RevisionCompacted
 from rx_discovery._runtime import Backoff, Runtime
-from rx_discovery.store import EventType, Store, WatchResponse
+from rx_discovery.store import EventType, Store, WatchEvent, WatchResponse
 
 __all__ = ["Change", "Diagnostic", "PrefixSync", "Codec"]
 
@@ -135,7 +135,19 @@ class PrefixSync(Generic[T]):
 
     def start(self) -> None:
         """Read the prefix and start watching, in the background."""
-        self._pending.disposable = self._runtime.run(self._load)
+        self._pending.disposable = self._runtime.run(self._first_load)
+
+    def ensure_loaded(self) -> None:
+        """Read the first state now, on the caller's thread, unless it was read already.
+
+        A registration calls it before writing its key, so that its own put reaches every
+        stream of the service as a change, and a failure to read is its own error.
+
+        Raises:
+            StoreError: the read failed (the background load keeps retrying).
+        """
+        if not self._loaded and not self._stopped:
+            self._load(first=True, retry=False)
 
     def stop(self) -> None:
         """Cancel the watch and any pending retry. Nothing is published afterwards."""
@@ -146,17 +158,25 @@ class PrefixSync(Generic[T]):
 
     # --- snapshot -----------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _first_load(self) -> None:
+        self._load(first=True)
+
+    def _resync(self) -> None:
+        self._load(first=False)
+
+    def _load(self, first: bool, retry: bool = True) -> None:
         if self._stopped:
             return
         try:
             snapshot = self._store.get_prefix(self._prefix)
         except Exception as error:
-            self._retry(self._load, error, "read")
+            if not retry:
+                raise
+            self._retry(self._first_load if first else self._resync, error, "read")
             return
         with self._lock:
-            if self._stopped:
-                return
+            if self._stopped or (first and self._loaded):
+                return  # another thread read the first state meanwhile
             items: dict[str, T] = {}
             for kv in snapshot.items:
                 decoded = self._decode(kv.key, kv.value, kv.mod_revision)
@@ -196,31 +216,36 @@ class PrefixSync(Generic[T]):
             if not response.events:  # progress notification: nothing changed up to here
                 self._revision = max(self._revision, response.revision)
                 return
-            before = self._items
-            items = dict(before)
-            touched: set[str] = set()
-            for event in response.events:
-                if event.mod_revision <= self._revision:
-                    continue  # already applied (a resumed watch may overlap)
-                self._revision = event.mod_revision
-                if event.type is EventType.DELETE:
-                    self._bad.pop(event.key, None)
-                    ident = self._ident(event.key, report=False)
-                    if ident is not None and items.pop(ident, None) is not None:
-                        touched.add(ident)
-                else:
-                    decoded = self._decode(event.key, event.value, event.mod_revision)
-                    if decoded is not None:
-                        items[decoded[0]] = decoded[1]
-                        touched.add(decoded[0])
-                    else:  # overwritten with garbage: gone, as a fresh read would say
-                        ident = self._ident(event.key, report=False)
-                        if ident is not None and items.pop(ident, None) is not None:
-                            touched.add(ident)
-            change = _diff(before, items, self._revision, initial=False, keys=touched)
-            self._items = items
-            if not change.empty:
-                self._publish(change)
+            for revision in _by_revision(response.events):
+                if revision[0].mod_revision > self._revision:  # else applied already (overlap)
+                    self._apply(revision)
+
+    def _apply(self, events: Sequence[WatchEvent]) -> None:
+        """Apply the events of one revision and publish the change (one per revision, so no
+        host that came and went is lost, even when etcd sends many revisions at once)."""
+        before = self._items
+        items = dict(before)
+        touched: set[str] = set()
+        for event in events:
+            if event.type is EventType.DELETE:
+                self._bad.pop(event.key, None)
+                ident = self._ident(event.key, report=False)
+                if ident is not None and items.pop(ident, None) is not None:
+                    touched.add(ident)
+                continue
+            decoded = self._decode(event.key, event.value, event.mod_revision)
+            if decoded is not None:
+                items[decoded[0]] = decoded[1]
+                touched.add(decoded[0])
+            else:  # overwritten with garbage: gone, as a fresh read would say
+                ident = self._ident(event.key, report=False)
+                if ident is not None and items.pop(ident, None) is not None:
+                    touched.add(ident)
+        self._revision = events[-1].mod_revision
+        self._items = items
+        change = _diff(before, items, self._revision, initial=False, keys=touched)
+        if not change.empty:
+            self._publish(change)
 
     def _on_error(self, token: object, error: Exception) -> None:
         with self._lock:
@@ -230,7 +255,7 @@ class PrefixSync(Generic[T]):
         if isinstance(error, RevisionCompacted):
             log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
                      self._name, self._revision + 1, error.compact_revision)
-            self._pending.disposable = self._runtime.run(self._load)
+            self._pending.disposable = self._runtime.run(self._resync)
         else:
             self._retry(self._open_watch, error, "watch")
 
@@ -270,6 +295,17 @@ class PrefixSync(Generic[T]):
         log.warning("%s: skipped malformed value at %s (revision %d): %s", self._name, key,
                     revision, reason)
         self._report(Diagnostic(key, reason, revision))
+
+
+def _by_revision(events: Sequence[WatchEvent]) -> list[Sequence[WatchEvent]]:
+    """The events grouped by revision (one transaction each), in order."""
+    groups: list[Sequence[WatchEvent]] = []
+    start = 0
+    for index in range(1, len(events) + 1):
+        if index == len(events) or events[index].mod_revision != events[start].mod_revision:
+            groups.append(events[start:index])
+            start = index
+    return groups
 
 
 def _diff(before: Mapping[str, T], after: dict[str, T], revision: int, initial: bool,

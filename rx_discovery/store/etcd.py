@@ -26,7 +26,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import etcd3
@@ -205,21 +205,24 @@ def _watch_event(event: Any) -> WatchEvent:
                       version=kv.version, lease=kv.lease)
 
 
-def _per_revision(events: Any) -> Iterator[WatchResponse]:
-    """Split one etcd watch response into one :class:`WatchResponse` per revision.
+def _watch_response(events: Any) -> WatchResponse:
+    """One etcd watch response as one :class:`WatchResponse`: etcd packs many whole revisions
+    into a response when a watch catches up on history; keeping them together lets the sync
+    apply a burst as one change instead of one per revision. ``revision`` is the last event's
+    (the header's may be ahead of what was delivered)."""
+    converted = tuple(_watch_event(event) for event in events)
+    return WatchResponse(revision=converted[-1].mod_revision, events=converted)
 
-    etcd packs many revisions into one response when a watch catches up on history; one
-    response per revision (one transaction each) is what the memory store emits too.
-    """
-    batch: list[WatchEvent] = []
-    for event in events:
-        converted = _watch_event(event)
-        if batch and converted.mod_revision != batch[-1].mod_revision:
-            yield WatchResponse(revision=batch[-1].mod_revision, events=tuple(batch))
-            batch = []
-        batch.append(converted)
-    if batch:
-        yield WatchResponse(revision=batch[-1].mod_revision, events=tuple(batch))
+
+def _outcome(future: concurrent.futures.Future[int]) -> Exception | None:
+    """None for a refreshed lease, else why not."""
+    try:
+        error = future.exception(0)
+    except concurrent.futures.TimeoutError:
+        return StoreUnavailable("keepalive: no answer")
+    if error is None or isinstance(error, Exception):
+        return error
+    return StoreUnavailable(f"keepalive: {type(error).__name__}")
 
 
 def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
@@ -329,6 +332,20 @@ class EtcdStore:
         """
         return self._call("keepalive", lambda client: self._keepalive.refresh(client, lease))
 
+    def keepalive_many(self, leases: Sequence[int]) -> dict[int, Exception | None]:
+        """Refresh many leases at once over the shared stream: every request is sent, then the
+        answers are awaited together, under one deadline. Used by the lease keeper.
+
+        Returns:
+            ``lease -> None`` when refreshed, else the error (LeaseNotFound,
+            StoreUnavailable...).
+        """
+        try:
+            return self._call("keepalive",
+                              lambda client: self._keepalive.refresh_many(client, leases))
+        except StoreError as error:
+            return dict.fromkeys(leases, error)
+
     def revoke(self, lease: int) -> None:
         """Revoke ``lease``, deleting its keys. A lease that is already gone is not an error.
 
@@ -344,12 +361,13 @@ class EtcdStore:
         """Changes under ``prefix`` from ``start_revision`` on (cold: one etcd watch stream per
         subscription).
 
-        Emits one :class:`WatchResponse` per revision (all the events of one transaction, with
-        ``revision`` = their revision), and one per progress notification (empty ``events``,
-        ``revision`` = the server's revision). Fails with :class:`RevisionCompacted` when
-        ``start_revision`` is compacted, :class:`AuthenticationFailed` when refused, and
-        :class:`StoreUnavailable` on any loss of the stream (server down, frozen, failover);
-        never completes. Disposing cancels the stream; nothing is emitted afterwards.
+        Emits one :class:`WatchResponse` per etcd response (whole revisions, in order, with
+        ``revision`` = the last event's revision), and one per progress notification (empty
+        ``events``, ``revision`` = the server's revision). Fails with
+        :class:`RevisionCompacted` when ``start_revision`` is compacted,
+        :class:`AuthenticationFailed` when refused, and :class:`StoreUnavailable` on any loss
+        of the stream (server down, frozen, failover); never completes. Disposing cancels the
+        stream; nothing is emitted afterwards.
 
         Threads: subscribing returns at once; the stream is opened, and every notification is
         emitted, on the subscription's own daemon reader thread.
@@ -526,6 +544,21 @@ class _KeepAliveStream:
             stream.abort(StoreUnavailable(
                 f"keepalive: no answer within {self._timeout:g} s"), endpoint_failed=True)
             raise StoreUnavailable(f"keepalive: no answer within {self._timeout:g} s") from None
+
+    def refresh_many(self, client: Any, leases: Sequence[int]) -> dict[int, Exception | None]:
+        """Send one keepalive per lease, then wait for all the answers under one deadline."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            stream = self._stream
+            if stream is None or stream.dead:
+                stream = self._stream = _LeaseStream(self._store, client)
+            futures = {lease: stream.request(lease) for lease in leases}
+        _, late = concurrent.futures.wait(futures.values(), self._timeout)
+        if late:  # a stream that does not answer is stuck: drop it (fails the late futures)
+            stream.abort(StoreUnavailable(
+                f"keepalive: no answer within {self._timeout:g} s"), endpoint_failed=True)
+        return {lease: _outcome(future) for lease, future in futures.items()}
 
     def close(self) -> None:
         with self._lock:
@@ -722,8 +755,7 @@ class _WatchSubscription:
             if not response.created:  # a progress notification
                 self._emit(WatchResponse(revision=response.header.revision, events=()))
             return
-        for batch in _per_revision(response.events):
-            self._emit(batch)
+        self._emit(_watch_response(response.events))
 
     def _emit(self, response: WatchResponse) -> None:
         if not self._disposed:

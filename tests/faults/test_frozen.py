@@ -82,7 +82,6 @@ def test_pause_is_noticed_and_resume_recovers() -> None:
         assert healthy_stream(changes) and healthy_stream(events)
 
 
-
 def test_close_while_a_registration_is_blocked_on_a_frozen_server_is_quiet(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO)
@@ -100,17 +99,18 @@ def test_close_while_a_registration_is_blocked_on_a_frozen_server_is_quiet(
     with EmbeddedEtcd(name="frozen-close") as server:
         discovery = Discovery(server.endpoint, timeout=TIMEOUT)
         in_flight = threading.Event()
-        grant = discovery.store.grant
+        read = discovery.store.get_prefix
 
-        def signalling_grant(ttl: int) -> Any:
+        def signalling_read(prefix: str) -> Any:
             in_flight.set()
-            return grant(ttl)
+            return read(prefix)
 
-        monkeypatch.setattr(discovery.store, "grant", signalling_grant)
-        server.pause()  # the grant connects, then waits for an answer that never comes
+        # a registration first reads its service's hosts, then grants and puts
+        monkeypatch.setattr(discovery.store, "get_prefix", signalling_read)
+        server.pause()  # the read connects, then waits for an answer that never comes
         try:
             registration = discovery.register(SERVICE, host(1), ttl=TTL)
-            assert in_flight.wait(5), "the grant never started"
+            assert in_flight.wait(5), "the registration's first call never started"
             started = time.monotonic()
             discovery.close()
             assert time.monotonic() - started < TIMEOUT + 1
