@@ -3,25 +3,23 @@
 ``Discovery.in_memory(scheduler)`` runs the whole library on :class:`MemoryStore`, an in-memory
 store with etcd's semantics (revisions, leases, TTL, compaction) driven by any reactivex
 scheduler. With ``reactivex.testing.TestScheduler`` one unit of virtual time is one second,
-so a TTL of 5 expires 5.0 later, and minutes of virtual time run in milliseconds::
+so a TTL of 6 expires 6.0 later, and minutes of virtual time run in milliseconds. A host that
+registers at tick 10 with ttl 6 (keepalives every ttl/3: at 12, 14, ... 50) and crashes at
+tick 50.5 is reported down at 56, its last keepalive + ttl, exactly as etcd would expire it:
 
-    from reactivex.testing import TestScheduler
-    from rx_discovery import Discovery
-    from rx_discovery.testing import crash, make_host, record
-
-    scheduler = TestScheduler()
-    discovery = Discovery.in_memory(scheduler)
-    downs = record(discovery.subscribe_down("api"), scheduler)
-    registration = None
-
-    def up(*_):
-        global registration
-        registration = discovery.register("api", make_host(1), ttl=5)
-
-    scheduler.schedule_absolute(10.0, up)
-    scheduler.schedule_absolute(50.0, lambda *_: crash(registration))
-    scheduler.advance_to(100.0)
-    assert [t for t, _ in downs.values] == [55.0]   # crashed at 50 + ttl 5
+>>> from reactivex.testing import TestScheduler
+>>> from rx_discovery import Discovery
+>>> from rx_discovery.testing import crash, make_host, record
+>>> scheduler = TestScheduler()
+>>> discovery = Discovery.in_memory(scheduler)
+>>> downs = record(discovery.subscribe_down("api"), scheduler)
+>>> held = {}
+>>> _ = scheduler.schedule_absolute(
+...     10, lambda *_: held.setdefault("api", discovery.register("api", make_host(1), ttl=6)))
+>>> _ = scheduler.schedule_absolute(50.5, lambda *_: crash(held["api"]))
+>>> scheduler.advance_to(100)
+>>> downs.values
+[(56.0, 'uuid-1')]
 """
 
 from __future__ import annotations
