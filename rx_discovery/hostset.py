@@ -15,8 +15,10 @@ __all__ = ["HostSet", "hosts_html"]
 class HostSet(Mapping[str, Host]):
     """An immutable mapping ``uuid -> Host`` of one service, as of etcd ``revision``.
 
-    Hosts iterate in key order (sorted by uuid), as etcd returns them. Empty sets are real
-    values: an empty ``HostSet`` means "no host registered", not "no data yet".
+    Hosts iterate in arrival order (those of the first read in key order, later ones after);
+    :meth:`first` is always the host with the smallest uuid (key order, as the Go package's
+    ``First``). Empty sets are real values: an empty ``HostSet`` means "no host registered",
+    not "no data yet".
     """
 
     __slots__ = ("_hosts", "revision", "service")
@@ -55,14 +57,14 @@ class HostSet(Mapping[str, Host]):
     __hash__ = None  # type: ignore[assignment]
 
     def first(self) -> Host:
-        """The first host in key order.
+        """The host with the smallest uuid (the first key, as etcd lists them).
 
         Raises:
             NoHostFound: the set is empty.
         """
-        for host in self._hosts.values():
-            return host
-        raise NoHostFound(f"no host registered for service {self.service!r}")
+        if not self._hosts:
+            raise NoHostFound(f"no host registered for service {self.service!r}")
+        return self._hosts[min(self._hosts)]
 
     def one(self) -> Host:
         """A host picked at random (spreads load across hosts).
