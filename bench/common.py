@@ -273,3 +273,16 @@ class Stamp:
         ok = self.event.wait(timeout)
         self.event.clear()
         return self.ns if ok else None
+
+
+def stamping_decoder(stamp: Stamp) -> Callable[[Any], None]:
+    """A raw watch callback that decodes each event's JSON (as a fair consumer must), then
+    stamps the arrival."""
+    def on_raw(response: Any) -> None:
+        if isinstance(response, Exception):
+            return
+        for event in response.events:
+            json.loads(event.value)
+        stamp.hit()
+
+    return on_raw

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from bench.common import (
     BenchResult,
     Context,
@@ -15,6 +12,7 @@ from bench.common import (
     now_ns,
     percentile,
     raw_watch,
+    stamping_decoder,
     us,
 )
 
@@ -36,14 +34,7 @@ def run(ctx: Context) -> BenchResult:
     raw_stamp = Stamp()
     watch_client = ctx.raw_client()
 
-    def on_raw(response: Any) -> None:
-        if isinstance(response, Exception):
-            return
-        for event in response.events:
-            json.loads(event.value)
-        raw_stamp.hit()
-
-    cancel = raw_watch(watch_client, f"/services/{raw_service}/", on_raw)
+    cancel = raw_watch(watch_client, f"/services/{raw_service}/", stamping_decoder(raw_stamp))
     counter = iter(range(10**9))
 
     def sample(service: str, stamp: Stamp, timeout: float = 5.0) -> int | None:

@@ -4,9 +4,7 @@ ready (retried until the server accepts it)."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import etcd3
 
@@ -22,6 +20,7 @@ from bench.common import (
     ms,
     now_ns,
     raw_watch,
+    stamping_decoder,
 )
 
 NAME = "recovery"
@@ -55,14 +54,7 @@ def run(ctx: Context) -> BenchResult:
     raw_stamp = Stamp()
     client = ctx.raw_client()
 
-    def on_raw(response: Any) -> None:
-        if isinstance(response, Exception):
-            return
-        for event in response.events:
-            json.loads(event.value)
-        raw_stamp.hit()
-
-    cancel = raw_watch(client, "/services/rec-raw/", on_raw)
+    cancel = raw_watch(client, "/services/rec-raw/", stamping_decoder(raw_stamp))
     counter = iter(range(10**9))
     ready_to_event: list[int] = []
     put_to_event: list[int] = []

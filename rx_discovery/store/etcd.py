@@ -529,36 +529,37 @@ class _KeepAliveStream:
             LeaseNotFound: the answer's TTL is 0.
             StoreUnavailable: no answer within the timeout, or the stream broke.
         """
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailable("the store is closed")
-            stream = self._stream
-            if stream is None or stream.dead:
-                stream = self._stream = _LeaseStream(self._store, client)
-            future = stream.request(lease)
+        stream, futures = self._send(client, [lease])
         try:
-            return future.result(self._timeout)
+            return futures[lease].result(self._timeout)
         except concurrent.futures.TimeoutError:
-            # A stream that does not answer is stuck (e.g. its member lost the leader): drop
-            # it and fail over, so that the next refresh opens a fresh one.
-            stream.abort(StoreUnavailable(
-                f"keepalive: no answer within {self._timeout:g} s"), endpoint_failed=True)
-            raise StoreUnavailable(f"keepalive: no answer within {self._timeout:g} s") from None
+            raise self._give_up(stream) from None
 
     def refresh_many(self, client: Any, leases: Sequence[int]) -> dict[int, Exception | None]:
         """Send one keepalive per lease, then wait for all the answers under one deadline."""
+        stream, futures = self._send(client, leases)
+        _, late = concurrent.futures.wait(futures.values(), self._timeout)
+        if late:
+            self._give_up(stream)  # fails the late futures
+        return {lease: _outcome(future) for lease, future in futures.items()}
+
+    def _send(self, client: Any, leases: Sequence[int]
+              ) -> tuple[_LeaseStream, dict[int, concurrent.futures.Future[int]]]:
+        """Requests for ``leases`` on the open stream (opened or reopened as needed)."""
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
             stream = self._stream
             if stream is None or stream.dead:
                 stream = self._stream = _LeaseStream(self._store, client)
-            futures = {lease: stream.request(lease) for lease in leases}
-        _, late = concurrent.futures.wait(futures.values(), self._timeout)
-        if late:  # a stream that does not answer is stuck: drop it (fails the late futures)
-            stream.abort(StoreUnavailable(
-                f"keepalive: no answer within {self._timeout:g} s"), endpoint_failed=True)
-        return {lease: _outcome(future) for lease, future in futures.items()}
+            return stream, {lease: stream.request(lease) for lease in leases}
+
+    def _give_up(self, stream: _LeaseStream) -> StoreUnavailable:
+        """A stream that does not answer is stuck (e.g. its member lost the leader): drop it
+        and fail over, so that the next refresh opens a fresh one."""
+        error = StoreUnavailable(f"keepalive: no answer within {self._timeout:g} s")
+        stream.abort(error, endpoint_failed=True)
+        return error
 
     def close(self) -> None:
         with self._lock:
