@@ -80,16 +80,6 @@ class SharedSync(Generic[T]):
         for observer in observers:
             observer.on_completed()
 
-    @property
-    def active(self) -> bool:
-        """True while a sync runs (at least one subscriber)."""
-        return self._sync is not None
-
-    @property
-    def current(self) -> Change[T] | None:
-        """The last published state, None before the first snapshot or when idle."""
-        return self._last
-
     def _subscribe(self, observer: abc.ObserverBase[Change[T]],
                    scheduler: abc.SchedulerBase | None) -> abc.DisposableBase:
         start: Stoppable | None = None

@@ -128,11 +128,6 @@ class PrefixSync(Generic[T]):
         # watches are cheap to reopen: retry soon (jittered, so clients do not stampede)
         self._backoff = Backoff(initial=0.05, maximum=1.0)
 
-    @property
-    def revision(self) -> int:
-        """The last revision applied."""
-        return self._revision
-
     def start(self) -> None:
         """Read the prefix and start watching, in the background."""
         self._pending.disposable = self._runtime.run(self._first_load)
