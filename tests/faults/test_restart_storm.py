@@ -96,5 +96,8 @@ def test_kill_and_restart_five_times_loses_nothing() -> None:
             churn.stop()
         assert not churn.errors, churn.errors
         assert churn.operations > KILLS * 10
-        assert len(changes_a.items) > KILLS * 10  # the history checked was not trivial
+        # the history checked was not trivial: churn hosts came and went in every cycle
+        churn_seen = {uuid for change in changes_a.items for uuid in change.added
+                      if "churn-" in uuid}
+        assert len(churn_seen) >= KILLS, len(churn_seen)
         assert {r.uuid for r in held} <= set(sets_a.items[-1])
