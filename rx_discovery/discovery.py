@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -327,7 +328,7 @@ class Discovery:
             uuid = keyspace.uuid_of(service, key)
             if uuid is None:
                 raise MalformedValue("not a host key (extra path segments or no uuid)", key)
-            return uuid
+            return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
 
         codec = Codec(ident, lambda key, value: decode_host(value, key))
         return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,

@@ -6,6 +6,8 @@ import html
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from immutables import Map
+
 from rx_discovery._errors import NoHostFound, NoHostFoundOnShard
 from rx_discovery.model import Host, pick
 
@@ -15,10 +17,13 @@ __all__ = ["HostSet", "hosts_html"]
 class HostSet(Mapping[str, Host]):
     """An immutable mapping ``uuid -> Host`` of one service, as of etcd ``revision``.
 
-    Hosts iterate in arrival order (those of the first read in key order, later ones after);
-    :meth:`first` is always the host with the smallest uuid (key order, as the Go package's
-    ``First``). Empty sets are real values: an empty ``HostSet`` means "no host registered",
-    not "no data yet".
+    Hosts iterate in no particular order (``sorted(host_set)`` gives etcd's key order; the
+    reprs and tables are sorted); :meth:`first` is always the host with the smallest uuid (key
+    order, as the Go package's ``First``). Empty sets are real values: an empty ``HostSet``
+    means "no host registered", not "no data yet".
+
+    Successive sets of a stream share their structure (a persistent map), so keeping many of
+    them is cheap and each change costs O(log n).
     """
 
     __slots__ = ("_hosts", "revision", "service")
@@ -28,13 +33,13 @@ class HostSet(Mapping[str, Host]):
         self.service = service
         self.revision = revision
         if isinstance(hosts, Mapping):
-            self._hosts: Mapping[str, Host] = dict(hosts)
+            self._hosts: Map[str, Host] = Map(hosts)
         else:
-            self._hosts = {host.uuid: host for host in hosts}
+            self._hosts = Map((host.uuid, host) for host in hosts)
 
     @classmethod
-    def _wrap(cls, service: str, hosts: Mapping[str, Host], revision: int) -> HostSet:
-        """A set over ``hosts`` without copying it (the caller never mutates it again)."""
+    def _wrap(cls, service: str, hosts: Map[str, Host], revision: int) -> HostSet:
+        """A set over ``hosts`` without copying it."""
         self = cls.__new__(cls)
         self.service, self.revision = service, revision
         self._hosts = hosts
@@ -87,9 +92,9 @@ class HostSet(Mapping[str, Host]):
 
     def on_shard(self, shard: str) -> HostSet:
         """The hosts of one shard (a new set; may be empty)."""
-        return HostSet(self.service,
-                       {uuid: host for uuid, host in self._hosts.items() if host.shard == shard},
-                       self.revision)
+        return HostSet._wrap(self.service, Map(
+            (uuid, host) for uuid, host in self._hosts.items() if host.shard == shard),
+            self.revision)
 
     def require_shard(self, shard: str) -> HostSet:
         """Like :meth:`on_shard`, but an empty result is an error.
@@ -106,7 +111,7 @@ class HostSet(Mapping[str, Host]):
 
     def __repr__(self) -> str:
         names = ", ".join(f"{h.hostname}" + (f"[{h.shard}]" if h.shard else "")
-                          for h in self._hosts.values())
+                          for h in self._sorted())
         return f"HostSet({self.service!r}, revision={self.revision}, {len(self)} hosts: [{names}])"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -114,14 +119,18 @@ class HostSet(Mapping[str, Host]):
             printer.text("HostSet(...)")
             return
         printer.text(f"HostSet {self.service!r} at revision {self.revision}: {len(self)} hosts")
-        for host in self._hosts.values():
+        for host in self._sorted():
             printer.break_()
             printer.text(f"  {_line(host)}")
 
     def _repr_html_(self) -> str:
         caption = (f"HostSet <b>{html.escape(self.service)}</b> at revision {self.revision}: "
                    f"{len(self)} host{'s' if len(self) != 1 else ''}")
-        return hosts_html(self._hosts.values(), caption)
+        return hosts_html(self._sorted(), caption)
+
+    def _sorted(self) -> list[Host]:
+        """The hosts in uuid (etcd key) order, for display."""
+        return [self._hosts[uuid] for uuid in sorted(self._hosts)]
 
 
 def _ports(ports: Mapping[str, str]) -> str:

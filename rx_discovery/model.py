@@ -2,14 +2,12 @@
 
 dataclasses-json defines the wire format (field names, omit-when-empty) and encodes it;
 :func:`decode_host` / :func:`decode_service` are the validated fast decode path used on every
-watch event (dataclasses-json decoding costs ~175 us a value, ``json.loads`` ~2 us). A test
-proves both decoders agree on every field.
+watch event (dataclasses-json decoding costs ~175 us a value; this one, on orjson, ~4 us, about
+what ``json.loads`` alone costs). A test proves both decoders agree on every field.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import sys
 import urllib.parse
@@ -17,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from dataclasses_json import DataClassJsonMixin, config
 
 from rx_discovery._errors import MalformedValue, UnknownScheme
@@ -243,20 +242,21 @@ _SERVICE_FIELDS: dict[str, tuple[str, Any]] = {
 
 
 def _decode(data: str | bytes | bytearray, key: str, kind: str,
-            fields: dict[str, tuple[str, Any]], build: Callable[..., Any]) -> Any:
+            fields: dict[str, tuple[str, Any]], build: Callable[[dict[str, Any]], Any]) -> Any:
     try:
-        # decode ourselves: json.loads would guess UTF-16/32 from a BOM; etcd values are UTF-8
-        document = json.loads(data if isinstance(data, str) else data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise MalformedValue(f"{kind} value is not valid UTF-8", key) from None
-    except ValueError as error:
-        raise MalformedValue(f"{kind} value is not JSON ({error.args[0][:60]})", key) from None
+        # orjson: 3x faster than json.loads, and strict as Go (UTF-8 only, no BOM, no NaN)
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        reason = error.args[0]
+        if "UTF-8" in reason or "surrogate" in reason:
+            raise MalformedValue(f"{kind} value is not valid UTF-8", key) from None
+        raise MalformedValue(f"{kind} value is not JSON ({reason[:60]})", key) from None
     except RecursionError:
         raise MalformedValue(f"{kind} value is nested too deeply", key) from None
     if not isinstance(document, dict):
         raise MalformedValue(f"{kind} value is a JSON {type(document).__name__}, "
                              "not an object", key)
-    kwargs: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for json_name, value in document.items():
         spec = fields.get(json_name)
         if spec is None or value is None:  # unknown, or null: Go leaves the zero value
@@ -266,9 +266,9 @@ def _decode(data: str | bytes | bytearray, key: str, kind: str,
             raise MalformedValue(f"{kind} field {json_name!r} must be a JSON "
                                  f"{'string' if expected is str else expected.__name__}, "
                                  f"not {type(value).__name__}", key)
-        kwargs[attribute] = value
+        values[attribute] = value
     try:
-        return build(**kwargs)
+        return build(values)
     except (TypeError, ValueError) as error:
         raise MalformedValue(str(error) or f"invalid {kind}", key) from None
 
@@ -287,31 +287,68 @@ def decode_host(data: str | bytes | bytearray, key: str = "") -> Host:
     return _decode(data, key, "host", _HOST_FIELDS, _build_host)  # type: ignore[no-any-return]
 
 
-def _build_host(**values: Any) -> Host:
-    """A validated Host without running ``__post_init__`` again: the decode loop already
-    checked every type, so only emptiness and ports are left (half the cost of ``Host()``)."""
-    if "hostname" not in values:
+def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
+    """Validated ports, sorted (as Go writes them), as a new dict whose strings are shared
+    with every other host that has the same ports: a cached host set holds a handful of
+    distinct port strings, not six per host. The hosts of a service nearly always have the
+    same ports, so the validated result is remembered."""
+    signature = tuple(ports.items())
+    known = _PORTS_SEEN.get(signature)
+    if known is None:
+        for port_name, port in signature:
+            if type(port_name) is not str or type(port) is not str or not port_name or not port:
+                _sorted_ports("Host", name, ports)  # raises the precise error
+        known = {sys.intern(port_name): sys.intern(port) for port_name, port in sorted(signature)}
+        if len(_PORTS_SEEN) >= 4096:  # bounded: forget everything, it refills at once
+            _PORTS_SEEN.clear()
+        _PORTS_SEEN[signature] = known
+    return dict(known)  # the caller's own dict: nobody can change another host's ports
+
+
+# ports already validated: their items as read -> the sorted, interned dict to copy
+_PORTS_SEEN: dict[tuple[tuple[Any, Any], ...], Ports] = {}
+
+
+def _build_host(values: dict[str, Any]) -> Host:
+    """A validated Host without running ``__post_init__`` again (the decode loop checked
+    every type), built for the cache: attributes are set in field order (CPython then keeps
+    them inline, ~250 bytes less than a dict), repeated strings are interned and equal values
+    share one object (a uuid with its key, ``private_*`` with ``hostname``/``ports``)."""
+    hostname = values.get("hostname")
+    if hostname is None:
         raise ValueError("host field 'name' is missing")
-    if not values["hostname"]:
+    if not hostname:
         raise ValueError("host field 'name' must not be empty")
-    ports = _sorted_ports("Host", "ports", values.get("ports", {}))
-    private = values.get("private_ports")
-    # the usual case (private ports == ports) shares one dict: a cached host set of 10,000
-    # hosts is a third smaller
-    private = {} if private is None else ports if private == ports else _sorted_ports(
-        "Host", "private_ports", private)
+    get = values.get
+    ports = _interned_ports("ports", get("ports", _NO_PORTS))
+    private_ports = get("private_ports")
+    if private_ports is None:
+        private_ports = {}
+    elif private_ports == ports:
+        private_ports = ports
+    else:
+        private_ports = _interned_ports("private_ports", private_ports)
+    private_hostname = get("private_hostname", "")
+    if private_hostname == hostname:
+        private_hostname = hostname
     host = object.__new__(Host)
-    attributes = host.__dict__
-    attributes.update(_HOST_DEFAULTS)
-    attributes.update(values)
-    attributes["ports"], attributes["private_ports"] = ports, private
-    if "service_name" in values:
-        attributes["service_name"] = sys.intern(values["service_name"])
+    # every field, in declaration order (a test checks it): Host is frozen
+    put = object.__setattr__
+    put(host, "hostname", hostname)
+    put(host, "service_name", sys.intern(get("service_name", "")))
+    put(host, "ports", ports)
+    put(host, "user", get("user", ""))
+    put(host, "password", get("password", ""))
+    put(host, "public", get("public", False))
+    put(host, "private_hostname", private_hostname)
+    put(host, "private_ports", private_ports)
+    put(host, "critical", get("critical", False))
+    put(host, "shard", sys.intern(get("shard", "")))
+    put(host, "uuid", sys.intern(get("uuid", "")))
     return host
 
 
-_HOST_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(Host) if f.default is not dataclasses.MISSING}
+_NO_PORTS: dict[str, Any] = {}
 
 
 def decode_service(data: str | bytes | bytearray, key: str = "") -> Service:
@@ -319,10 +356,10 @@ def decode_service(data: str | bytes | bytearray, key: str = "") -> Service:
     return _decode(data, key, "service", _SERVICE_FIELDS, _build_service)  # type: ignore[no-any-return]
 
 
-def _build_service(**kwargs: Any) -> Service:
-    if "name" not in kwargs:
+def _build_service(values: dict[str, Any]) -> Service:
+    if "name" not in values:
         raise ValueError("service field 'name' is missing")
-    return Service(**kwargs)
+    return Service(**values)
 
 
 _DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from immutables import Map
 from reactivex.disposable import SerialDisposable
 
 from rx_discovery._errors import MalformedValue, RevisionCompacted
@@ -55,7 +56,8 @@ class Change(Generic[T]):
 
     Attributes:
         revision: the store revision the state reflects.
-        items: the whole state after the change, ``id -> value`` (do not mutate).
+        items: the whole state after the change, ``id -> value``: a persistent map, so that
+            a change costs O(log n) however many items there are, and states can be kept.
         added: ids created by this change; updated: ids whose value changed;
         removed: ``id -> last value`` of the ids that vanished.
         initial: this is the first state seen (a snapshot), not a change.
@@ -63,7 +65,7 @@ class Change(Generic[T]):
     """
 
     revision: int
-    items: Mapping[str, T]
+    items: Map[str, T]
     added: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
     removed: Mapping[str, T] | None = None
@@ -117,7 +119,7 @@ class PrefixSync(Generic[T]):
         self._report = report
         self._name = name
         self._lock = threading.RLock()
-        self._items: dict[str, T] = {}
+        self._items: Map[str, T] = Map()
         self._bad: dict[str, int] = {}  # key -> revision of bad values already reported
         self._revision = 0  # last revision applied
         self._loaded = False
@@ -125,8 +127,9 @@ class PrefixSync(Generic[T]):
         self._token = object()  # identifies the current watch; stale callbacks are ignored
         self._watch = SerialDisposable()
         self._pending = SerialDisposable()
-        # watches are cheap to reopen: retry soon (jittered, so clients do not stampede)
-        self._backoff = Backoff(initial=0.05, maximum=1.0)
+        # watches are cheap to reopen: retry soon (jittered, so clients do not stampede), and
+        # at most 0.5 s apart, so a stream resumes within ~1 s of etcd coming back
+        self._backoff = Backoff(initial=0.05, maximum=0.5)
 
     def start(self) -> None:
         """Read the prefix and start watching, in the background."""
@@ -178,8 +181,9 @@ class PrefixSync(Generic[T]):
                 if decoded is not None:
                     items[decoded[0]] = decoded[1]
             first = not self._loaded
-            change = _diff(self._items, items, snapshot.revision, first, resync=True)
-            self._items, self._revision, self._loaded = items, snapshot.revision, True
+            state = Map(items)
+            change = _diff(self._items, state, snapshot.revision, first, resync=True)
+            self._items, self._revision, self._loaded = state, snapshot.revision, True
             if first or not change.empty:
                 if not first:
                     log.info("%s: resynced at revision %d (%d added, %d removed)", self._name,
@@ -219,7 +223,7 @@ class PrefixSync(Generic[T]):
         """Apply the events of one revision and publish the change (one per revision, so no
         host that came and went is lost, even when etcd sends many revisions at once)."""
         before = self._items
-        items = dict(before)
+        items = before.mutate()
         touched: set[str] = set()
         for event in events:
             if event.type is EventType.DELETE:
@@ -237,8 +241,8 @@ class PrefixSync(Generic[T]):
                 if ident is not None and items.pop(ident, None) is not None:
                     touched.add(ident)
         self._revision = events[-1].mod_revision
-        self._items = items
-        change = _diff(before, items, self._revision, initial=False, keys=touched)
+        self._items = after = items.finish()
+        change = _diff(before, after, self._revision, initial=False, keys=touched)
         if not change.empty:
             self._publish(change)
 
@@ -303,7 +307,7 @@ def _by_revision(events: Sequence[WatchEvent]) -> list[Sequence[WatchEvent]]:
     return groups
 
 
-def _diff(before: Mapping[str, T], after: dict[str, T], revision: int, initial: bool,
+def _diff(before: Mapping[str, T], after: Map[str, T], revision: int, initial: bool,
           keys: set[str] | None = None, resync: bool = False) -> Change[T]:
     """The change from ``before`` to ``after``, looking only at ``keys`` when given (the ids
     a watch response touched: a live event costs O(1), not O(hosts))."""

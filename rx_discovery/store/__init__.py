@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import reactivex
 
 __all__ = ["EventType", "KeyValue", "Lease", "Snapshot", "Store", "WatchEvent", "WatchResponse"]
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """One stored key, as etcd's ``mvccpb.KeyValue``."""
+class KeyValue(NamedTuple):
+    """One stored key, as etcd's ``mvccpb.KeyValue`` (a named tuple: one is built per key
+    read, so construction must be cheap)."""
 
     key: str
     value: bytes
@@ -48,10 +48,9 @@ class EventType(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
+class WatchEvent(NamedTuple):
     """One change of one key. For a DELETE, ``value`` is empty and ``mod_revision`` is the
-    revision of the deletion."""
+    revision of the deletion. (A named tuple: one is built per event.)"""
 
     type: EventType
     key: str

@@ -74,10 +74,12 @@ _GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.ping_timeout_ms", 2000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
-    # Reconnect within seconds after an outage (gRPC's default backoff grows to 120 s).
-    ("grpc.initial_reconnect_backoff_ms", 300),
-    ("grpc.min_reconnect_backoff_ms", 300),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Reconnect within half a second of a server coming back (gRPC's default backoff grows to
+    # 120 s, and calls fail at once while it waits): watches resume within ~1 s of recovery.
+    # A connection attempt to a down server on loopback or a LAN costs next to nothing.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 500),
     # One subchannel per channel: a new store must not inherit another's connection backoff.
     ("grpc.use_local_subchannel_pool", 1),
 ]
@@ -172,10 +174,6 @@ def _encode(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
-def _decode(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
-
-
 def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
     """``(key, range_end)`` selecting every key that starts with ``prefix`` (as etcd's Go
     client: the empty prefix selects every key)."""
@@ -192,17 +190,12 @@ def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
 
 
 def _key_value(kv: Any) -> KeyValue:
-    return KeyValue(key=_decode(kv.key), value=bytes(kv.value),
-                    create_revision=kv.create_revision, mod_revision=kv.mod_revision,
-                    version=kv.version, lease=kv.lease)
+    # positional: this runs once per key of every read (10,000 for a big service)
+    return KeyValue(kv.key.decode("utf-8", "surrogateescape"), kv.value, kv.create_revision,
+                    kv.mod_revision, kv.version, kv.lease)
 
 
-def _watch_event(event: Any) -> WatchEvent:
-    kv = event.kv
-    kind = EventType.DELETE if event.type == _DELETE else EventType.PUT
-    return WatchEvent(type=kind, key=_decode(kv.key), value=bytes(kv.value),
-                      mod_revision=kv.mod_revision, create_revision=kv.create_revision,
-                      version=kv.version, lease=kv.lease)
+_EVENT_TYPES = {_DELETE: EventType.DELETE}
 
 
 def _watch_response(events: Any) -> WatchResponse:
@@ -210,7 +203,11 @@ def _watch_response(events: Any) -> WatchResponse:
     into a response when a watch catches up on history; keeping them together lets the sync
     apply a burst as one change instead of one per revision. ``revision`` is the last event's
     (the header's may be ahead of what was delivered)."""
-    converted = tuple(_watch_event(event) for event in events)
+    kinds, put = _EVENT_TYPES, EventType.PUT
+    converted = tuple(
+        WatchEvent(kinds.get(event.type, put), kv.key.decode("utf-8", "surrogateescape"),
+                   kv.value, kv.mod_revision, kv.create_revision, kv.version, kv.lease)
+        for event in events for kv in (event.kv,))
     return WatchResponse(revision=converted[-1].mod_revision, events=converted)
 
 

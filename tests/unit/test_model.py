@@ -68,6 +68,29 @@ def test_fast_decoder_agrees_with_dataclasses_json() -> None:
     assert Service.from_json(GO_SERVICE) == Service.from_dict(json.loads(GO_SERVICE))
 
 
+def test_decoded_host_sets_every_field_in_declaration_order() -> None:
+    # the fast decoder sets each field by hand, in this order (CPython then stores them
+    # inline); a field added to Host must be added there too
+    assert [f.name for f in dataclasses.fields(Host)] == [
+        "hostname", "service_name", "ports", "user", "password", "public", "private_hostname",
+        "private_ports", "critical", "shard", "uuid"]
+    decoded = Host.from_json(GO_HOST)
+    assert list(vars(decoded)) == [f.name for f in dataclasses.fields(Host)]
+
+
+def test_decoded_hosts_share_repeated_strings_and_equal_ports() -> None:
+    text = ('{"name":"n","ports":{"http":"80"},"private_hostname":"n",'
+            '"private_ports":{"http":"80"},"shard":"s-1","uuid":"u-1"}')
+    one, two = Host.from_json(text), Host.from_json(text.encode())
+    assert one == two
+    assert one.private_ports is one.ports and one.private_hostname is one.hostname
+    assert one.shard is two.shard and one.uuid is two.uuid
+    assert next(iter(one.ports.values())) is next(iter(two.ports.values()))
+    # a private part that differs is its own
+    other = Host.from_json('{"name":"n","ports":{"http":"80"},"private_ports":{"http":"81"}}')
+    assert other.private_ports == {"http": "81"} and other.ports == {"http": "80"}
+
+
 @pytest.mark.parametrize("text, reason", [
     (b"not json", "not JSON"),
     (b"\xff\xfe", "UTF-8"),
