@@ -47,7 +47,7 @@ def _put_until_ok(ctx: Context, key: str, value: bytes, timeout: float = 10.0
 
 def run(ctx: Context) -> BenchResult:
     result = BenchResult(NAME, TITLE)
-    restarts = ctx.size(3, 1)
+    restarts = ctx.size(8, 1)
     d = ctx.discovery()
     stamp = Stamp()
     sub = d.subscribe_new("rec").subscribe(on_next=lambda _h: stamp.hit())

@@ -441,11 +441,12 @@ class EtcdStore:
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
-            if self._client is not None:
-                return self._client
             if self._endpoints is None:
                 self._endpoints = self._make_endpoints()
             endpoints = self._endpoints
+            _revive_if_all_failed(endpoints)
+            if self._client is not None:
+                return self._client
         # Logging in is network I/O: do it outside the lock. Clients share the endpoints (and so
         # the channels): replacing a client after a token expiry does not break open streams.
         client = etcd3.MultiEndpointEtcd3Client(
@@ -500,6 +501,15 @@ class EtcdStore:
     def _remove_watch(self, watch: _WatchSubscription) -> None:
         with self._lock:
             self._watches.discard(watch)
+
+
+def _revive_if_all_failed(endpoints: list[Any]) -> None:
+    """Clear the failed marks when every endpoint has one. The mark exists to make calls
+    fail over to another endpoint; with none left, python3-etcd3 would refuse every call
+    until a mark expires, delaying recovery by up to that long after etcd is back."""
+    if all(endpoint.is_failed() for endpoint in endpoints):
+        for endpoint in endpoints:
+            endpoint.last_failed = 0
 
 
 # -- lease keepalive --------------------------------------------------------------------------
