@@ -18,6 +18,7 @@ import etcd3
 from rx_discovery import Discovery, Host
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.registration import prepare_host
+from rx_discovery.testing import TcpProxy
 
 now_ns = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: comparable across processes
 
@@ -176,6 +177,15 @@ class Context:
         d = Discovery(endpoints=[self.etcd.endpoint])
         self._cleanups.append(d.close)
         return d
+
+    def proxied_discovery(self) -> tuple[Discovery, TcpProxy]:
+        """A Discovery whose connection to the server goes through a :class:`TcpProxy` that
+        can be cut (network loss) while the server and every raw client stay up."""
+        proxy = TcpProxy(self.port, self.host)
+        self._cleanups.append(proxy.close)
+        d = Discovery(endpoints=[proxy.endpoint])
+        self._cleanups.append(d.close)
+        return d, proxy
 
     def cleanup(self) -> None:
         while self._cleanups:

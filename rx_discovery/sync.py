@@ -221,30 +221,42 @@ class PrefixSync(Generic[T]):
 
     def _apply(self, events: Sequence[WatchEvent]) -> None:
         """Apply the events of one revision and publish the change (one per revision, so no
-        host that came and went is lost, even when etcd sends many revisions at once)."""
+        host that came and went is lost, even when etcd sends many revisions at once).
+
+        A revision touches each key at most once (etcd refuses a transaction that repeats a
+        key), so each event is classified as it is applied: O(log n) per event."""
         before = self._items
         items = before.mutate()
-        touched: set[str] = set()
+        added: list[str] = []
+        updated: list[str] = []
+        removed: dict[str, T] = {}
         for event in events:
+            decoded = None
             if event.type is EventType.DELETE:
                 self._bad.pop(event.key, None)
-                ident = self._ident(event.key, report=False)
-                if ident is not None and items.pop(ident, None) is not None:
-                    touched.add(ident)
-                continue
-            decoded = self._decode(event.key, event.value, event.mod_revision)
+            else:
+                decoded = self._decode(event.key, event.value, event.mod_revision)
             if decoded is not None:
-                items[decoded[0]] = decoded[1]
-                touched.add(decoded[0])
-            else:  # overwritten with garbage: gone, as a fresh read would say
-                ident = self._ident(event.key, report=False)
-                if ident is not None and items.pop(ident, None) is not None:
-                    touched.add(ident)
+                ident, value = decoded
+                old = items.get(ident)
+                items[ident] = value
+                if old is None:
+                    added.append(ident)
+                elif old != value:
+                    updated.append(ident)
+                continue
+            # deleted, or overwritten with garbage: gone, as a fresh read would say
+            gone = self._ident(event.key, report=False)
+            if gone is not None:
+                old = items.get(gone)
+                if old is not None:
+                    del items[gone]
+                    removed[gone] = old
         self._revision = events[-1].mod_revision
         self._items = after = items.finish()
-        change = _diff(before, after, self._revision, initial=False, keys=touched)
-        if not change.empty:
-            self._publish(change)
+        if added or updated or removed:
+            self._publish(Change(self._revision, after, tuple(sorted(added)),
+                                 tuple(sorted(updated)), dict(sorted(removed.items()))))
 
     def _on_error(self, token: object, error: Exception) -> None:
         with self._lock:
@@ -308,13 +320,11 @@ def _by_revision(events: Sequence[WatchEvent]) -> list[Sequence[WatchEvent]]:
 
 
 def _diff(before: Mapping[str, T], after: Map[str, T], revision: int, initial: bool,
-          keys: set[str] | None = None, resync: bool = False) -> Change[T]:
-    """The change from ``before`` to ``after``, looking only at ``keys`` when given (the ids
-    a watch response touched: a live event costs O(1), not O(hosts))."""
+          resync: bool = False) -> Change[T]:
+    """The change from ``before`` to ``after`` (a re-read: every id is looked at)."""
     if initial:
         return Change(revision, after, initial=True)
-    if keys is None:
-        keys = set(before) | set(after)
+    keys = set(before) | set(after)
     added = tuple(sorted(k for k in keys if k in after and k not in before))
     updated = tuple(sorted(k for k in keys if k in after and k in before and before[k] != after[k]))
     removed = {k: before[k] for k in sorted(keys) if k in before and k not in after}

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import etcd3
 import pytest
 from helpers import Recorder, wait_until
-from proxy import TcpProxy
 
 from rx_discovery import (
     Credentials,
@@ -29,6 +28,7 @@ from rx_discovery import (
     ServiceNotFound,
 )
 from rx_discovery.embedded import EmbeddedEtcd
+from rx_discovery.testing import TcpProxy
 
 pytestmark = pytest.mark.etcd
 
