@@ -2,10 +2,10 @@
 
 Lifecycle (reported on :attr:`Registration.status`)::
 
-    REGISTERING --grant+put--> REGISTERED --keepalive every ttl/3--> REGISTERED
-         ^  (retry with jittered backoff)      |  lease gone, key deleted, or no
-         |                                     v  refresh for a whole ttl
-         +-------------------------------- LOST
+    REGISTERING --grant+put, service key--> REGISTERED --keepalive every ttl/3--> REGISTERED
+         ^  (retry with jittered backoff)              |  lease gone, key deleted, or no
+         |                                             v  refresh for a whole ttl
+         +---------------------------------------- LOST
     any state --dispose()--> DISPOSED (lease revoked: the host key vanishes at once)
 
 Background work runs on the Discovery's I/O scheduler; delays (keepalive period, backoff)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import html
 import logging
 import math
@@ -110,13 +111,27 @@ def service_document(service: str, host: Host) -> Service:
     return Service(service, critical=host.critical)
 
 
+_SERVICE_WRITE_INTERVAL = 0.05
+"""Seconds between two writes of a service key by one group: a burst of registrations shares
+one write per interval instead of writing once per round trip."""
+
+
 class ServiceGroup:
     """The registrations of one service held by a Discovery.
 
     They share one subscription to the service's host changes (a registration whose key is
     deleted heals) and, when one is public, one to its service key (credential sync): a change
-    costs a dictionary lookup, not one callback per registration. The group also remembers the
-    service document it last wrote, so 1,000 registrations of a service write it once.
+    costs a dictionary lookup, not one callback per registration.
+
+    They also share the writes of the service key. A registration that wrote its host key asks
+    for its service document to be stored and is told (``_service_written``) once a write that
+    started after its request succeeded; each write stores the latest document asked for, so
+    the last request wins, as if each registration had written its own. Writes are at least
+    ``_SERVICE_WRITE_INTERVAL`` apart (on the asking registration's scheduler): a request that
+    finds a write due makes it on its own thread, the others wait for the next one without
+    holding a thread, so a burst of registrations shares a few writes. A document already
+    stored (by the group or, as seen on the watch, by another host) is not written again
+    unless forced.
 
     Args:
         store: where the service key is written.
@@ -132,16 +147,23 @@ class ServiceGroup:
         self._hosts = hosts
         self._services = services
         self._lock = threading.Lock()
-        # replaced, never mutated: the watch thread reads it without the lock
-        self._members: dict[str, Registration] = {}
+        self._members: dict[str, Registration] = {}  # read without the lock by the watch
         self._subscriptions: list[abc.DisposableBase] = []
         self._watching_services = False
-        self._written: Service | None = None
+        # Service key writes: requests are numbered; those up to _covered are answered.
+        self._document: Service | None = None  # the latest asked for (or seen stored)
+        self._requested = 0
+        self._covered = 0
+        self._waiting: list[tuple[int, Registration, int]] = []  # (request, who, lease)
+        self._writing = False  # a write is running
+        self._scheduled = False  # a write is scheduled for requests left waiting
+        self._next_write = -math.inf  # no write before (one interval after the last one)
+        self._revision = 0  # of our last write: older service changes are our own echoes
 
     def add(self, registration: Registration) -> None:
         with self._lock:
             first = not self._members
-            self._members = {**self._members, registration.uuid: registration}
+            self._members[registration.uuid] = registration
             public = registration.host.public and not self._watching_services
             self._watching_services |= public
         # outside the lock: a subscription may deliver the current state at once
@@ -162,23 +184,89 @@ class ServiceGroup:
 
     def remove(self, registration: Registration) -> None:
         with self._lock:
-            members = dict(self._members)
-            members.pop(registration.uuid, None)
-            self._members = members
-            if members:
+            self._members.pop(registration.uuid, None)
+            self._waiting = [w for w in self._waiting if w[1] is not registration]
+            if self._members:
                 return
             subscriptions, self._subscriptions = self._subscriptions, []
-            self._watching_services, self._written = False, None
+            self._watching_services, self._document = False, None
         for subscription in subscriptions:
             subscription.dispose()
 
-    def write_service(self, document: Service, force: bool) -> None:
-        """Write the service key unless this group already wrote that very document (and
-        ``force`` is off: a registration that healed rewrites it, it may have been deleted)."""
-        if not force and document == self._written:
-            return
-        self._store.put(self._service_key, document.to_json().encode())
-        self._written = document
+    def write_service(self, registration: Registration, lease: int, document: Service,
+                      force: bool) -> None:
+        """Ask for ``document`` to be stored for ``registration`` (holding ``lease``).
+
+        Without ``force``, a document already stored needs no write (a registration that
+        heals forces: the key may have been deleted). ``registration._service_written(lease)``
+        is called once it is stored (at once if it already is), ``_service_failed(lease,
+        error)`` if the write failed (the registration asks again later). When a write is
+        due, it runs now, on the caller's thread.
+        """
+        runtime = registration._runtime
+        with self._lock:
+            if force or document != self._document:
+                self._document, self._requested = document, self._requested + 1
+            stored = self._covered >= self._requested
+            write = schedule = False
+            if not stored:
+                self._waiting.append((self._requested, registration, lease))
+                write = not self._writing and self._delay(runtime) == 0
+                self._writing |= write
+                schedule = not self._writing and not self._scheduled
+                self._scheduled |= schedule
+        if stored:
+            registration._service_written(lease)
+        elif write:
+            self._write(runtime)
+        elif schedule:
+            runtime.after(self._delay(runtime), lambda: self._write_later(runtime))
+
+    def _delay(self, runtime: Runtime) -> float:
+        """Seconds until the next write may start, on ``runtime``'s clock (clamped to one
+        interval: registrations of a group may use clocks that disagree)."""
+        return min(max(self._next_write - runtime.now(), 0.0), _SERVICE_WRITE_INTERVAL)
+
+    def _write_later(self, runtime: Runtime) -> None:
+        """The write for requests that no later request's write covered."""
+        with self._lock:
+            self._scheduled = False
+            if self._writing or not self._waiting:
+                return  # the running write schedules the next one if needed
+            self._writing = True
+        self._write(runtime)
+
+    def _write(self, runtime: Runtime) -> None:
+        """Write the latest document and answer the requests made before (``_writing`` set)."""
+        with self._lock:
+            document, covering = self._document, self._requested
+            self._next_write = runtime.now() + _SERVICE_WRITE_INTERVAL
+        error: Exception | None = None
+        if document is not None:  # None: the group emptied, nobody waits
+            try:
+                revision = self._store.put(self._service_key, document.to_json().encode())
+            except Exception as failure:
+                error = failure
+        with self._lock:
+            if error is None:
+                self._covered = max(self._covered, covering)
+                if document is not None:
+                    self._revision = max(self._revision, revision)
+            answered = [w for w in self._waiting if w[0] <= covering]
+            self._waiting = [w for w in self._waiting if w[0] > covering]
+            self._writing = False
+            schedule = bool(self._waiting) and not self._scheduled
+            self._scheduled |= schedule
+        for _, registration, lease in answered:
+            try:
+                if error is None:
+                    registration._service_written(lease)
+                else:
+                    registration._service_failed(lease, error)
+            except Exception:  # e.g. a status observer raised: the others must still be told
+                log.exception("%s: could not complete the registration", registration._label)
+        if schedule:
+            runtime.after(self._delay(runtime), lambda: self._write_later(runtime))
 
     def _keep(self, subscription: abc.DisposableBase) -> None:
         with self._lock:
@@ -197,9 +285,14 @@ class ServiceGroup:
                 registration._on_removed(change.revision)
 
     def _on_services(self, change: Change[Service]) -> None:
+        with self._lock:
+            if (change.revision > self._revision and not self._writing
+                    and self._covered == self._requested):
+                for service in change.items.values():
+                    self._document = service  # stored by another host
+            members = list(self._members.values())
         for service in change.items.values():
-            self._written = service
-            for registration in self._members.values():
+            for registration in members:
                 registration._on_service(service)
 
 
@@ -230,7 +323,12 @@ class Registration(abc.DisposableBase):
         self._runtime = runtime
         self._lock = threading.Condition(threading.RLock())
         self._lease = 0
+        self._lease_ttl = 0  # as granted (etcd grants at least 2 s)
         self._ever = False  # registered at least once: later registrations rewrite everything
+        # From start (or a loss) to the host put: a loss signalled meanwhile is already being
+        # repaired, unless our key is deleted after that put (_removed_revision).
+        self._registering = True
+        self._removed_revision = 0
         self._keeping: abc.DisposableBase | None = None  # the keeper's hold on our lease
         self._put_revision = 0  # revision of our last host put; older deletions are stale
         self._last_refresh = 0.0
@@ -391,7 +489,6 @@ class Registration(abc.DisposableBase):
             self._group.ensure_loaded()
             lease = self._store.grant(math.ceil(self.ttl))
             revision = self._store.put(self.key, host.to_json().encode(), lease.id)
-            self._group.write_service(service_document(self.service, host), force=renewing)
         except Exception as error:
             if not self._disposed:
                 self._pending.disposable = self._runtime.after(
@@ -402,23 +499,48 @@ class Registration(abc.DisposableBase):
                 self._revoke_quietly(lease.id)
                 return
             self._lease, self._put_revision, self._ever = lease.id, revision, True
-            self._last_refresh, self._last_error = self._runtime.now(), None
-            self._backoff.reset()
-            self._keeping = self._keeper.keep(lease.id, lease.ttl, self._on_keepalive)
+            self._lease_ttl, self._registering = lease.ttl, False
+            self._last_refresh = self._runtime.now()
+            self._keeping = self._keeper.keep(
+                lease.id, lease.ttl, functools.partial(self._on_keepalive, lease.id))
         if old_lease:
             self._revoke_quietly(old_lease)
-        log.info("%s: registered (lease %x, ttl %ss)", self._label, lease.id, lease.ttl)
+        if self._removed_revision > revision:  # the watch saw it before we saw our put
+            self._lost("its key was deleted")
+            return
+        self._write_service(lease.id, renewing)
+
+    def _write_service(self, lease: int, force: bool) -> None:
+        """Ask the group to store our service document; REGISTERED once it is."""
+        if not self._disposed and lease == self._lease:
+            self._group.write_service(self, lease, service_document(self.service, self._host),
+                                      force)
+
+    def _service_written(self, lease: int) -> None:
+        """The service key holds our document (or a later one), written after we asked."""
+        with self._lock:
+            if self._disposed or lease != self._lease:
+                return  # disposed, or registering again with another lease
+            self._last_error = None
+            self._backoff.reset()
+        log.info("%s: registered (lease %x, ttl %ss)", self._label, lease, self._lease_ttl)
         self._set_status(RegistrationStatus.REGISTERED)
 
-    def _on_keepalive(self, error: Exception | None) -> None:
-        """The outcome of a refresh of our lease (on the I/O scheduler)."""
-        if self._disposed:
+    def _service_failed(self, lease: int, error: Exception) -> None:
+        """The service key write failed: ask again after a backoff (the host key and its
+        lease stay, kept alive)."""
+        if self._disposed or lease != self._lease:
             return
+        self._pending.disposable = self._runtime.after(
+            self._failed(error, "service key write"), lambda: self._write_service(lease, True))
+
+    def _on_keepalive(self, lease: int, error: Exception | None) -> None:
+        """The outcome of a refresh of ``lease`` (on the I/O scheduler)."""
+        if self._disposed or lease != self._lease:
+            return  # an answer for a lease we replaced
         if error is None:
             with self._lock:
                 self._last_refresh, self._last_error = self._runtime.now(), None
-            if self.current_status is not RegistrationStatus.REGISTERED:
-                self._set_status(RegistrationStatus.REGISTERED)
         elif isinstance(error, LeaseNotFound):
             self._lost("the lease expired or was revoked")
         else:
@@ -428,8 +550,9 @@ class Registration(abc.DisposableBase):
 
     def _lost(self, reason: str) -> None:
         with self._lock:
-            if self._disposed or self.current_status is RegistrationStatus.LOST:
-                return
+            if self._disposed or self._registering:
+                return  # already registering again
+            self._registering = True
             keeping, self._keeping = self._keeping, None
         if keeping is not None:
             keeping.dispose()
@@ -448,7 +571,8 @@ class Registration(abc.DisposableBase):
     def _on_removed(self, revision: int) -> None:
         """Our key was deleted (on the watch thread): unless it is an old deletion, we lost it
         behind our back (key deleted, lease revoked or expired): register again."""
-        if self.ready and revision > self._put_revision:
+        self._removed_revision = max(self._removed_revision, revision)
+        if revision > self._put_revision and not self._registering:
             self._lost("its key was deleted")
 
     def _on_service(self, service: Service) -> None:

@@ -7,6 +7,8 @@ of virtual time is one second; nothing sleeps.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from typing import Any
 
 import pytest
 from reactivex import operators
@@ -314,3 +316,63 @@ def test_a_refresh_that_fails_for_less_than_the_ttl_keeps_the_registration(
     assert RegistrationStatus.LOST not in statuses.items
     assert registration.ready
     assert store.get(registration.key) is not None  # type: ignore[attr-defined]
+
+
+def _counting_store(scheduler: TestScheduler, fail_service_puts: int = 0) -> tuple[
+        object, list[tuple[float, str]]]:
+    """A memory store that records its puts and grants (and fails the first
+    ``fail_service_puts`` writes of a service key)."""
+    from rx_discovery import StoreUnavailable
+    from rx_discovery.store.memory import MemoryStore
+
+    calls: list[tuple[float, str]] = []
+    failures = [fail_service_puts]
+
+    class Counting(MemoryStore):
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            calls.append((scheduler.clock, key))
+            if key.startswith("/services_infos/") and failures[0] > 0:
+                failures[0] -= 1
+                raise StoreUnavailable("put: injected failure")
+            return super().put(key, value, lease)
+
+        def grant(self, ttl: int) -> Any:
+            calls.append((scheduler.clock, "grant"))
+            return super().grant(ttl)
+
+    return Counting(scheduler), calls
+
+
+def test_a_burst_of_registrations_shares_service_key_writes_and_the_last_document_wins(
+        scheduler: TestScheduler) -> None:
+    store, calls = _counting_store(scheduler)
+    discovery = Discovery(store=store)  # type: ignore[arg-type]
+    # the service document alternates (critical or not): each registration asks for its own
+    registrations = []
+    for n in range(50):
+        at(scheduler, 1, lambda n=n: registrations.append(
+            discovery.register("api", make_host(n, critical=n % 2 == 1), ttl=3)))
+    scheduler.advance_to(5)
+    assert all(r.ready for r in registrations)
+    writes = [t for t, what in calls if what == "/services_infos/api"]
+    assert 1 <= len(writes) <= 3, writes  # not one per registration
+    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(writes))
+    stored = discovery.get("api").service()
+    assert stored.critical is registrations[-1].host.critical  # the last request won
+
+
+def test_a_failed_service_key_write_is_retried_and_the_lease_is_kept(
+        scheduler: TestScheduler) -> None:
+    store, calls = _counting_store(scheduler, fail_service_puts=2)
+    discovery = Discovery(store=store)  # type: ignore[arg-type]
+    registration = discovery.register("api", make_host(1), ttl=5)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(0.01)
+    assert not registration.ready  # REGISTERED only once the service key is written
+    assert discovery.store.get(registration.key) is not None  # the host key is there
+    scheduler.advance_to(30)
+    assert registration.ready
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED]
+    assert sum(1 for _, what in calls if what == "grant") == 1  # the same lease throughout
+    assert sum(1 for _, what in calls if what == "/services_infos/api") == 3
+    assert discovery.get("api").service().name == "api"
