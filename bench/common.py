@@ -15,10 +15,10 @@ from urllib.parse import urlparse
 
 import etcd3
 
+from bench._proxy import ProxyProcess
 from rx_discovery import Discovery, Host
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.registration import prepare_host
-from rx_discovery.testing import TcpProxy
 
 now_ns = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: comparable across processes
 
@@ -178,10 +178,11 @@ class Context:
         self._cleanups.append(d.close)
         return d
 
-    def proxied_discovery(self) -> tuple[Discovery, TcpProxy]:
-        """A Discovery whose connection to the server goes through a :class:`TcpProxy` that
-        can be cut (network loss) while the server and every raw client stay up."""
-        proxy = TcpProxy(self.port, self.host)
+    def proxied_discovery(self) -> tuple[Discovery, ProxyProcess]:
+        """A Discovery whose connection to the server goes through a :class:`TcpProxy` (in its
+        own process) that can be cut (network loss) while the server and every raw client
+        stay up."""
+        proxy = ProxyProcess(self.host, self.port)
         self._cleanups.append(proxy.close)
         d = Discovery(endpoints=[proxy.endpoint])
         self._cleanups.append(d.close)

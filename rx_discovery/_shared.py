@@ -47,7 +47,8 @@ class SharedSync(Generic[T]):
                                         Stoppable]) -> None:
         self._create = create
         self._lock = threading.RLock()  # re-entrant: an observer may dispose from on_next
-        self._observers: list[abc.ObserverBase[Change[T]]] = []
+        # replaced, never mutated: publishing iterates it without a copy
+        self._observers: tuple[abc.ObserverBase[Change[T]], ...] = ()
         self._sync: Stoppable | None = None
         self._last: Change[T] | None = None
         self._closed = False
@@ -73,7 +74,7 @@ class SharedSync(Generic[T]):
         """Stop the sync and complete every subscriber; later subscribers complete at once."""
         with self._lock:
             self._closed = True
-            observers, self._observers = self._observers, []
+            observers, self._observers = self._observers, ()
             stop, self._sync, self._last = self._sync, None, None
         if stop is not None:
             stop.stop()
@@ -87,7 +88,7 @@ class SharedSync(Generic[T]):
             if self._closed:
                 observer.on_completed()
                 return Disposable()
-            self._observers.append(observer)
+            self._observers = (*self._observers, observer)
             if self._sync is None:
                 start = self._sync = self._create(lambda change: self._publish(start, change),
                                                   scheduler)
@@ -102,7 +103,7 @@ class SharedSync(Generic[T]):
             if sync is not self._sync:
                 return  # a stopped sync still finishing its last callback
             self._last = change
-            for observer in list(self._observers):
+            for observer in self._observers:
                 try:
                     observer.on_next(change)
                 except Exception:  # one faulty subscriber must not starve the others
@@ -113,7 +114,9 @@ class SharedSync(Generic[T]):
         with self._lock:
             if observer not in self._observers:
                 return
-            self._observers.remove(observer)
+            observers = list(self._observers)
+            observers.remove(observer)
+            self._observers = tuple(observers)
             if not self._observers and self._sync is not None:
                 stop, self._sync, self._last = self._sync, None, None
         if stop is not None:  # outside the lock: stopping may wait for a watch thread

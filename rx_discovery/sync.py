@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from immutables import Map
 from reactivex.disposable import SerialDisposable
@@ -50,9 +50,8 @@ class Diagnostic:
         return f"{self.key} (revision {self.revision}): {self.reason}"
 
 
-@dataclass(frozen=True)
-class Change(Generic[T]):
-    """One step of the state of a prefix.
+class Change(NamedTuple, Generic[T]):
+    """One step of the state of a prefix (a named tuple: one is built per revision).
 
     Attributes:
         revision: the store revision the state reflects.
@@ -254,9 +253,12 @@ class PrefixSync(Generic[T]):
                     removed[gone] = old
         self._revision = events[-1].mod_revision
         self._items = after = items.finish()
-        if added or updated or removed:
-            self._publish(Change(self._revision, after, tuple(sorted(added)),
-                                 tuple(sorted(updated)), dict(sorted(removed.items()))))
+        if added or updated or removed:  # sorted: a batch of ids always comes in key order
+            self._publish(Change(
+                self._revision, after,
+                tuple(sorted(added)) if len(added) > 1 else tuple(added),
+                tuple(sorted(updated)) if len(updated) > 1 else tuple(updated),
+                dict(sorted(removed.items())) if len(removed) > 1 else removed))
 
     def _on_error(self, token: object, error: Exception) -> None:
         with self._lock:
