@@ -53,23 +53,19 @@ def run(ctx: Context) -> BenchResult:
         for _ in range(30):
             sample(ours_service, ours_stamp)
             sample(raw_service, raw_stamp)
-        ours: list[int] = []
-        raw: list[int] = []
+        sides = {"ours": (ours_service, ours_stamp), "raw": (raw_service, raw_stamp)}
+        delays: dict[str, list[int]] = {"ours": [], "raw": []}
         lost = {"ours": 0, "raw": 0}
         per_block = samples // blocks
         for _ in range(blocks):  # interleaved blocks, so drift hits both sides alike
-            for _ in range(per_block):
-                value = sample(ours_service, ours_stamp)
-                if value is None:
-                    lost["ours"] += 1
-                else:
-                    ours.append(value)
-            for _ in range(per_block):
-                value = sample(raw_service, raw_stamp)
-                if value is None:
-                    lost["raw"] += 1
-                else:
-                    raw.append(value)
+            for side, (service, stamp) in sides.items():
+                for _ in range(per_block):
+                    value = sample(service, stamp)
+                    if value is None:
+                        lost[side] += 1
+                    else:
+                        delays[side].append(value)
+        ours, raw = delays["ours"], delays["raw"]
     finally:
         subscription.dispose()
         cancel()

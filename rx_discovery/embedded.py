@@ -62,6 +62,30 @@ def etcd_binary(name: str = "etcd") -> str:
     return path
 
 
+_S = TypeVar("_S", bound="_Started")
+
+
+class _Started:
+    """``with`` starts the server (closing it if the start fails) and closes it on exit."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """PEM files for serving the client port over TLS.
@@ -125,7 +149,7 @@ def _cleanup_at_exit() -> None:
         server.close()
 
 
-class EmbeddedEtcd:
+class EmbeddedEtcd(_Started):
     """One etcd member in a child process, on free loopback ports.
 
     Nothing starts until :meth:`start` (or entering the ``with`` block), which returns once the
@@ -333,17 +357,6 @@ class EmbeddedEtcd:
         except OSError:
             return False
 
-    def __enter__(self) -> EmbeddedEtcd:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<EmbeddedEtcd {self.name} {self.endpoint} {state}>"
@@ -414,7 +427,7 @@ class EmbeddedEtcd:
             return "(log unreadable)"
 
 
-class EmbeddedEtcdCluster:
+class EmbeddedEtcdCluster(_Started):
     """Several etcd members forming one cluster, on loopback.
 
     ``with EmbeddedEtcdCluster(3) as cluster:`` starts every member and waits until each is
@@ -486,17 +499,6 @@ class EmbeddedEtcdCluster:
         """Kill every member and delete their data. Idempotent."""
         for member in self.members:
             member.close()
-
-    def __enter__(self) -> EmbeddedEtcdCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<EmbeddedEtcdCluster {' '.join(map(repr, self.members))}>"

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 from immutables import Map
 from reactivex.disposable import SerialDisposable
@@ -50,8 +50,9 @@ class Diagnostic:
         return f"{self.key} (revision {self.revision}): {self.reason}"
 
 
-class Change(NamedTuple, Generic[T]):
-    """One step of the state of a prefix (a named tuple: one is built per revision).
+@dataclass(frozen=True, slots=True)
+class Change(Generic[T]):
+    """One step of the state of a prefix.
 
     Attributes:
         revision: the store revision the state reflects.
