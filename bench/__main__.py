@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     render(console, machine, results, mode, seconds)
     report = {
-        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": mode, "seconds": round(seconds, 1), "machine": machine,
         "ratio": "ours / raw", "benchmarks": {r.name: r.to_json() for r in results},
     }

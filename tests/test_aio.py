@@ -7,7 +7,6 @@ instead of hanging.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -151,8 +150,6 @@ def test_break_inside_async_with_disposes_on_exit() -> None:
 
 
 def test_cancellation_disposes_the_subscription() -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is Python 3.11+")
     tracked = Tracked()
 
     async def main() -> None:
