@@ -227,6 +227,22 @@ def test_keepalive_of_many_leases_uses_one_stream(etcd: EmbeddedEtcd,
         etcd_store.revoke(lease)
 
 
+def test_keepalive_batch_beyond_the_flow_control_window(etcd: EmbeddedEtcd,
+                                                         etcd_store: EtcdStore) -> None:
+    """6,000 requests (~100 kB) are more than HTTP/2's first 64 kB window: they go out as etcd
+    gives the window back, and every one is answered, on one stream."""
+    live = [etcd_store.grant(30).id for _ in range(3)]
+    unknown = [0x7E00_0000_0000 + i for i in range(6000)]  # etcd answers TTL 0
+    streams_before = etcd.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")
+    outcomes = etcd_store.keepalive_many([*unknown, *live])
+    assert [outcomes[lease] for lease in live] == [None] * 3
+    assert all(isinstance(outcomes[lease], LeaseNotFound) for lease in unknown)
+    streams = etcd.metric("grpc_server_started_total", grpc_method="LeaseKeepAlive")
+    assert streams - streams_before == 1
+    for lease in live:
+        etcd_store.revoke(lease)
+
+
 def test_revoked_and_expired_leases_raise_lease_not_found(etcd_store: EtcdStore,
                                                           unique_prefix: str) -> None:
     revoked = etcd_store.grant(30).id

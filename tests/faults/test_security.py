@@ -209,6 +209,9 @@ def test_client_certificate_register_and_watch(mtls: EmbeddedEtcd, pki: Pki,
             registration = discovery.register("web", host("tls")).wait(10)
             wait_until(lambda r=registration, s=sets: r.uuid in last(s), timeout=5)
             assert discovery.get("web").first().hostname == "host-tls.test"
+            lease = discovery.store.grant(30).id  # the keepalive stream's own TLS connection
+            assert discovery.store.keepalive(lease) == 30
+            discovery.store.revoke(lease)
             leaks.show(discovery, discovery.settings, discovery.store, registration,
                        last(sets))
             assert healthy_stream(sets)
