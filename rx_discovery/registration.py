@@ -127,8 +127,9 @@ class ServiceGroup:
     for its service document to be stored and is told (``_service_written``) once a write that
     started after its request succeeded; each write stores the latest document asked for, so
     the last request wins, as if each registration had written its own. Writes are at least
-    ``_SERVICE_WRITE_INTERVAL`` apart (on the asking registration's scheduler): a request that
-    finds a write due makes it on its own thread, the others wait for the next one without
+    ``_SERVICE_WRITE_INTERVAL`` apart (on the asking registration's scheduler), one at a time:
+    a request that finds no write running or scheduled makes one (on its own thread when one
+    is due, else scheduled), and the requests that come meanwhile wait for the next, without
     holding a thread, so a burst of registrations shares a few writes. A document already
     stored (by the group or, as seen on the watch, by another host) is not written again
     unless forced.
@@ -150,13 +151,11 @@ class ServiceGroup:
         self._members: dict[str, Registration] = {}  # read without the lock by the watch
         self._subscriptions: list[abc.DisposableBase] = []
         self._watching_services = False
-        # Service key writes: requests are numbered; those up to _covered are answered.
+        # Service key writes, one at a time: the next serves every request waiting when it starts
         self._document: Service | None = None  # the latest asked for (or seen stored)
-        self._requested = 0
-        self._covered = 0
-        self._waiting: list[tuple[int, Registration, int]] = []  # (request, who, lease)
-        self._writing = False  # a write is running
-        self._scheduled = False  # a write is scheduled for requests left waiting
+        self._stored = False  # the key holds _document
+        self._waiting: list[tuple[Registration, int]] = []  # (who, lease) until the next write
+        self._writer = False  # a write is running or scheduled
         self._next_write = -math.inf  # no write before (one interval after the last one)
         self._revision = 0  # of our last write: older service changes are our own echoes
 
@@ -185,11 +184,11 @@ class ServiceGroup:
     def remove(self, registration: Registration) -> None:
         with self._lock:
             self._members.pop(registration.uuid, None)
-            self._waiting = [w for w in self._waiting if w[1] is not registration]
+            self._waiting = [w for w in self._waiting if w[0] is not registration]
             if self._members:
                 return
             subscriptions, self._subscriptions = self._subscriptions, []
-            self._watching_services, self._document = False, None
+            self._watching_services, self._document, self._stored = False, None, False
         for subscription in subscriptions:
             subscription.dispose()
 
@@ -206,40 +205,30 @@ class ServiceGroup:
         runtime = registration._runtime
         with self._lock:
             if force or document != self._document:
-                self._document, self._requested = document, self._requested + 1
-            stored = self._covered >= self._requested
-            write = schedule = False
+                self._document, self._stored = document, False
+            stored = self._stored
+            start = not stored and not self._writer
             if not stored:
-                self._waiting.append((self._requested, registration, lease))
-                write = not self._writing and self._delay(runtime) == 0
-                self._writing |= write
-                schedule = not self._writing and not self._scheduled
-                self._scheduled |= schedule
+                self._waiting.append((registration, lease))
+                self._writer = True
+            delay = self._delay(runtime) if start else 0.0
         if stored:
             registration._service_written(lease)
-        elif write:
+        elif start and delay > 0:
+            runtime.after(delay, lambda: self._write(runtime))
+        elif start:
             self._write(runtime)
-        elif schedule:
-            runtime.after(self._delay(runtime), lambda: self._write_later(runtime))
 
     def _delay(self, runtime: Runtime) -> float:
         """Seconds until the next write may start, on ``runtime``'s clock (clamped to one
         interval: registrations of a group may use clocks that disagree)."""
         return min(max(self._next_write - runtime.now(), 0.0), _SERVICE_WRITE_INTERVAL)
 
-    def _write_later(self, runtime: Runtime) -> None:
-        """The write for requests that no later request's write covered."""
-        with self._lock:
-            self._scheduled = False
-            if self._writing or not self._waiting:
-                return  # the running write schedules the next one if needed
-            self._writing = True
-        self._write(runtime)
-
     def _write(self, runtime: Runtime) -> None:
-        """Write the latest document and answer the requests made before (``_writing`` set)."""
+        """Store the latest document and answer the requests waiting for it (``_writer`` is
+        set); the requests made meanwhile get the next write."""
         with self._lock:
-            document, covering = self._document, self._requested
+            document, answered, self._waiting = self._document, self._waiting, []
             self._next_write = runtime.now() + _SERVICE_WRITE_INTERVAL
         error: Exception | None = None
         if document is not None:  # None: the group emptied, nobody waits
@@ -248,16 +237,12 @@ class ServiceGroup:
             except Exception as failure:
                 error = failure
         with self._lock:
-            if error is None:
-                self._covered = max(self._covered, covering)
-                if document is not None:
-                    self._revision = max(self._revision, revision)
-            answered = [w for w in self._waiting if w[0] <= covering]
-            self._waiting = [w for w in self._waiting if w[0] > covering]
-            self._writing = False
-            schedule = bool(self._waiting) and not self._scheduled
-            self._scheduled |= schedule
-        for _, registration, lease in answered:
+            if error is None and document is not None:
+                self._revision = max(self._revision, revision)
+                self._stored |= document is self._document  # not replaced meanwhile
+            again = self._writer = bool(self._waiting)
+            delay = self._delay(runtime)
+        for registration, lease in answered:
             try:
                 if error is None:
                     registration._service_written(lease)
@@ -265,8 +250,8 @@ class ServiceGroup:
                     registration._service_failed(lease, error)
             except Exception:  # e.g. a status observer raised: the others must still be told
                 log.exception("%s: could not complete the registration", registration._label)
-        if schedule:
-            runtime.after(self._delay(runtime), lambda: self._write_later(runtime))
+        if again:
+            runtime.after(delay, lambda: self._write(runtime))
 
     def _keep(self, subscription: abc.DisposableBase) -> None:
         with self._lock:
@@ -286,10 +271,9 @@ class ServiceGroup:
 
     def _on_services(self, change: Change[Service]) -> None:
         with self._lock:
-            if (change.revision > self._revision and not self._writing
-                    and self._covered == self._requested):
+            if change.revision > self._revision and not self._writer:
                 for service in change.items.values():
-                    self._document = service  # stored by another host
+                    self._document, self._stored = service, True  # stored by another host
             members = list(self._members.values())
         for service in change.items.values():
             for registration in members:
