@@ -12,7 +12,9 @@ or, at the latest, when the interpreter exits::
         etcd.restart()    # same ports, same data
 
 Readiness and metrics are read over a separate plain-HTTP metrics port, so they work the same
-whether the client port speaks TLS or not.
+whether the client port speaks TLS or not. A small reaper process (:mod:`rx_discovery._reaper`)
+kills the servers and removes their directories if this process dies without closing them
+(SIGKILL, a test runner's timeout), so no etcd outlives its owner.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,12 +144,43 @@ _LIVE: weakref.WeakSet[EmbeddedEtcd] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 
 
+_REAPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
+_reaper: subprocess.Popen[str] | None = None  # started with the first server (_LIVE_LOCK)
+
+
+def _guard(directory: str, pid: int | None) -> None:
+    """Have the reaper kill ``pid`` and remove ``directory`` if this process dies first;
+    ``pid`` None releases the directory. Best effort: a server is still closed at exit."""
+    global _reaper
+    with _LIVE_LOCK:
+        if _reaper is None or _reaper.poll() is not None:
+            if pid is None:
+                return
+            _reaper = subprocess.Popen(
+                [sys.executable, "-I", _REAPER_SCRIPT], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                start_new_session=True)
+        try:
+            assert _reaper.stdin is not None
+            _reaper.stdin.write(f"{directory}\t{pid or ''}\n")
+            _reaper.stdin.flush()
+        except OSError:  # it died: the next server starts another
+            _reaper = None
+
+
 @atexit.register
 def _cleanup_at_exit() -> None:
+    global _reaper
     with _LIVE_LOCK:
         servers = list(_LIVE)
     for server in servers:
         server.close()
+    with _LIVE_LOCK:
+        reaper, _reaper = _reaper, None
+    if reaper is not None and reaper.stdin is not None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            reaper.stdin.close()  # nothing is guarded any more: it exits
+            reaper.wait(2)
 
 
 class EmbeddedEtcd(_Started):
@@ -251,6 +285,7 @@ class EmbeddedEtcd(_Started):
         self._log = log_path
         with _LIVE_LOCK:
             _LIVE.add(self)
+        _guard(self._base(), self._process.pid)
         if wait:
             self.wait_ready()
         return self
@@ -327,6 +362,7 @@ class EmbeddedEtcd(_Started):
         base, self._base_dir = self._base_dir, None
         if base is not None:
             shutil.rmtree(base, ignore_errors=True)
+            _guard(base, None)
         with _LIVE_LOCK:
             _LIVE.discard(self)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import etcd3
 import pytest
@@ -84,3 +86,37 @@ def test_cluster_elects_a_new_leader_when_the_leader_dies() -> None:
         wait_until(lambda: all(m.healthy() for m in cluster.members), message="all healthy")
         data_dirs = [member.data_dir for member in cluster.members]
     assert not any(os.path.exists(path) for path in data_dirs)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_killed_owner_takes_its_servers_with_it() -> None:
+    script = ("import time\n"
+              "from rx_discovery.embedded import EmbeddedEtcd\n"
+              "servers = [EmbeddedEtcd(name=f'orphan-{i}').start() for i in range(2)]\n"
+              "servers[1].restart()\n"  # the reaper follows the new process
+              "print(*(f'{s.pid} {s.data_dir}' for s in servers), sep='\\n', flush=True)\n"
+              "time.sleep(120)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout is not None
+        servers = [owner.stdout.readline().split() for _ in range(2)]
+        pids = [int(pid) for pid, _ in servers]
+        directories = [os.path.dirname(data_dir) for _, data_dir in servers]
+        assert all(map(_alive, pids)) and all(map(os.path.isdir, directories))
+    finally:
+        owner.kill()  # SIGKILL: no atexit, no finally
+        owner.wait()
+    wait_until(lambda: not any(map(_alive, pids)), timeout=10,
+               message="the servers to be killed")
+    wait_until(lambda: not any(map(os.path.exists, directories)), timeout=10,
+               message="their directories to be removed")
