@@ -14,8 +14,9 @@ the HTTP status when a proxy answered. ``h2`` does the HTTP/2 part (settings, fl
 pings). It knows nothing of etcd or protobuf: callers pass serialized messages and get bytes
 back. Request metadata is sent never-indexed (RFC 7541 7.1: auth tokens stay out of HPACK
 tables), and hpack's DEBUG records, which quote every header encoded (the token too), are
-dropped: secrets never reach a log. Proxy environment variables are not honoured (the
-store's gRPC channels connect directly too).
+dropped: secrets never reach a log. Answers are limited to 4 MiB, as grpcio's are. It sends
+no HTTP/2 pings: a server that stops answering is noticed by the caller's deadline. Proxy
+environment variables are not honoured (the store's gRPC channels connect directly too).
 
 Threads: everything runs on the event loop that :meth:`GrpcStream.open` is called on, and the
 callbacks are called there.
@@ -43,12 +44,14 @@ __all__ = ["GrpcStream", "StreamEnd"]
 
 # gRPC status codes used here (https://grpc.github.io/grpc/core/md_doc_statuscodes.html)
 _UNKNOWN, _INTERNAL, _UNIMPLEMENTED, _UNAVAILABLE = 2, 13, 12, 14
-_UNAUTHENTICATED, _PERMISSION_DENIED = 16, 7
+_UNAUTHENTICATED, _PERMISSION_DENIED, _RESOURCE_EXHAUSTED = 16, 7, 8
 # gRPC's mapping of an HTTP status without a grpc-status (doc/http-grpc-status-mapping.md)
 _HTTP_STATUS = {400: _INTERNAL, 401: _UNAUTHENTICATED, 403: _PERMISSION_DENIED,
                 404: _UNIMPLEMENTED, 429: _UNAVAILABLE, 502: _UNAVAILABLE, 503: _UNAVAILABLE,
                 504: _UNAVAILABLE}
 _PREFIX = struct.Struct(">BI")  # compressed flag, message length
+_MAX_MESSAGE = 4 << 20  # gRPC's default limit on a received message
+_GOAWAY = 0x7  # HTTP/2 frame type
 _WINDOW = 1 << 24  # answers are small; one big window saves WINDOW_UPDATE round trips
 
 
@@ -61,9 +64,6 @@ class _NoHeaderDumps(logging.Filter):
 
 logging.getLogger("hpack.hpack").addFilter(_NoHeaderDumps())
 logging.getLogger("hpack.table").addFilter(_NoHeaderDumps())
-
-# strong references to the connecting tasks (the loop keeps only weak ones)
-_CONNECTING: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ class GrpcStream(asyncio.Protocol):
         self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding="utf-8"))
         self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._stream_id = 0
+        self._frames = bytearray()  # received bytes not yet handed to h2 (a partial frame)
         self._outbox = bytearray()  # framed requests not yet handed to h2
         self._inbox = bytearray()  # answer bytes not yet split into messages
         self._status: int | None = None  # from the headers or trailers
@@ -123,9 +125,8 @@ class GrpcStream(asyncio.Protocol):
         """
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         stream = cls(authority, path, metadata, ssl_context is not None, on_message, on_end)
-        task = asyncio.get_running_loop().create_task(stream._connect(host, port, ssl_context))
-        _CONNECTING.add(task)
-        task.add_done_callback(_CONNECTING.discard)
+        stream._connecting = asyncio.get_running_loop().create_task(
+            stream._connect(host, port, ssl_context))
         return stream
 
     # -- caller side --------------------------------------------------------------------------
@@ -142,21 +143,20 @@ class GrpcStream(asyncio.Protocol):
             self._flush()
 
     def close(self) -> None:
-        """End the call and the connection; ``on_end`` is not called."""
-        self._ended = True
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            with contextlib.suppress(Exception):
-                self._h2.reset_stream(self._stream_id)
-                transport.write(self._h2.data_to_send())
-            transport.close()
+        """Cancel the call and drop the connection at once; ``on_end`` is not called."""
+        if not self._ended:
+            self._ended = True
+            with contextlib.suppress(Exception):  # not connected yet, or already closed
+                self._h2.reset_stream(self._stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._write()
+        self._drop()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         if self._ended:  # closed while connecting
-            transport.close()
+            transport.abort()
             return
         self._transport = transport
         h2conn = self._h2
@@ -169,7 +169,7 @@ class GrpcStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self._h2.receive_data(data)
+            events = self._h2.receive_data(self._whole_frames(data))
         except h2.exceptions.ProtocolError as error:
             self._end(None, f"HTTP/2 protocol error: {type(error).__name__}")
             return
@@ -190,8 +190,9 @@ class GrpcStream(asyncio.Protocol):
             elif isinstance(event, h2.events.StreamReset):
                 self._end(None, f"the server reset the call ({_name(event.error_code)})")
             elif isinstance(event, h2.events.ConnectionTerminated):
+                said = (event.additional_data or b"")[:100].decode("ascii", "replace")
                 self._end(None, f"the server closed the connection (GOAWAY "
-                                f"{_name(event.error_code)})")
+                                f"{_name(event.error_code)}{' ' + said if said else ''})")
             elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                 self._flush()
         if not self._ended:
@@ -208,26 +209,48 @@ class GrpcStream(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _whole_frames(self, data: bytes) -> bytes:
+        """The complete frames received so far, up to a GOAWAY included (the rest is kept, or
+        dropped after a GOAWAY). h2 refuses any frame after a GOAWAY, and then loses the events
+        of the whole input (python-hyper/h2#1181): a graceful server stop sends a GOAWAY and a
+        PING together, so answers read with them would be lost."""
+        frames = self._frames
+        frames += data
+        end, size, goaway = 0, len(frames), False
+        while size - end >= 9 and not goaway:
+            frame_end = end + 9 + int.from_bytes(frames[end:end + 3], "big")
+            if frame_end > size:
+                break
+            goaway = frames[end + 3] == _GOAWAY
+            end = frame_end
+        whole = bytes(frames[:end])
+        del frames[:size if goaway else end]
+        return whole
+
     async def _connect(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(lambda: self, host, port, ssl=ssl_context,
                                          server_hostname=host if ssl_context else None)
+            return
         except ssl.SSLError as error:
-            self._end(None, f"TLS handshake failed: {error.reason or error}")
+            failure = f"TLS handshake failed: {error.reason or error}"
         except OSError as error:
-            self._end(None, f"cannot connect to {host}:{port}: {error.strerror or error}")
+            failure = f"cannot connect to {host}:{port}: {error.strerror or error}"
+        finally:
+            self._connecting = None
+        self._end(None, failure)
 
     def _on_headers(self, headers: dict[str, str]) -> None:
         """The response headers, or trailers: remember the status, or end on a bad answer."""
         status = headers.get("grpc-status")
         if status is not None:
-            self._status = int(status) if status.isdigit() else _UNKNOWN
+            self._status = int(status) if status.isdecimal() else _UNKNOWN
             self._message = urllib.parse.unquote(headers.get("grpc-message", ""))
             return
         http = headers.get(":status")
         if http is not None and http != "200":
-            code = _HTTP_STATUS.get(int(http) if http.isdigit() else 0, _UNKNOWN)
+            code = _HTTP_STATUS.get(int(http) if http.isdecimal() else 0, _UNKNOWN)
             self._end(code, f"HTTP status {http}")
         elif http is not None and not headers.get("content-type", "").startswith(
                 "application/grpc"):
@@ -240,6 +263,10 @@ class GrpcStream(asyncio.Protocol):
         start, size = 0, len(inbox)
         while size - start >= 5 and not self._ended:
             compressed, length = _PREFIX.unpack_from(inbox, start)
+            if length > _MAX_MESSAGE:
+                self._end(_RESOURCE_EXHAUSTED, f"an answer of {length} bytes (at most "
+                                               f"{_MAX_MESSAGE})")
+                return
             end = start + 5 + length
             if end > size:
                 break
@@ -279,10 +306,18 @@ class GrpcStream(asyncio.Protocol):
         if self._ended:
             return
         self._ended = True
+        self._drop()
+        self._on_end(StreamEnd(status, message))
+
+    def _drop(self) -> None:
+        """Abort the connection (or the attempt to make it): no TLS goodbye, no waiting for
+        buffered bytes to reach a server that may be frozen."""
         transport, self._transport = self._transport, None
         if transport is not None:
-            transport.close()
-        self._on_end(StreamEnd(status, message))
+            transport.abort()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
 
 
 def _name(code: int | None) -> str:

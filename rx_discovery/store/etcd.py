@@ -615,11 +615,16 @@ class _KeepAliveStream:
             try:
                 if endpoint.secure and self._ssl is None:
                     self._ssl = _ssl_context(self._settings)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                batch.fail(StoreError(f"keepalive: TLS setup failed ({type(exc).__name__})"))
+                return
+            try:
                 stream = self._stream = _LeaseStream(
                     self._store, client, endpoint, metadata,
                     self._ssl if endpoint.secure else None)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                batch.fail(StoreError(f"keepalive: TLS setup failed: {type(exc).__name__}"))
+            except Exception as exc:  # the batch must not wait for its deadline
+                batch.fail(StoreUnavailable(
+                    f"keepalive: cannot open the stream ({type(exc).__name__})"))
                 return
         stream.send(batch)
 
@@ -654,14 +659,29 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     ca = settings.ca_cert.decode("ascii") if settings.ca_cert is not None else None
     context = ssl.create_default_context(cadata=ca)
     if settings.client_cert is not None and settings.client_key is not None:
-        # the ssl module loads a key from a file only: a private, at once removed one
-        with tempfile.TemporaryDirectory(prefix="rx-discovery-") as folder:
-            path = os.path.join(folder, "client.pem")
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                out.write(settings.client_cert + b"\n" + settings.client_key)
-            context.load_cert_chain(path)
+        _load_cert_chain(context, settings.client_cert + b"\n" + settings.client_key)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def _load_cert_chain(context: ssl.SSLContext, pem: bytes) -> None:
+    """Load a certificate and its key from memory. The ssl module reads them from a path
+    only: an anonymous in-memory file where Linux has them, else a private temporary file
+    removed at once."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("rx-discovery-client-cert", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="rx-discovery-") as folder:
+        path = os.path.join(folder, "client.pem")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(pem)
+        context.load_cert_chain(path)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -774,7 +794,8 @@ class _LeaseStream:
     def _on_end(self, end: StreamEnd) -> None:
         error: StoreError
         if end.status is None or end.status == _STATUS_OK:
-            error = StoreUnavailable(f"keepalive: {end.message[:_MAX_DETAILS]}")
+            reason = end.message[:_MAX_DETAILS] or "the server ended the stream"
+            error = StoreUnavailable(f"keepalive: {reason}")
             endpoint_failed = end.status is None
         else:
             code = _STATUS_CODES.get(end.status, grpc.StatusCode.UNKNOWN)

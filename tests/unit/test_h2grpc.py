@@ -19,6 +19,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import hpack
 import pytest
 
 from rx_discovery.store._h2grpc import GrpcStream, StreamEnd
@@ -39,6 +40,7 @@ class Server(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8"))
         self.headers: dict[str, str] = {}
+        self.raw_headers: list[Any] = []
         self.received = bytearray()  # request bytes (gRPC frames) of the stream
         self.reset = asyncio.Event()
         self.transport: asyncio.Transport | None = None
@@ -52,6 +54,7 @@ class Server(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
+                self.raw_headers = list(event.headers)
                 self.headers = dict(event.headers)  # type: ignore[arg-type]
             elif isinstance(event, h2.events.DataReceived):
                 self.received += event.data
@@ -159,6 +162,8 @@ def test_messages_split_across_frames_and_batched_in_one_send() -> None:
             assert server.headers["content-type"] == "application/grpc"
             assert server.headers["te"] == "trailers"
             assert server.headers["token"] == "tok-123"
+            token = next(h for h in server.raw_headers if h[0] == "token")
+            assert isinstance(token, hpack.NeverIndexedHeaderTuple)  # kept out of HPACK tables
             assert client.ends == []
             stream.close()
             await asyncio.wait_for(server.reset.wait(), 5)
@@ -324,5 +329,121 @@ def test_an_answer_the_caller_cannot_handle_ends_the_call() -> None:
             server = await made
             await asyncio.wait_for(server.reset.wait(), 5)  # the connection was closed
             assert ends == [StreamEnd(13, "could not handle an answer (ValueError)")]
+
+    asyncio.run(scenario())
+
+
+def test_frames_after_a_goaway_in_the_same_read_do_not_hide_the_answers_before_it() -> None:
+    def answer_then_go_away(server: Server, event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            # what a graceful server stop writes at once: answers, GOAWAY, then a PING
+            server.respond(event.stream_id)
+            server.conn.send_data(event.stream_id, frame(b"one") + frame(b"two"))
+            server.conn.close_connection(additional_data=b"graceful_stop")
+            data = server.conn.data_to_send()
+            ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+            assert server.transport is not None
+            server.transport.write(data + ping)
+
+    async def scenario() -> None:
+        listener, port, _ = await start(answer_then_go_away)
+        async with listener:
+            client = Client()
+            client.open(port).send([b"x"])
+            end = await client.wait_end()
+            assert client.answers == [b"one", b"two"]
+            assert end == StreamEnd(None, "the server closed the connection (GOAWAY NO_ERROR "
+                                          "graceful_stop)")
+
+    asyncio.run(scenario())
+
+
+def test_trailers_then_a_reset_in_one_write_end_with_the_status() -> None:
+    def fail_then_reset(server: Server, event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):  # as grpc-go ends a call early
+            server.respond(event.stream_id)
+            server.conn.send_headers(event.stream_id, [("grpc-status", "14"),
+                                                       ("grpc-message", "leader changed")],
+                                     end_stream=True)
+            data = server.conn.data_to_send()
+            rst = b"\x00\x00\x04\x03\x00" + event.stream_id.to_bytes(4, "big") + bytes(4)
+            assert server.transport is not None
+            server.transport.write(data + rst)
+
+    async def scenario() -> None:
+        listener, port, _ = await start(fail_then_reset)
+        async with listener:
+            client = Client()
+            client.open(port).send([b"x"])
+            assert await client.wait_end() == StreamEnd(14, "leader changed")
+
+    asyncio.run(scenario())
+
+
+def test_answers_beyond_the_receive_window_keep_flowing() -> None:
+    """20 MiB of answers: more than the 16 MiB window the client opens, so it must give the
+    window back as it reads."""
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+
+    def flood(server: Server, event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            server.respond(event.stream_id)
+            server.pending = [frame(chunk)] * 20  # type: ignore[attr-defined]
+        if getattr(server, "pending", None) and isinstance(
+                event, (h2.events.DataReceived, h2.events.WindowUpdated)):
+            stream_id = 1
+            while server.pending:  # type: ignore[attr-defined]
+                window = min(server.conn.local_flow_control_window(stream_id),
+                             server.conn.max_outbound_frame_size)
+                if window <= 0:
+                    return
+                head = server.pending[0]  # type: ignore[attr-defined]
+                server.conn.send_data(stream_id, head[:window])
+                if len(head) > window:
+                    server.pending[0] = head[window:]  # type: ignore[attr-defined]
+                else:
+                    server.pending.pop(0)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        listener, port, _ = await start(flood)
+        async with listener:
+            client = Client()
+            stream = client.open(port)
+            stream.send([b"go"])
+            await asyncio.wait_for(client.wait_answers(20), 20)
+            assert client.answers == [chunk] * 20
+            stream.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_oversized_answer_ends_the_call() -> None:
+    def oversized(server: Server, event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            server.respond(event.stream_id)
+            server.conn.send_data(event.stream_id, struct.pack(">BI", 0, 5 << 20))
+
+    async def scenario() -> None:
+        listener, port, _ = await start(oversized)
+        async with listener:
+            client = Client()
+            client.open(port).send([b"x"])
+            end = await client.wait_end()
+            assert end == StreamEnd(8, f"an answer of {5 << 20} bytes (at most {4 << 20})")
+
+    asyncio.run(scenario())
+
+
+def test_close_while_connecting_is_quiet() -> None:
+    async def scenario() -> None:
+        listener, port, made = await start(echo_in_small_pieces)
+        async with listener:
+            client = Client()
+            stream = client.open(port)
+            stream.send([b"x"])
+            stream.close()  # before the loop ran the connection attempt
+            await asyncio.sleep(0.1)
+            assert client.ends == [] and client.answers == []
+            assert not made.done() or not (await made).received
 
     asyncio.run(scenario())
