@@ -157,7 +157,7 @@ def _raw(watcher: Any, writer: Any, service: str, count: int,
 def run(ctx: Context) -> BenchResult:
     result = BenchResult(NAME, TITLE)
     count = ctx.size(5000, 1000)
-    trials = ctx.size(5, 1)
+    trials = ctx.size(9, 1)  # single runs last 40-500 ms: a median needs a few
     writer = ctx.raw_client()  # writes both sides' values, straight to the server
     watcher = ctx.raw_client()  # the raw consumer, on a connection of its own
     d, proxy = ctx.proxied_discovery()
