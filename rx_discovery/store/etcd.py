@@ -5,9 +5,12 @@ the client's known gaps (``/work/shared/reference/ETCD-CLIENT-NOTES.md``):
 
 - a ``MultiEndpointEtcd3Client`` with failover even for one endpoint, and a short retry delay,
   so one failed call does not lock an endpoint out for 300 s;
-- watches and lease keepalives run on streams owned here, over the generated gRPC stubs and the
-  client's own channels: the library's watcher thread dies silently when a stream ends, and its
-  ``refresh_lease`` opens one stream per refresh;
+- watches run on streams owned here, over the generated gRPC stubs and the client's own
+  channels: the library's watcher thread dies silently when a stream ends;
+- lease keepalives share one ``LeaseKeepAlive`` call on an HTTP/2 connection of its own
+  (:mod:`._h2grpc`, protobuf messages from the generated modules): the library's
+  ``refresh_lease`` opens one stream per refresh, and grpcio's per-message cost would be most
+  of what holding many registrations costs;
 - gRPC keepalive, so a frozen server (SIGSTOP, dead network) ends streams within seconds, and
   short reconnect backoffs, so a restarted server is usable at once;
 - every error (raw ``grpc.RpcError``, ``etcd3.exceptions``, the client's ``ValueError``) is
