@@ -41,6 +41,8 @@ class Server(asyncio.Protocol):
             client_side=False, header_encoding="utf-8"))
         self.headers: dict[str, str] = {}
         self.raw_headers: list[Any] = []
+        self.answered = 0  # requests a scenario has answered
+        self.pending: list[bytes] = []  # answer bytes a scenario still has to send
         self.received = bytearray()  # request bytes (gRPC frames) of the stream
         self.reset = asyncio.Event()
         self.transport: asyncio.Transport | None = None
@@ -132,16 +134,29 @@ async def start(scenario: Scenario) -> tuple[asyncio.AbstractServer, int,
     return listener, listener.sockets[0].getsockname()[1], made
 
 
+def call_until_end(scenario: Scenario,
+                   requests: tuple[bytes, ...] = (b"x",)) -> tuple[StreamEnd, list[bytes]]:
+    """Serve ``scenario``, send ``requests`` and wait for the call to end: (how it ended,
+    the answers before)."""
+    async def call() -> tuple[StreamEnd, list[bytes]]:
+        listener, port, _ = await start(scenario)
+        async with listener:
+            client = Client()
+            client.open(port).send(requests)
+            return await client.wait_end(), client.answers
+
+    return asyncio.run(call())
+
+
 def echo_in_small_pieces(server: Server, event: Any) -> None:
     """Answer every complete request with ``b"re:" + request``, sent 3 bytes per DATA frame."""
     if isinstance(event, h2.events.RequestReceived):
         server.respond(event.stream_id)
     elif isinstance(event, h2.events.DataReceived):
         server.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        answered = getattr(server, "answered", 0)
         messages = server.messages()
-        data = b"".join(frame(b"re:" + m) for m in messages[answered:])
-        server.answered = len(messages)  # type: ignore[attr-defined]
+        data = b"".join(frame(b"re:" + m) for m in messages[server.answered:])
+        server.answered = len(messages)
         for i in range(0, len(data), 3):
             server.conn.send_data(event.stream_id, data[i:i + 3])
 
@@ -212,16 +227,7 @@ def test_status_in_trailers_ends_the_call_with_the_server_message() -> None:
                 ("grpc-status", "5"), ("grpc-message", "lease%20not%20found")],
                 end_stream=True)
 
-    async def scenario() -> None:
-        listener, port, _ = await start(answer_then_fail)
-        async with listener:
-            client = Client()
-            client.open(port).send([b"x"])
-            end = await client.wait_end()
-            assert client.answers == [b"one"]
-            assert end == StreamEnd(5, "lease not found")
-
-    asyncio.run(scenario())
+    assert call_until_end(answer_then_fail) == (StreamEnd(5, "lease not found"), [b"one"])
 
 
 @pytest.mark.parametrize(("headers", "expected"), [
@@ -240,15 +246,7 @@ def test_an_answer_without_messages_ends_with_its_status(headers: list[tuple[str
         if isinstance(event, h2.events.RequestReceived):
             server.conn.send_headers(event.stream_id, headers, end_stream=True)
 
-    async def scenario() -> None:
-        listener, port, _ = await start(answer)
-        async with listener:
-            client = Client()
-            client.open(port)
-            assert await client.wait_end() == expected
-            assert client.answers == []
-
-    asyncio.run(scenario())
+    assert call_until_end(answer, requests=()) == (expected, [])
 
 
 def test_goaway_reset_and_a_closed_connection_end_the_call_without_a_status() -> None:
@@ -264,19 +262,12 @@ def test_goaway_reset_and_a_closed_connection_end_the_call_without_a_status() ->
         if isinstance(event, h2.events.DataReceived) and server.transport is not None:
             server.transport.close()
 
-    async def scenario() -> None:
-        for behaviour, words in ((goaway, ("GOAWAY ENHANCE_YOUR_CALM",)),
-                                 (reset, ("reset the call (REFUSED_STREAM)",)),
-                                 (hang_up, ("closed the connection", "connection lost"))):
-            listener, port, _ = await start(behaviour)
-            async with listener:
-                client = Client()
-                client.open(port).send([b"x"])
-                end = await client.wait_end()
-                assert end.status is None, end
-                assert any(word in end.message for word in words), end
-
-    asyncio.run(scenario())
+    for behaviour, words in ((goaway, ("GOAWAY ENHANCE_YOUR_CALM",)),
+                             (reset, ("reset the call (REFUSED_STREAM)",)),
+                             (hang_up, ("closed the connection", "connection lost"))):
+        end, _ = call_until_end(behaviour)
+        assert end.status is None, end
+        assert any(word in end.message for word in words), end
 
 
 def test_connection_refused_ends_the_call_and_sending_after_the_end_is_ignored() -> None:
@@ -345,17 +336,10 @@ def test_frames_after_a_goaway_in_the_same_read_do_not_hide_the_answers_before_i
             assert server.transport is not None
             server.transport.write(data + ping)
 
-    async def scenario() -> None:
-        listener, port, _ = await start(answer_then_go_away)
-        async with listener:
-            client = Client()
-            client.open(port).send([b"x"])
-            end = await client.wait_end()
-            assert client.answers == [b"one", b"two"]
-            assert end == StreamEnd(None, "the server closed the connection (GOAWAY NO_ERROR "
-                                          "graceful_stop)")
-
-    asyncio.run(scenario())
+    end, answers = call_until_end(answer_then_go_away)
+    assert answers == [b"one", b"two"]
+    assert end == StreamEnd(None, "the server closed the connection (GOAWAY NO_ERROR "
+                                  "graceful_stop)")
 
 
 def test_trailers_then_a_reset_in_one_write_end_with_the_status() -> None:
@@ -370,14 +354,7 @@ def test_trailers_then_a_reset_in_one_write_end_with_the_status() -> None:
             assert server.transport is not None
             server.transport.write(data + rst)
 
-    async def scenario() -> None:
-        listener, port, _ = await start(fail_then_reset)
-        async with listener:
-            client = Client()
-            client.open(port).send([b"x"])
-            assert await client.wait_end() == StreamEnd(14, "leader changed")
-
-    asyncio.run(scenario())
+    assert call_until_end(fail_then_reset)[0] == StreamEnd(14, "leader changed")
 
 
 def test_answers_beyond_the_receive_window_keep_flowing() -> None:
@@ -388,21 +365,21 @@ def test_answers_beyond_the_receive_window_keep_flowing() -> None:
     def flood(server: Server, event: Any) -> None:
         if isinstance(event, h2.events.DataReceived):
             server.respond(event.stream_id)
-            server.pending = [frame(chunk)] * 20  # type: ignore[attr-defined]
-        if getattr(server, "pending", None) and isinstance(
+            server.pending = [frame(chunk)] * 20
+        if server.pending and isinstance(
                 event, (h2.events.DataReceived, h2.events.WindowUpdated)):
             stream_id = 1
-            while server.pending:  # type: ignore[attr-defined]
+            while server.pending:
                 window = min(server.conn.local_flow_control_window(stream_id),
                              server.conn.max_outbound_frame_size)
                 if window <= 0:
                     return
-                head = server.pending[0]  # type: ignore[attr-defined]
+                head = server.pending[0]
                 server.conn.send_data(stream_id, head[:window])
                 if len(head) > window:
-                    server.pending[0] = head[window:]  # type: ignore[attr-defined]
+                    server.pending[0] = head[window:]
                 else:
-                    server.pending.pop(0)  # type: ignore[attr-defined]
+                    server.pending.pop(0)
 
     async def scenario() -> None:
         listener, port, _ = await start(flood)
@@ -423,15 +400,8 @@ def test_an_oversized_answer_ends_the_call() -> None:
             server.respond(event.stream_id)
             server.conn.send_data(event.stream_id, struct.pack(">BI", 0, 5 << 20))
 
-    async def scenario() -> None:
-        listener, port, _ = await start(oversized)
-        async with listener:
-            client = Client()
-            client.open(port).send([b"x"])
-            end = await client.wait_end()
-            assert end == StreamEnd(8, f"an answer of {5 << 20} bytes (at most {4 << 20})")
-
-    asyncio.run(scenario())
+    assert call_until_end(oversized)[0] == StreamEnd(
+        8, f"an answer of {5 << 20} bytes (at most {4 << 20})")
 
 
 def test_close_while_connecting_is_quiet() -> None:
