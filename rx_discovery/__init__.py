@@ -19,8 +19,10 @@ from rx_discovery._errors import (
     MalformedValue,
     NoHostFound,
     NoHostFoundOnShard,
+    PermissionDenied,
     QueryError,
     RegistrationError,
+    RequestTooLarge,
     RevisionCompacted,
     ServiceNotFound,
     StoreError,
@@ -28,6 +30,7 @@ from rx_discovery._errors import (
     UnknownScheme,
 )
 from rx_discovery.discovery import Discovery
+from rx_discovery.health import Health, HealthState
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.model import Credentials, Host, Service
 from rx_discovery.query import ServiceQuery
@@ -44,6 +47,8 @@ __all__ = [
     "Diagnostic",
     "Discovery",
     "DiscoveryError",
+    "Health",
+    "HealthState",
     "Host",
     "HostEvent",
     "HostSet",
@@ -51,10 +56,12 @@ __all__ = [
     "MalformedValue",
     "NoHostFound",
     "NoHostFoundOnShard",
+    "PermissionDenied",
     "QueryError",
     "Registration",
     "RegistrationError",
     "RegistrationStatus",
+    "RequestTooLarge",
     "RevisionCompacted",
     "Service",
     "ServiceNotFound",

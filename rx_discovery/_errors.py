@@ -15,7 +15,12 @@
         ├── StoreUnavailable             connection lost, timeout, server down (retried)
         ├── RevisionCompacted            a watch asked for a revision already compacted
         ├── LeaseNotFound                the lease expired or was revoked
-        └── AuthenticationFailed         wrong user/password or missing permission
+        ├── AuthenticationFailed         wrong user/password (permanent)
+        ├── PermissionDenied             the user lacks a permission (RBAC) (permanent)
+        └── RequestTooLarge (ValueError) a value over etcd's request size limit (permanent)
+
+``StoreError.permanent`` tells the errors that retrying will not fix by itself: they are
+reported (``Discovery.health``, ``Registration.status``, diagnostics), and retried only slowly.
 """
 
 from __future__ import annotations
@@ -68,7 +73,13 @@ class RegistrationError(DiscoveryError):
 
 
 class StoreError(DiscoveryError):
-    """The key-value store failed."""
+    """The key-value store failed.
+
+    Attributes:
+        permanent: retrying will not fix it by itself (credentials, permissions, limits).
+    """
+
+    permanent = False
 
 
 class StoreUnavailable(StoreError):
@@ -92,4 +103,17 @@ class LeaseNotFound(StoreError):
 
 
 class AuthenticationFailed(StoreError):
-    """The store refused the credentials or the permission."""
+    """The store refused the credentials (or, before PermissionDenied existed, a
+    permission: kept as its base so that old ``except`` clauses still catch both)."""
+
+    permanent = True
+
+
+class PermissionDenied(AuthenticationFailed):
+    """The user is known but lacks a permission on the key or range (etcd RBAC)."""
+
+
+class RequestTooLarge(StoreError, ValueError):
+    """A request over the store's size limit (etcd: ``--max-request-bytes``, 1.5 MiB)."""
+
+    permanent = True

@@ -23,6 +23,7 @@ from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._shared import SharedSync
 from rx_discovery.config import Settings
+from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, validate_service_name
 from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
@@ -161,6 +162,14 @@ class Discovery:
             release()
 
     # --- streams ------------------------------------------------------------------------
+
+    @property
+    def health(self) -> reactivex.Observable[Health]:
+        """The connection state of the store: the current
+        :class:`~rx_discovery.health.Health` at once, then every change (CONNECTING,
+        CONNECTED, RECONNECTING, UNAVAILABLE, DENIED with a reason that never holds a secret,
+        CLOSED). Emits on the thread that saw the change, outside every library lock."""
+        return self.store.health
 
     @property
     def diagnostics(self) -> reactivex.Observable[Diagnostic]:

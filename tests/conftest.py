@@ -1,4 +1,15 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite, and its tiers.
+
+Tiers, by directory (markers are added here, so ``-m`` selects them):
+
+- ``tests/unit``: server-free (memory store, marble tests, bad arguments); about 15 s. A unit
+  test that asks for the ``etcd`` fixture fails: it belongs in ``tests/integration``.
+- ``tests/integration``: a real etcd (marker ``etcd``).
+- ``tests/faults``: fault injection against real etcd processes (markers ``etcd``, ``faults``).
+- ``tests/interop``: the real Go etcd-discovery package (markers ``etcd``, ``go``).
+
+Hypothesis: the ``ci`` profile (no per-example deadline: a loaded 2-core machine is slow
+now and then) is loaded when ``CI`` is set; ``HYPOTHESIS_PROFILE`` chooses another.
 
 - ``etcd``: one real etcd server (:class:`~rx_discovery.embedded.EmbeddedEtcd`) per test
   session; tests that kill or pause a server start their own instead.
@@ -10,14 +21,37 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.store.etcd import EtcdStore
+
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+_TESTS = Path(__file__).resolve().parent
+_TIER_MARKS = {"integration": ("etcd",), "faults": ("etcd", "faults"), "interop": ("etcd", "go")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            tier = Path(item.path).resolve().relative_to(_TESTS).parts[0]
+        except ValueError:
+            continue
+        for mark in _TIER_MARKS.get(tier, ()):
+            item.add_marker(mark)
+        if tier == "unit" and "etcd" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid}: tests/unit is server-free; an etcd test "
+                                    "belongs in tests/integration")
 
 
 @pytest.fixture(scope="session")

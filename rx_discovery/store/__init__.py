@@ -18,6 +18,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import reactivex
 
+from rx_discovery.health import Health
+
 __all__ = ["EventType", "KeyValue", "Lease", "Snapshot", "Store", "WatchEvent", "WatchResponse"]
 
 
@@ -139,6 +141,12 @@ class Store(Protocol):
         """
         ...
 
+    @property
+    def health(self) -> reactivex.Observable[Health]:
+        """The connection state: the current :class:`~rx_discovery.health.Health` at once, then
+        every change (see :class:`~rx_discovery.health.HealthTracker`), outside every lock."""
+        ...
+
     def close(self) -> None:
-        """Release connections and cancel watches. Idempotent."""
+        """Release connections and cancel watches (health becomes CLOSED). Idempotent."""
         ...

@@ -51,6 +51,7 @@ from rx_discovery._errors import (
     StoreUnavailable,
 )
 from rx_discovery.config import Settings
+from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import (
     EventType,
     KeyValue,
@@ -256,6 +257,7 @@ class EtcdStore:
         self._keepalive = _KeepAliveStream(self, settings)
         self._watches: set[_WatchSubscription] = set()
         self._last_failure = ""  # why the last call could not reach etcd
+        self._health = HealthTracker("etcd")
 
     def __repr__(self) -> str:
         endpoints = ",".join(e.url for e in self._settings.endpoints)
@@ -378,6 +380,12 @@ class EtcdStore:
 
         return reactivex.create(subscribe)
 
+    @property
+    def health(self) -> reactivex.Observable[Health]:
+        """The connection state, from the outcome of every call (see
+        :class:`~rx_discovery.health.HealthTracker`)."""
+        return self._health.observable
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -391,6 +399,7 @@ class EtcdStore:
             endpoints, self._endpoints, self._client = self._endpoints, None, None
         for watch in watches:
             watch.dispose()
+        self._health.closed()
         self._keepalive.close()
         for endpoint in endpoints or ():
             endpoint.close()
@@ -412,6 +421,7 @@ class EtcdStore:
                 client = self._get_client()
                 result = action(client)
                 self._last_failure = ""
+                self._health.connected()
                 return result
             except Exception as exc:
                 error = _translate(exc, operation)
@@ -423,7 +433,12 @@ class EtcdStore:
                 relogged = True
                 self._drop_client(client)
                 continue
-            raise self._explained(_public(error))
+            error = self._explained(_public(error))
+            if error.permanent:
+                self._health.denied(str(error))
+            elif isinstance(error, StoreUnavailable):
+                self._health.failed(str(error))
+            raise error
 
     def _explained(self, error: StoreError) -> StoreError:
         """Remember why the last call could not reach etcd, and say it when a later call

@@ -36,6 +36,7 @@ from reactivex.internal.exceptions import DisposedException
 from reactivex.scheduler import EventLoopScheduler
 
 from rx_discovery._errors import LeaseNotFound, RevisionCompacted, StoreUnavailable
+from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import EventType, KeyValue, Lease, Snapshot, WatchEvent, WatchResponse
 
 __all__ = ["MIN_LEASE_TTL", "MemoryStore"]
@@ -106,6 +107,8 @@ class MemoryStore:
         self._watches: list[_Watch] = []
         self._connected = True
         self._closed = False
+        self._health = HealthTracker("memory store")
+        self._health.connected()
 
     # ------------------------------------------------------------------ Store: key-values
 
@@ -255,8 +258,14 @@ class MemoryStore:
             for watch in self._watches:
                 watch.done = True
             self._watches.clear()
+        self._health.closed()
         if self._owns_scheduler and isinstance(self._scheduler, EventLoopScheduler):
             self._scheduler.dispose()
+
+    @property
+    def health(self) -> reactivex.Observable[Health]:
+        """CONNECTED, RECONNECTING between :meth:`disconnect` and :meth:`reconnect`, CLOSED."""
+        return self._health.observable
 
     # ------------------------------------------------------------------ fault switches
 
@@ -269,12 +278,14 @@ class MemoryStore:
         with self._lock:
             self._connected = False
             drains = self._fail_watches("disconnected")
+        self._health.failed("disconnected (MemoryStore.disconnect)")
         self._schedule_drains(drains)
 
     def reconnect(self) -> None:
         """Undo :meth:`disconnect`: calls and new watches work again."""
         with self._lock:
             self._connected = True
+        self._health.connected()
 
     def restart(self) -> None:
         """Act as if the server restarted (or a new leader took over).

@@ -36,8 +36,6 @@ from rx_discovery import (
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.store.etcd import EtcdStore
 
-pytestmark = pytest.mark.faults
-
 SERVICE = "svc"
 
 # key suffix under /services/svc/ -> value; none of these is a usable host

@@ -7,14 +7,11 @@ exactly etcd's history (no event lost or repeated).
 
 from __future__ import annotations
 
-import pytest
 from faultkit import assert_gap_free, healthy_stream, host, live_lease, raw_client, subscribe, truth
 from helpers import wait_until
 
 from rx_discovery import Discovery
 from rx_discovery.embedded import EmbeddedEtcdCluster
-
-pytestmark = pytest.mark.faults
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from faultkit import healthy_stream, host, raw_client, replay, subscribe, truth
 from helpers import wait_until
 
 from rx_discovery import Discovery, RegistrationStatus
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.testing import TcpProxy
-
-pytestmark = pytest.mark.faults
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"

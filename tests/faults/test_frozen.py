@@ -30,8 +30,6 @@ from helpers import wait_until
 from rx_discovery import Discovery, RegistrationStatus, _runtime
 from rx_discovery.embedded import EmbeddedEtcd
 
-pytestmark = pytest.mark.faults
-
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"
 TTL = 3

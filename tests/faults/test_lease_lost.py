@@ -8,15 +8,12 @@ re-registers (REGISTERED, a new lease) and the watcher sees the host come back.
 
 from __future__ import annotations
 
-import pytest
 from faultkit import assert_gap_free, healthy_stream, host, live_lease, raw_client, subscribe
 from helpers import wait_until
 
 from rx_discovery import Discovery, RegistrationStatus
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.testing import TcpProxy
-
-pytestmark = pytest.mark.faults
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"

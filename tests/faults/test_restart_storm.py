@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import etcd3
-import pytest
 from faultkit import (
     Churn,
     assert_gap_free,
@@ -28,8 +27,6 @@ from helpers import wait_until
 
 from rx_discovery import Discovery
 from rx_discovery.embedded import EmbeddedEtcd
-
-pytestmark = pytest.mark.faults
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"

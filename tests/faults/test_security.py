@@ -44,8 +44,6 @@ from rx_discovery import (
 from rx_discovery.embedded import EmbeddedEtcd, TLSFiles, etcd_binary
 from rx_discovery.store.etcd import EtcdStore
 
-pytestmark = pytest.mark.faults
-
 TOKEN_TTL = 2
 ROOT_PASSWORD = "root-Pw-5f2a91"
 SVC_PASSWORD = "svc-Pw-8c3e17"

@@ -30,8 +30,6 @@ from rx_discovery import (
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.testing import TcpProxy
 
-pytestmark = pytest.mark.etcd
-
 
 @pytest.fixture
 def discovery(etcd: EmbeddedEtcd, unique_prefix: str) -> Iterator[Discovery]:

@@ -22,9 +22,9 @@ from rx_discovery.store.memory import MemoryStore
 
 PUBLIC = {
     "AuthenticationFailed", "Change", "ConfigError", "Credentials", "Diagnostic", "Discovery",
-    "DiscoveryError", "Host", "HostEvent", "HostSet", "LeaseNotFound", "MalformedValue",
-    "NoHostFound", "NoHostFoundOnShard", "QueryError", "Registration", "RegistrationError",
-    "RegistrationStatus", "RevisionCompacted", "Service", "ServiceNotFound", "ServiceQuery",
+    "DiscoveryError", "Health", "HealthState", "Host", "HostEvent", "HostSet", "LeaseNotFound", "MalformedValue",
+    "NoHostFound", "NoHostFoundOnShard", "PermissionDenied", "QueryError", "Registration", "RegistrationError",
+    "RegistrationStatus", "RequestTooLarge", "RevisionCompacted", "Service", "ServiceNotFound", "ServiceQuery",
     "StoreError", "StoreUnavailable", "UnknownScheme", "credentials", "default", "get",
     "hosts", "register", "subscribe_down", "subscribe_new",
 }

@@ -12,8 +12,6 @@ from helpers import wait_until
 
 from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster
 
-pytestmark = pytest.mark.etcd
-
 
 def _client(server: EmbeddedEtcd) -> etcd3.Etcd3Client:
     return etcd3.client("127.0.0.1", server.client_port, timeout=3)

@@ -31,8 +31,6 @@ from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles, e
 from rx_discovery.store import EventType, Store
 from rx_discovery.store.etcd import EtcdStore
 
-pytestmark = pytest.mark.etcd
-
 MakeStore = Callable[..., EtcdStore]
 
 

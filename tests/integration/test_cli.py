@@ -23,9 +23,7 @@ from rx_discovery import Discovery, Host
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.store.etcd import EtcdStore
 
-pytestmark = pytest.mark.etcd
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-never-shown"
 
 

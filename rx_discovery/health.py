@@ -1,0 +1,132 @@
+"""The connection state of a store, as users see it on :attr:`Discovery.health`.
+
+A stream that emits nothing can mean "nothing changed" or "etcd is gone" or "etcd refuses us
+for good": ``health`` tells them apart. Store adapters feed a :class:`HealthTracker` from the
+outcome of their calls; it emits a :class:`Health` only when the state or reason changes, on
+the thread that reported it, outside every library lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+
+import reactivex
+from reactivex import operators
+
+from rx_discovery._serial import SerialSubject
+
+__all__ = ["Health", "HealthState", "HealthTracker"]
+
+
+class HealthState(enum.Enum):
+    """Where the connection to the store stands."""
+
+    CONNECTING = "connecting"
+    """Nothing has answered yet (just created, or etcd not up yet)."""
+    CONNECTED = "connected"
+    """The last call reached a member and was served."""
+    RECONNECTING = "reconnecting"
+    """It was connected; calls fail with transient errors and are retried with backoff."""
+    UNAVAILABLE = "unavailable"
+    """No member has answered for a while (see :attr:`HealthTracker.unavailable_after`)."""
+    DENIED = "denied"
+    """etcd refuses us for a reason retrying will not fix by itself: wrong credentials, a
+    missing permission, a TLS certificate it does not trust, or not an etcd endpoint. Retried
+    slowly, so fixing it on the server side heals."""
+    CLOSED = "closed"
+    """The Discovery was closed."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """One state of the connection.
+
+    Attributes:
+        state: the state.
+        reason: why, for people (never a secret: no password, token or key material).
+        endpoint: the member concerned, when one is (``http://host:port``), else "".
+        since: ``time.time()`` when this state began.
+    """
+
+    state: HealthState
+    reason: str = ""
+    endpoint: str = ""
+    since: float = field(default_factory=time.time, compare=False)
+
+    def __str__(self) -> str:
+        where = f" ({self.endpoint})" if self.endpoint else ""
+        return f"{self.state.name}{where}" + (f": {self.reason}" if self.reason else "")
+
+
+class HealthTracker:
+    """Turns call outcomes into :class:`Health` changes (a store adapter owns one).
+
+    Args:
+        label: names it in log lines.
+        unavailable_after: seconds of failures (never served meanwhile) after which
+            RECONNECTING (or CONNECTING) becomes UNAVAILABLE.
+    """
+
+    def __init__(self, label: str = "store", unavailable_after: float = 10.0) -> None:
+        self._lock = threading.Lock()
+        self._current = Health(HealthState.CONNECTING)
+        self._failing_since: float | None = None
+        self._unavailable_after = unavailable_after
+        self._subject: SerialSubject[Health] = SerialSubject(
+            f"{label} health", replay=True, initial=self._current, has_initial=True)
+
+    @property
+    def current(self) -> Health:
+        return self._current
+
+    @property
+    def observable(self) -> reactivex.Observable[Health]:
+        """The current health at once, then every change."""
+        return self._subject.observe().pipe(operators.distinct_until_changed())
+
+    def connected(self, endpoint: str = "") -> None:
+        """A call was served."""
+        self._failing_since = None
+        if self._current.state is not HealthState.CONNECTED:
+            self._set(Health(HealthState.CONNECTED, "", endpoint))
+
+    def failed(self, reason: str, endpoint: str = "") -> None:
+        """A call failed with a transient error."""
+        now = time.monotonic()
+        with self._lock:
+            if self._current.state is HealthState.CLOSED:
+                return
+            if self._failing_since is None:
+                self._failing_since = now
+            if now - self._failing_since >= self._unavailable_after:
+                state = HealthState.UNAVAILABLE
+            elif self._current.state in (HealthState.CONNECTED, HealthState.RECONNECTING):
+                state = HealthState.RECONNECTING
+            else:
+                state = self._current.state
+                if state is HealthState.DENIED:  # a transient failure after a denial
+                    state = HealthState.RECONNECTING
+        self._set(Health(state, reason, endpoint))
+
+    def denied(self, reason: str, endpoint: str = "") -> None:
+        """A call failed with a permanent error (see :attr:`HealthState.DENIED`)."""
+        self._set(Health(HealthState.DENIED, reason, endpoint))
+
+    def closed(self) -> None:
+        self._set(Health(HealthState.CLOSED))
+        self._subject.on_completed()
+
+    def _set(self, health: Health) -> None:
+        with self._lock:
+            old = self._current
+            if old.state is HealthState.CLOSED:
+                return
+            if (old.state, old.reason, old.endpoint) == (health.state, health.reason,
+                                                         health.endpoint):
+                return
+            self._current = health
+            self._subject.enqueue(health)
+        self._subject.flush()
