@@ -14,7 +14,6 @@ writes: a shared etcd may see other writes, so exact "+1" checks are retried a f
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -313,15 +312,16 @@ class StoreContract:
     def test_disposed_watch_stops_delivering(self, store: Store, prefix: str) -> None:
         start = store.get_prefix(f"{prefix}/").revision + 1
         disposed = self.watch(store, f"{prefix}/", start)
+        sibling = self.watch(store, f"{prefix}/", start)  # the same, left open
         store.put(f"{prefix}/before", b"v")
-        wait_until(lambda: bool(disposed.events), DEADLINE, message="the first event")
+        wait_until(lambda: bool(disposed.events) and bool(sibling.events), DEADLINE,
+                   message="the first event")
         disposed.dispose()
 
         store.put(f"{prefix}/after", b"v")
-        # A watch opened later sees the write: the disposed one would have seen it by now.
-        control = self.watch(store, f"{prefix}/", start)
-        wait_until(lambda: len(control.events) == 2, DEADLINE, message="the control watch")
-        time.sleep(0.1)
+        # The sibling, live since the same moment, sees the write: the disposed one would
+        # have seen it by now (a condition, not a sleep).
+        wait_until(lambda: len(sibling.events) == 2, DEADLINE, message="the sibling watch")
         assert disposed.changes() == [(EventType.PUT, f"{prefix}/before")]
         assert disposed.error is None
 
