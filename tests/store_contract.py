@@ -83,9 +83,10 @@ class StoreContract:
         for recorder in self._recorders:
             recorder.dispose()
 
-    def watch(self, store: Store, prefix: str, start_revision: int) -> Recorder:
+    def watch(self, store: Store, prefix: str, start_revision: int, exact: bool = False
+              ) -> Recorder:
         recorder = Recorder()
-        recorder.subscription = store.watch(prefix, start_revision).subscribe(
+        recorder.subscription = store.watch(prefix, start_revision, exact=exact).subscribe(
             on_next=recorder.on_next, on_error=recorder.on_error
         )
         self._recorders.append(recorder)
@@ -308,6 +309,19 @@ class StoreContract:
         wait_until(lambda: bool(oldest.events), DEADLINE, message="the compact revision")
         assert [(e.value, e.mod_revision) for e in oldest.events] == [(b"3", kept)]
         assert oldest.error is None
+
+    def test_exact_watch_sees_its_key_alone(self, store: Store, prefix: str) -> None:
+        start = store.get_prefix(f"{prefix}/").revision + 1
+        exact = self.watch(store, f"{prefix}/svc", start, exact=True)
+        every = self.watch(store, f"{prefix}/svc", start)
+        for key in ("svc-x", "svc", "svc/y", "sv", "svc"):
+            store.put(f"{prefix}/{key}", b"v")
+        store.delete(f"{prefix}/svc")
+        wait_until(lambda: len(every.events) == 5, DEADLINE, message="the prefix watch")
+        wait_until(lambda: len(exact.events) == 3, DEADLINE, message="the exact watch")
+        assert exact.changes() == [(EventType.PUT, f"{prefix}/svc")] * 2 + [
+            (EventType.DELETE, f"{prefix}/svc")]
+        assert exact.error is None
 
     def test_disposed_watch_stops_delivering(self, store: Store, prefix: str) -> None:
         start = store.get_prefix(f"{prefix}/").revision + 1
