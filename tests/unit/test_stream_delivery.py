@@ -96,6 +96,41 @@ def test_a_raising_observer_does_not_stop_the_others(  # mutant: _shared.py ~109
     assert [uuids(s) for s in sets.items] == [[], ["uuid-1"], ["uuid-1", "uuid-2"]]
 
 
+def test_an_observer_that_raises_on_one_host_still_gets_the_others(
+        scheduler: TestScheduler) -> None:
+    store = ReadFailingStore(scheduler)
+    store.reads_fail = True
+    discovery = Discovery(store=store)
+    got: list[str] = []
+
+    def picky(host: Any) -> None:
+        got.append(host.uuid)
+        if host.uuid == "uuid-1":
+            raise RuntimeError("user bug")
+
+    discovery.subscribe_new("api").subscribe(picky)
+    for n in (1, 2, 3):  # found together by the first read that works
+        put(store, n)
+    at(scheduler, 1, lambda: setattr(store, "reads_fail", False))
+    scheduler.advance_to(5)
+    assert got == ["uuid-1", "uuid-2", "uuid-3"]
+
+
+def test_an_observer_may_subscribe_to_another_service_inside_on_next(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    inner: dict[str, Any] = {}
+
+    def on_new(_: object) -> None:
+        if "other" not in inner:
+            inner["other"] = record(discovery.subscribe_new("other"), scheduler)
+            put(discovery.store, 7, service="other")  # right after subscribe() returned
+
+    discovery.subscribe_new("api").subscribe(on_new)
+    at(scheduler, 1, lambda: put(discovery.store, 1))
+    scheduler.advance_to(3)
+    assert [h.uuid for h in inner["other"].items] == ["uuid-7"]
+
+
 def test_a_late_joiner_gets_the_current_state_then_every_change_no_gap_no_repeat(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     store = discovery.store
