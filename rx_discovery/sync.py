@@ -226,6 +226,7 @@ class PrefixSync(Generic[T]):
             if self._stopped:
                 return
             token = self._token = object()
+            # ``exact`` only when asked: a Store written before the keyword still watches hosts
             watch = (self._store.watch(self._prefix, self._revision + 1, exact=True)
                      if self._exact else self._store.watch(self._prefix, self._revision + 1))
             self._watch.disposable = watch.subscribe(
