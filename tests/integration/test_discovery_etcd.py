@@ -215,6 +215,24 @@ def test_every_host_written_right_after_subscribe_returned_is_new(
         news.subscription.dispose()
 
 
+def test_subscribing_inside_on_next_on_the_watch_thread(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    inner: list[Recorder] = []
+
+    def on_new(_: object) -> None:  # runs on the watch thread: a blocking first read here
+        if not inner:
+            inner.append(subscribe(discovery.subscribe_new("other")))
+            inner.append(subscribe(discovery.hosts("svc")))  # the same service, late
+
+    outer = discovery.subscribe_new("svc").subscribe(on_new)
+    raw.put(f"{unique_prefix}/services/svc/a", host(1, uuid="a").to_json())
+    wait_until(lambda: len(inner) == 2, timeout=10, message="subscribed inside on_next")
+    raw.put(f"{unique_prefix}/services/other/b", host(2, uuid="b").to_json())
+    wait_until(lambda: [h.uuid for h in inner[0].items] == ["b"], timeout=10)
+    assert [set(s) for s in inner[1].items] == [{"a"}]
+    outer.dispose()
+
+
 def test_subscribed_while_etcd_is_down_no_host_is_lost() -> None:
     server = EmbeddedEtcd(name="late-stream")
     with Discovery(server.endpoint, timeout=2) as discovery:
