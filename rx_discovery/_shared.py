@@ -3,8 +3,21 @@
 Like ``publish() + ref_count()`` with a replay of the current state, but thread-safe: reactivex's
 ``ref_count`` counts subscribers without a lock, and subscribers here come and go on any
 thread. The first subscriber starts the sync (one store watch), the last one stops it, and a
-later subscriber starts a fresh one. A subscriber that joins a running sync first receives the
-current state (``Change.initial``), then every change, in order.
+later subscriber starts a fresh one.
+
+Delivery: the sync *enqueues* each change under its lock, into one
+:class:`~rx_discovery._serial.SerialSubject` per subscriber, and flushes after releasing it, so
+observers (user code) never run under a library lock; each subscriber gets its changes one at a
+time, in revision order, and one that raises or blocks does not stop the sync. (One queue per
+subscriber rather than one per stream: a late joiner's replay is then delivered on its own
+thread during ``subscribe()``, even while another thread delivers to the others.)
+
+What a subscriber gets first: the current state (``Change.initial``) when it was read before
+``subscribe()`` returned (a running sync's latest state, or the first read, which a waiting
+subscription makes on its own thread); when the state was not known then (the store
+unreachable at subscribe time), the first state read afterwards comes as a change that *adds*
+every item in it: the subscriber never saw them, and any of them may have appeared after it
+subscribed, so none is lost.
 """
 
 from __future__ import annotations
@@ -12,52 +25,88 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
+from rx_discovery._serial import SerialSubject
 from rx_discovery.sync import Change
 
-__all__ = ["SharedSync", "Stoppable"]
+__all__ = ["CLOSED_MESSAGE", "SharedSync", "Stoppable"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("rx_discovery")
 
+CLOSED_MESSAGE = "this Discovery is closed"
+
 
 class Stoppable(Protocol):
-    def start(self) -> None: ...
+    @property
+    def loaded(self) -> bool: ...
+
+    def start(self, block: bool = False) -> None: ...
 
     def stop(self) -> None: ...
 
     def ensure_loaded(self) -> None: ...
 
 
+class _Joiner(Generic[T]):
+    """One subscriber: its queue, and whether its first value is still to come."""
+
+    __slots__ = ("after_return", "first", "subject")
+
+    def __init__(self, subject: SerialSubject[Change[T]]) -> None:
+        self.subject = subject
+        self.first = True  # nothing enqueued for it yet
+        self.after_return = False  # subscribe() returned before its first value was known
+
+    def enqueue(self, change: Change[T]) -> None:
+        """Call under the SharedSync's lock (the order of values is decided there)."""
+        if self.first:
+            self.first = False
+            if self.after_return:  # unseen state: every item is new to this subscriber
+                change = Change(change.revision, change.items, tuple(sorted(change.items)),
+                                resync=True)
+            else:
+                change = change.as_initial()
+        self.subject.enqueue(change)
+
+
 class SharedSync(Generic[T]):
     """One sync shared by every subscriber of :attr:`observable`.
 
     Args:
-        create: builds a sync that publishes to the given callback, its backoff timed on the
-            given scheduler (None: the default); called by the first subscriber.
+        create: builds a sync that enqueues to the given ``publish`` callback and calls the
+            given ``flush`` after releasing its lock, its backoff timed on the given scheduler
+            (None: the default); called by the first subscriber.
+        label: names the stream in log lines.
     """
 
-    def __init__(self, create: Callable[[Callable[[Change[T]], None], abc.SchedulerBase | None],
-                                        Stoppable]) -> None:
+    def __init__(self, create: Callable[[Callable[[Change[T]], None], Callable[[], None],
+                                         abc.SchedulerBase | None], Stoppable],
+                 label: str = "stream") -> None:
         self._create = create
-        self._lock = threading.RLock()  # re-entrant: an observer may dispose from on_next
-        # replaced, never mutated: publishing iterates it without a copy
-        self._observers: tuple[abc.ObserverBase[Change[T]], ...] = ()
+        self._label = label
+        self._lock = threading.RLock()
+        # replaced, never mutated: flushing iterates it without the lock
+        self._joiners: tuple[_Joiner[T], ...] = ()
         self._sync: Stoppable | None = None
         self._last: Change[T] | None = None
         self._closed = False
 
-    def observe(self, scheduler: abc.SchedulerBase | None = None
+    def observe(self, scheduler: abc.SchedulerBase | None = None, *, wait: bool = False
                 ) -> reactivex.Observable[Change[T]]:
         """The shared changes. ``scheduler`` times the sync's retries when this subscription
-        is the one that starts it."""
-        return reactivex.create(lambda observer, _: self._subscribe(observer, scheduler))
+        is the one that starts it. With ``wait``, ``subscribe()`` reads the first state on the
+        caller's thread when it is not known yet (bounded by the store's call timeout; on
+        failure the read goes on in the background), so that the subscriber misses nothing
+        that happens after ``subscribe()`` returns. After :meth:`close`, a subscriber gets
+        ``on_error(RuntimeError)`` at once."""
+        return reactivex.create(lambda observer, _: self._subscribe(observer, scheduler, wait))
 
     def ensure_loaded(self) -> None:
         """Make the running sync read its first state now, on this thread (see
@@ -71,53 +120,71 @@ class SharedSync(Generic[T]):
             sync.ensure_loaded()
 
     def close(self) -> None:
-        """Stop the sync and complete every subscriber; later subscribers complete at once."""
+        """Stop the sync and complete every subscriber; later subscribers fail at once."""
         with self._lock:
             self._closed = True
-            observers, self._observers = self._observers, ()
+            joiners, self._joiners = self._joiners, ()
             stop, self._sync, self._last = self._sync, None, None
         if stop is not None:
             stop.stop()
-        for observer in observers:
-            observer.on_completed()
+        for joiner in joiners:
+            joiner.subject.on_completed()
 
     def _subscribe(self, observer: abc.ObserverBase[Change[T]],
-                   scheduler: abc.SchedulerBase | None) -> abc.DisposableBase:
+                   scheduler: abc.SchedulerBase | None, wait: bool) -> abc.DisposableBase:
+        subject: SerialSubject[Change[T]] = SerialSubject(self._label)
+        inner = subject.observe().subscribe(observer)  # nothing queued yet: calls nothing
+        joiner = _Joiner(subject)
         start: Stoppable | None = None
         with self._lock:
-            if self._closed:
-                observer.on_completed()
-                return Disposable()
-            self._observers = (*self._observers, observer)
-            if self._sync is None:
-                start = self._sync = self._create(lambda change: self._publish(start, change),
-                                                  scheduler)
-            elif self._last is not None:
-                observer.on_next(self._last.as_initial())
+            closed = self._closed
+            if not closed:
+                self._joiners = (*self._joiners, joiner)
+                if self._sync is None:
+                    start = self._sync = self._create(
+                        lambda change: self._publish(start, change), self._flush, scheduler)
+                elif self._last is not None:
+                    joiner.enqueue(self._last)
+                sync = self._sync
+        if closed:
+            inner.dispose()
+            observer.on_error(RuntimeError(CLOSED_MESSAGE))
+            return Disposable()
         if start is not None:
-            start.start()
-        return Disposable(lambda: self._unsubscribe(observer))
+            start.start(block=wait)
+        elif wait and not sync.loaded:
+            try:
+                sync.ensure_loaded()
+            except Exception as error:  # the background read goes on
+                log.info("%s: first read failed at subscribe (%s: %s)", self._label,
+                         type(error).__name__, error)
+        with self._lock:
+            joiner.after_return = True  # a first value enqueued from now on is unseen state
+        subject.flush()  # the replay, if another thread has not delivered it already
+        return Disposable(lambda: self._unsubscribe(joiner, inner))
 
     def _publish(self, sync: Stoppable | None, change: Change[T]) -> None:
+        """Enqueue ``change`` for every subscriber (called under the sync's lock)."""
         with self._lock:
             if sync is not self._sync:
                 return  # a stopped sync still finishing its last callback
             self._last = change
-            for observer in self._observers:
-                try:
-                    observer.on_next(change)
-                except Exception:  # one faulty subscriber must not starve the others
-                    log.exception("a subscriber's on_next raised; it keeps its subscription")
+            for joiner in self._joiners:
+                joiner.enqueue(change)
 
-    def _unsubscribe(self, observer: abc.ObserverBase[Any]) -> None:
+    def _flush(self) -> None:
+        """Deliver what is queued (called by the sync after releasing its lock)."""
+        for joiner in self._joiners:
+            joiner.subject.flush()
+
+    def _unsubscribe(self, joiner: _Joiner[T], inner: abc.DisposableBase) -> None:
+        inner.dispose()
         stop: Stoppable | None = None
         with self._lock:
-            if observer not in self._observers:
+            if joiner not in self._joiners:
                 return
-            observers = list(self._observers)
-            observers.remove(observer)
-            self._observers = tuple(observers)
-            if not self._observers and self._sync is not None:
+            self._joiners = tuple(j for j in self._joiners if j is not joiner)
+            if not self._joiners and self._sync is not None:
                 stop, self._sync, self._last = self._sync, None, None
         if stop is not None:  # outside the lock: stopping may wait for a watch thread
             stop.stop()

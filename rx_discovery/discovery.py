@@ -10,17 +10,18 @@ import dataclasses
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
 from reactivex.scheduler import EventLoopScheduler
-from reactivex.subject import Subject
 
 from rx_discovery._errors import MalformedValue
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
+from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
 from rx_discovery.config import Settings
 from rx_discovery.health import Health
@@ -93,12 +94,17 @@ class Discovery:
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io)
         self._lock = threading.Lock()
-        self._host_syncs: dict[str, SharedSync[Host]] = {}
-        self._service_syncs: dict[str, SharedSync[Service]] = {}
+        # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
+        # stream object, a registration's group) and is released after, so that watching
+        # many services over time does not grow these for ever.
+        self._host_syncs: weakref.WeakValueDictionary[str, SharedSync[Host]] = (
+            weakref.WeakValueDictionary())
+        self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
+            weakref.WeakValueDictionary())
         self._registrations: set[Registration] = set()
         self._groups: dict[str, ServiceGroup] = {}
         self._keepers: dict[abc.SchedulerBase, LeaseKeeper] = {}
-        self._diagnostics: Subject[Diagnostic] = Subject()
+        self._diagnostics: SerialSubject[Diagnostic] = SerialSubject("diagnostics")
         self._closed = False
 
     # --- construction -------------------------------------------------------------------
@@ -144,7 +150,8 @@ class Discovery:
 
     def close(self) -> None:
         """Dispose every registration (revoking their leases), complete every stream,
-        release the client. Idempotent."""
+        release the client. Idempotent. A stream subscribed afterwards fails at once with
+        ``RuntimeError("this Discovery is closed")``."""
         with self._lock:
             if self._closed:
                 return
@@ -175,23 +182,39 @@ class Discovery:
     def diagnostics(self) -> reactivex.Observable[Diagnostic]:
         """Every malformed value skipped by a stream (key, reason, revision; never the value).
 
-        Hot: only problems found after you subscribe. Also logged at WARNING.
+        Hot: only problems found after you subscribe. Also logged at WARNING. Emitted on the
+        thread of the stream that found it, after the stream's own emissions and outside
+        every library lock; an observer that raises is logged and never stops the stream.
         """
-        return self._diagnostics
+        return self._diagnostics.observe()
 
     def changes(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                 ) -> reactivex.Observable[Change[Host]]:
         """The raw shared change stream of a service's hosts (``Change[Host]``); the other
-        streams derive from it. Emits on the store's watch thread."""
-        return self._hosts_sync(validate_service_name(service)).observe(scheduler)
+        streams derive from it.
+
+        ``subscribe()`` returns once the service's current state is known: the first
+        subscriber of a service reads it on its own thread (bounded by the call timeout), so
+        that every change after ``subscribe()`` returns is delivered. When that read fails
+        (etcd unreachable), the first state read later (in the background, with backoff)
+        comes as a change that adds every host in it (``initial`` False), since any of them
+        may have registered after you subscribed.
+
+        Emits on the store's watch thread (or the thread that read), one change at a time,
+        in revision order, outside every library lock. After :meth:`close`, fails at once
+        with ``RuntimeError``."""
+        return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)
 
     def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
         """The current set of hosts of ``service`` at once, then a new set on every change.
 
-        Hot and shared: every subscriber of this service's streams shares one etcd watch,
+        Hot and shared: every subscriber of this service's host streams (this one,
+        :meth:`events`, :meth:`subscribe_new`, :meth:`subscribe_down`) shares one etcd watch,
         cancelled when the last one disposes. Gap-free across reconnects and compaction.
-        An empty set means "no host registered"; nothing is emitted before the first read.
+        An empty set means "no host registered"; nothing is emitted before the first read
+        (made during ``subscribe()`` unless etcd is unreachable then: see :meth:`changes`).
+        Emits on the store's watch thread unless ``observe_on`` is given.
 
         Args:
             service: the service name.
@@ -209,26 +232,36 @@ class Discovery:
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostEvent]:
         """Each host that comes up (``new``), goes down (``down``) or changes (``update``)
-        after you subscribed. Shares the watch of :meth:`hosts`."""
+        after ``subscribe()`` returned; none is lost (see :meth:`changes`: when etcd is
+        unreachable at subscribe time, the hosts of the first successful read come as
+        ``new``). Shares the watch of :meth:`hosts`; emits on its thread unless
+        ``observe_on`` is given."""
         return _deliver(self._expand(service, scheduler, _events), observe_on)
 
     def subscribe_new(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                       observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[Host]:
-        """Each host whose key is created after you subscribed (hosts already registered when
-        the stream's first snapshot is read are not new). Shares the watch of :meth:`hosts`."""
+        """Each host whose key is created after ``subscribe()`` returned, none lost.
+
+        ``subscribe()`` reads the current hosts first (bounded by the call timeout): hosts
+        registered before it returns are not new. If that read fails (etcd unreachable), every
+        host found by the first successful read is delivered as new, since you never saw it.
+        Shares the watch of :meth:`hosts`; emits on its thread unless ``observe_on`` is
+        given."""
         return _deliver(self._expand(service, scheduler, _added), observe_on)
 
     def subscribe_down(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                        observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[str]:
-        """The uuid of each host whose key is deleted or expires after you subscribed.
-        Shares the watch of :meth:`hosts`."""
+        """The uuid of each host whose key is deleted or expires after ``subscribe()``
+        returned (read first as :meth:`subscribe_new` does). Shares the watch of
+        :meth:`hosts`; emits on its thread unless ``observe_on`` is given."""
         return _deliver(self._expand(service, scheduler, _removed), observe_on)
 
     def _expand(self, service: str, scheduler: abc.SchedulerBase | None,
                 expand: Callable[[Change[Host]], Iterable[T]]) -> reactivex.Observable[T]:
         """The items ``expand`` derives from each change, emitted synchronously on the thread
         of the change. (``flat_map`` would build an Observable per change and subscriber:
-        ~50x the cost per subscriber per event.)"""
+        ~50x the cost per subscriber per event.) An observer that raises on one item still
+        gets the others."""
         changes = self.changes(service, scheduler=scheduler)
 
         def subscribe(observer: abc.ObserverBase[T],
@@ -237,7 +270,11 @@ class Discovery:
 
             def on_next(change: Change[Host]) -> None:
                 for item in expand(change):
-                    emit(item)
+                    try:
+                        emit(item)
+                    except Exception:  # user code: log, and go on with the next item
+                        log.exception("%s: an observer raised; it keeps its subscription",
+                                      service)
 
             return changes.subscribe(on_next, observer.on_error, observer.on_completed)
 
@@ -246,16 +283,19 @@ class Discovery:
     def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                  ) -> reactivex.Observable[Service]:
         """The service document of ``service`` (current, then each change); nothing while no
-        service key exists. Hot and shared like :meth:`hosts`."""
+        service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
+        the service key alone) shared by every :meth:`services` and :meth:`credentials`
+        subscriber of the service."""
         stream: reactivex.Observable[Service] = self._service_sync(
-            validate_service_name(service)).observe(scheduler).pipe(
+            validate_service_name(service)).observe(scheduler, wait=True).pipe(
             operators.flat_map(_values))
         return stream
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
                     ) -> reactivex.Observable[Credentials]:
-        """The service's credentials (from its service key): current, then each change."""
+        """The service's credentials (from its service key): current, then each change.
+        Shares the watch of :meth:`services`."""
         stream: reactivex.Observable[Credentials] = self.services(
             service, scheduler=scheduler).pipe(
             operators.map(_credentials_of), operators.distinct_until_changed())
@@ -341,30 +381,37 @@ class Discovery:
 
         codec = Codec(ident, lambda key, value: decode_host(value, key))
         return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
-                            f"hosts of {service}")
+                            f"hosts of {service}", exact=False)
 
     def _service_sync(self, service: str) -> SharedSync[Service]:
         key_of_service = self.keyspace.service_key(service)
         codec = Codec(lambda key: service if key == key_of_service else None,
                       lambda key, value: decode_service(value, key))
         return self._shared(self._service_syncs, service, key_of_service, codec,
-                            f"service {service}")
+                            f"service {service}", exact=True)
 
-    def _shared(self, cache: dict[str, SharedSync[T]], service: str, prefix: str,
-                codec: Codec[T], label: str) -> SharedSync[T]:
+    def _shared(self, cache: weakref.WeakValueDictionary[str, SharedSync[T]], service: str,
+                prefix: str, codec: Codec[T], label: str, exact: bool) -> SharedSync[T]:
+        diagnostics = self._diagnostics
+
+        def create(publish: Callable[[Change[T]], None], flush: Callable[[], None],
+                   timer: abc.SchedulerBase | None) -> PrefixSync[T]:
+            def flush_all() -> None:
+                flush()
+                diagnostics.flush()
+
+            return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
+                              publish, diagnostics.enqueue, label, flush_all, exact=exact)
+
         with self._lock:
-            shared = cache.get(service)
+            shared = None if self._closed else cache.get(service)
             if shared is None:
-                def create(publish: Callable[[Change[T]], None],
-                           timer: abc.SchedulerBase | None) -> PrefixSync[T]:
-                    return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
-                                      publish, self._report, label)
-
-                shared = cache[service] = SharedSync(create)
-            return shared
-
-    def _report(self, diagnostic: Diagnostic) -> None:
-        self._diagnostics.on_next(diagnostic)
+                shared = SharedSync(create, label)
+                if not self._closed:
+                    cache[service] = shared
+        if self._closed:
+            shared.close()  # its subscribers fail at once
+        return shared
 
 
 def _events(change: Change[Host]) -> list[HostEvent]:

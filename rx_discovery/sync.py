@@ -6,8 +6,12 @@ from the last revision it applied + 1, after a jittered backoff, for ever; when 
 was compacted it reads the prefix again and publishes the difference as an ordinary change.
 Values that do not decode are reported and skipped, never fatal.
 
-Thread: changes are published on the store's watch thread (etcd: the watch reader thread;
-memory: the store's scheduler) or on the I/O scheduler (snapshots); never two at once.
+Thread: changes are *enqueued* (``publish``, ``report``) under the sync's lock, on the store's
+watch thread (etcd: the watch reader thread; memory: the store's scheduler), on the I/O
+scheduler (background reads) or on a subscriber's thread (a first read at subscribe time);
+never two at once, in revision order. ``flush`` is called after the lock is released, so user
+observers never run under it. Recovery (the next watch, a retry) is always in place before
+``flush`` runs, so an observer that raises or blocks cannot stop the sync.
 """
 
 from __future__ import annotations
@@ -103,21 +107,26 @@ class PrefixSync(Generic[T]):
         prefix: the key prefix.
         codec: turns keys and values into ids and values.
         runtime: where I/O and backoff timers run.
-        publish: receives each change (see the module doc for the thread).
-        report: receives each skipped bad value.
+        publish: enqueues each change (called under the sync's lock: must not call user code).
+        report: enqueues each skipped bad value (same rule).
+        flush: delivers what was enqueued; called after the lock is released.
         name: a label for log lines.
+        exact: watch the key ``prefix`` alone, not every key starting with it.
     """
 
     def __init__(self, store: Store, prefix: str, codec: Codec[T], runtime: Runtime,
                  publish: Callable[[Change[T]], None], report: Callable[[Diagnostic], None],
-                 name: str) -> None:
+                 name: str, flush: Callable[[], None] = lambda: None, *,
+                 exact: bool = False) -> None:
         self._store = store
         self._prefix = prefix
         self._codec = codec
         self._runtime = runtime
         self._publish = publish
         self._report = report
+        self._flush = flush
         self._name = name
+        self._exact = exact
         self._lock = threading.RLock()
         self._items: Map[str, T] = Map()
         self._bad: dict[str, int] = {}  # key -> revision of bad values already reported
@@ -131,8 +140,22 @@ class PrefixSync(Generic[T]):
         # at most 0.5 s apart, so a stream resumes within ~1 s of etcd coming back
         self._backoff = Backoff(initial=0.05, maximum=0.5)
 
-    def start(self) -> None:
-        """Read the prefix and start watching, in the background."""
+    @property
+    def loaded(self) -> bool:
+        """True once the first state was read (and enqueued)."""
+        return self._loaded
+
+    def start(self, block: bool = False) -> None:
+        """Read the prefix and start watching: the first read on the caller's thread when
+        ``block`` (bounded by the store's call timeout; on failure it goes on in the
+        background), else in the background."""
+        if block and not self._stopped:
+            try:
+                self._load(first=True, retry=False)
+                return
+            except Exception as error:
+                log.info("%s: first read failed (%s: %s); retrying in the background",
+                         self._name, type(error).__name__, error)
         self._pending.disposable = self._runtime.run(self._first_load)
 
     def ensure_loaded(self) -> None:
@@ -166,12 +189,16 @@ class PrefixSync(Generic[T]):
         if self._stopped:
             return
         try:
-            snapshot = self._store.get_prefix(self._prefix)
-        except Exception as error:
+            self._read(first)
+        except Exception as error:  # any: a store fault, a codec bug; the sync must go on
             if not retry:
                 raise
             self._retry(self._first_load if first else self._resync, error, "read")
-            return
+        finally:
+            self._flush()  # outside the lock: user code; the watch or retry is in place
+
+    def _read(self, first: bool) -> None:
+        snapshot = self._store.get_prefix(self._prefix)
         with self._lock:
             if self._stopped or (first and self._loaded):
                 return  # another thread read the first state meanwhile
@@ -184,13 +211,13 @@ class PrefixSync(Generic[T]):
             state = Map(items)
             change = _diff(self._items, state, snapshot.revision, first, resync=True)
             self._items, self._revision, self._loaded = state, snapshot.revision, True
+            self._backoff.reset()
+            self._open_watch()  # recovery first: publishing enqueues only, but stay safe
             if first or not change.empty:
                 if not first:
                     log.info("%s: resynced at revision %d (%d added, %d removed)", self._name,
                              snapshot.revision, len(change.added), len(change.removed or ()))
                 self._publish(change)
-            self._backoff.reset()
-            self._open_watch()
 
     # --- watch --------------------------------------------------------------------------
 
@@ -199,25 +226,34 @@ class PrefixSync(Generic[T]):
             if self._stopped:
                 return
             token = self._token = object()
-            watch = self._store.watch(self._prefix, self._revision + 1)
+            # ``exact`` only when asked: a Store written before the keyword still watches hosts
+            watch = (self._store.watch(self._prefix, self._revision + 1, exact=True)
+                     if self._exact else self._store.watch(self._prefix, self._revision + 1))
             self._watch.disposable = watch.subscribe(
                 on_next=lambda response: self._on_response(token, response),
                 on_error=lambda error: self._on_error(token, error),
             )
 
     def _on_response(self, token: object, response: WatchResponse) -> None:
-        with self._lock:
-            if token is not self._token:
-                return
-            if self._backoff.attempt:
-                log.info("%s: watch resumed from revision %d", self._name, self._revision + 1)
-                self._backoff.reset()
-            if not response.events:  # progress notification: nothing changed up to here
-                self._revision = max(self._revision, response.revision)
-                return
-            for revision in _by_revision(response.events):
-                if revision[0].mod_revision > self._revision:  # else applied already (overlap)
-                    self._apply(revision)
+        try:
+            with self._lock:
+                if token is not self._token:
+                    return
+                if self._backoff.attempt:
+                    log.info("%s: watch resumed from revision %d", self._name,
+                             self._revision + 1)
+                    self._backoff.reset()
+                if not response.events:  # progress notification: nothing changed up to here
+                    self._revision = max(self._revision, response.revision)
+                    return
+                for revision in _by_revision(response.events):
+                    if revision[0].mod_revision > self._revision:  # else applied (overlap)
+                        self._apply(revision)
+        except Exception as error:  # a bug (e.g. in a codec): reopen from what was applied
+            log.exception("%s: could not apply a watch response", self._name)
+            self._on_error(token, error)
+        finally:
+            self._flush()  # outside the lock: user code
 
     def _apply(self, events: Sequence[WatchEvent]) -> None:
         """Apply the events of one revision and publish the change (one per revision, so no

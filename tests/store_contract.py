@@ -14,7 +14,6 @@ writes: a shared etcd may see other writes, so exact "+1" checks are retried a f
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -84,9 +83,10 @@ class StoreContract:
         for recorder in self._recorders:
             recorder.dispose()
 
-    def watch(self, store: Store, prefix: str, start_revision: int) -> Recorder:
+    def watch(self, store: Store, prefix: str, start_revision: int, exact: bool = False
+              ) -> Recorder:
         recorder = Recorder()
-        recorder.subscription = store.watch(prefix, start_revision).subscribe(
+        recorder.subscription = store.watch(prefix, start_revision, exact=exact).subscribe(
             on_next=recorder.on_next, on_error=recorder.on_error
         )
         self._recorders.append(recorder)
@@ -310,18 +310,32 @@ class StoreContract:
         assert [(e.value, e.mod_revision) for e in oldest.events] == [(b"3", kept)]
         assert oldest.error is None
 
+    def test_exact_watch_sees_its_key_alone(self, store: Store, prefix: str) -> None:
+        start = store.get_prefix(f"{prefix}/").revision + 1
+        exact = self.watch(store, f"{prefix}/svc", start, exact=True)
+        every = self.watch(store, f"{prefix}/svc", start)
+        for key in ("svc-x", "svc", "svc/y", "sv", "svc"):
+            store.put(f"{prefix}/{key}", b"v")
+        store.delete(f"{prefix}/svc")
+        wait_until(lambda: len(every.events) == 5, DEADLINE, message="the prefix watch")
+        wait_until(lambda: len(exact.events) == 3, DEADLINE, message="the exact watch")
+        assert exact.changes() == [(EventType.PUT, f"{prefix}/svc")] * 2 + [
+            (EventType.DELETE, f"{prefix}/svc")]
+        assert exact.error is None
+
     def test_disposed_watch_stops_delivering(self, store: Store, prefix: str) -> None:
         start = store.get_prefix(f"{prefix}/").revision + 1
         disposed = self.watch(store, f"{prefix}/", start)
+        sibling = self.watch(store, f"{prefix}/", start)  # the same, left open
         store.put(f"{prefix}/before", b"v")
-        wait_until(lambda: bool(disposed.events), DEADLINE, message="the first event")
+        wait_until(lambda: bool(disposed.events) and bool(sibling.events), DEADLINE,
+                   message="the first event")
         disposed.dispose()
 
         store.put(f"{prefix}/after", b"v")
-        # A watch opened later sees the write: the disposed one would have seen it by now.
-        control = self.watch(store, f"{prefix}/", start)
-        wait_until(lambda: len(control.events) == 2, DEADLINE, message="the control watch")
-        time.sleep(0.1)
+        # The sibling, live since the same moment, sees the write: the disposed one would
+        # have seen it by now (a condition, not a sleep).
+        wait_until(lambda: len(sibling.events) == 2, DEADLINE, message="the sibling watch")
         assert disposed.changes() == [(EventType.PUT, f"{prefix}/before")]
         assert disposed.error is None
 

@@ -129,8 +129,11 @@ class Store(Protocol):
         """Revoke ``lease``, deleting its keys at once. A missing lease is not an error."""
         ...
 
-    def watch(self, prefix: str, start_revision: int) -> reactivex.Observable[WatchResponse]:
-        """Every change under ``prefix`` from ``start_revision`` on, in revision order.
+    def watch(self, prefix: str, start_revision: int, *, exact: bool = False
+              ) -> reactivex.Observable[WatchResponse]:
+        """Every change under ``prefix`` from ``start_revision`` on, in revision order; with
+        ``exact``, the changes of the key ``prefix`` alone (a service key must not see
+        ``/services_infos/{name}-x``).
 
         The observable is cold: each subscription opens its own watch; disposing it cancels the
         watch. It never completes on its own; it fails with

@@ -357,9 +357,10 @@ class EtcdStore:
 
     # -- watch --------------------------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int) -> reactivex.Observable[WatchResponse]:
-        """Changes under ``prefix`` from ``start_revision`` on (cold: one etcd watch stream per
-        subscription).
+    def watch(self, prefix: str, start_revision: int, *, exact: bool = False
+              ) -> reactivex.Observable[WatchResponse]:
+        """Changes under ``prefix`` (with ``exact``: of the key ``prefix`` alone) from
+        ``start_revision`` on (cold: one etcd watch stream per subscription).
 
         Emits one :class:`WatchResponse` per etcd response (whole revisions, in order, with
         ``revision`` = the last event's revision), and one per progress notification (empty
@@ -374,7 +375,7 @@ class EtcdStore:
         """
         def subscribe(observer: abc.ObserverBase[WatchResponse],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            subscription = _WatchSubscription(self, prefix, start_revision, observer)
+            subscription = _WatchSubscription(self, prefix, start_revision, observer, exact)
             subscription.start()
             return Disposable(subscription.dispose)
 
@@ -840,9 +841,10 @@ class _WatchSubscription:
     thread, which is the only thread calling the observer."""
 
     def __init__(self, store: EtcdStore, prefix: str, start_revision: int,
-                 observer: abc.ObserverBase[WatchResponse]) -> None:
+                 observer: abc.ObserverBase[WatchResponse], exact: bool = False) -> None:
         self._store = store
         self._prefix = prefix
+        self._exact = exact
         self._start_revision = start_revision
         self._observer = observer
         self._lock = threading.Lock()
@@ -898,7 +900,9 @@ class _WatchSubscription:
             StoreError: a canceled watch; grpc.RpcError when the stream fails.
         """
         channel, metadata = self._store._stream_target(client)
-        key, range_end = _prefix_range(self._prefix)
+        # an empty range_end selects the key alone
+        key, range_end = ((_encode(self._prefix), b"") if self._exact
+                          else _prefix_range(self._prefix))
         create = etcd3.etcdrpc.WatchCreateRequest(
             key=key, range_end=range_end, start_revision=self._start_revision,
             progress_notify=True)

@@ -63,9 +63,13 @@ class _Watch:
 
     prefix: str
     observer: abc.ObserverBase[WatchResponse]
+    exact: bool = False  # the key ``prefix`` alone
     queue: deque[WatchResponse | Exception] = field(default_factory=deque)
     draining: bool = False  # a drain is scheduled or running: a new one must not start
     done: bool = False  # disposed, failed or store closed: deliver nothing more
+
+    def matches(self, key: str) -> bool:
+        return key == self.prefix if self.exact else key.startswith(self.prefix)
 
     def offer(self, item: WatchResponse | Exception) -> bool:
         """Queue ``item``; True when the caller must schedule a drain. Call under the lock."""
@@ -223,8 +227,10 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ Store: watches
 
-    def watch(self, prefix: str, start_revision: int) -> reactivex.Observable[WatchResponse]:
-        """Every change under ``prefix`` from ``start_revision`` on, in revision order.
+    def watch(self, prefix: str, start_revision: int, *, exact: bool = False
+              ) -> reactivex.Observable[WatchResponse]:
+        """Every change under ``prefix`` from ``start_revision`` on, in revision order (with
+        ``exact``: of the key ``prefix`` alone).
 
         Cold: each subscription is one watch, which first replays the recorded history from
         ``start_revision`` (0: from now, i.e. the current revision + 1), then follows live
@@ -237,7 +243,7 @@ class MemoryStore:
         def subscribe(
             observer: abc.ObserverBase[WatchResponse], _: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            watch = _Watch(prefix, observer)
+            watch = _Watch(prefix, observer, exact)
             with self._lock:
                 drain = self._open(watch, start_revision)
             if drain:
@@ -466,7 +472,7 @@ class MemoryStore:
         self._history.append((self._revision, batch))
         drains = []
         for watch in self._watches:
-            mine = tuple(event for event in batch if event.key.startswith(watch.prefix))
+            mine = tuple(event for event in batch if watch.matches(event.key))
             if mine and watch.offer(WatchResponse(self._revision, mine)):
                 drains.append(watch)
         return drains
@@ -484,7 +490,7 @@ class MemoryStore:
         drain = False
         first = bisect.bisect_left(self._history, start, key=lambda entry: entry[0])
         for revision, batch in self._history[first:]:
-            mine = tuple(event for event in batch if event.key.startswith(watch.prefix))
+            mine = tuple(event for event in batch if watch.matches(event.key))
             if mine:
                 drain = watch.offer(WatchResponse(revision, mine)) or drain
         self._watches.append(watch)

@@ -87,12 +87,12 @@ def test_register_writes_the_go_wire_format_under_a_lease_of_the_ttl(
 
 def test_dispose_removes_the_key_at_once(discovery: Discovery, raw: etcd3.Etcd3Client) -> None:
     registration = discovery.register("svc", host(1)).wait(10)
-    downs = subscribe(discovery.subscribe_down("svc"))
-    wait_until(lambda: discovery.changes("svc") is not None and raw.get(registration.key)[0])
+    downs = subscribe(discovery.subscribe_down("svc"))  # returns once the hosts are read
+    assert raw.get(registration.key)[0] is not None
     registration.dispose()
     assert raw.get(registration.key)[0] is None  # revoked before dispose() returned
-    wait_until(lambda: downs.items == [registration.uuid], timeout=1.0,
-               message="subscribe_down within a second")
+    wait_until(lambda: downs.items == [registration.uuid], timeout=10,
+               message="subscribe_down")
     registration.dispose()  # idempotent
 
 
@@ -175,16 +175,79 @@ def test_two_subscribers_share_one_watch_cancelled_by_the_last(
     wait_until(lambda: watchers(etcd) == before, message="the watch cancelled")
 
 
-def test_new_and_down_within_a_second(discovery: Discovery) -> None:
+def test_new_and_down_each_delivered_once(discovery: Discovery) -> None:
     sets = subscribe(discovery.hosts("svc"))
     news = subscribe(discovery.subscribe_new("svc"))
     downs = subscribe(discovery.subscribe_down("svc"))
     wait_until(lambda: sets.items, message="first snapshot")
     registration = discovery.register("svc", host(1))
-    wait_until(lambda: [h.uuid for h in news.items] == [registration.uuid], timeout=1.0)
+    # latency is the benchmark's (README, Performance); here: delivered, once, in order
+    wait_until(lambda: [h.uuid for h in news.items] == [registration.uuid], timeout=10)
     registration.dispose()
-    wait_until(lambda: downs.items == [registration.uuid], timeout=1.0)
+    wait_until(lambda: downs.items == [registration.uuid], timeout=10)
     assert [len(s) for s in sets.items] == [0, 1, 0]
+
+
+def test_host_streams_share_one_watch_and_the_service_key_a_second(
+        etcd: EmbeddedEtcd, discovery: Discovery) -> None:
+    before = watchers(etcd)
+    recorders = [subscribe(stream) for stream in (
+        discovery.hosts("svc"), discovery.events("svc"), discovery.subscribe_new("svc"),
+        discovery.subscribe_down("svc"), discovery.credentials("svc"),
+        discovery.services("svc"))]
+    wait_until(lambda: watchers(etcd) == before + 2, message="two watches")
+    for recorder in recorders:
+        recorder.subscription.dispose()
+    wait_until(lambda: watchers(etcd) == before, message="both cancelled")
+
+
+def test_every_host_written_right_after_subscribe_returned_is_new(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    for attempt in range(20):
+        service = f"svc{attempt}"
+        news = subscribe(discovery.subscribe_new(service))
+        expected = {f"uuid-{n}" for n in range(20)}
+        for uuid in sorted(expected):  # at once, as fast as etcd takes them
+            raw.put(f"{unique_prefix}/services/{service}/{uuid}", host(0, uuid=uuid).to_json())
+        wait_until(lambda news=news, expected=expected: {h.uuid for h in news.items}
+                   == expected, timeout=30, message=f"20 of 20 new (attempt {attempt})")
+        assert len(news.items) == 20  # none twice
+        news.subscription.dispose()
+
+
+def test_subscribing_inside_on_next_on_the_watch_thread(
+        discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    inner: list[Recorder] = []
+
+    def on_new(_: object) -> None:  # runs on the watch thread: a blocking first read here
+        if not inner:
+            inner.append(subscribe(discovery.subscribe_new("other")))
+            inner.append(subscribe(discovery.hosts("svc")))  # the same service, late
+
+    outer = discovery.subscribe_new("svc").subscribe(on_new)
+    raw.put(f"{unique_prefix}/services/svc/a", host(1, uuid="a").to_json())
+    wait_until(lambda: len(inner) == 2, timeout=10, message="subscribed inside on_next")
+    raw.put(f"{unique_prefix}/services/other/b", host(2, uuid="b").to_json())
+    wait_until(lambda: [h.uuid for h in inner[0].items] == ["b"], timeout=10)
+    assert [set(s) for s in inner[1].items] == [{"a"}]
+    outer.dispose()
+
+
+def test_subscribed_while_etcd_is_down_no_host_is_lost() -> None:
+    server = EmbeddedEtcd(name="late-stream")
+    with Discovery(server.endpoint, timeout=2) as discovery:
+        subscribed = time.monotonic()
+        news = subscribe(discovery.subscribe_new("svc"))
+        sets = subscribe(discovery.hosts("svc"))
+        assert time.monotonic() - subscribed < 3 * 2 * 2 + 10  # bounded by the call timeout
+        with server, Discovery(server.endpoint) as writer:
+            registrations = [writer.register("svc", host(n)).wait(20) for n in range(3)]
+            expected = {r.uuid for r in registrations}
+            wait_until(lambda: sets.items and set(sets.items[-1]) == expected, timeout=30,
+                       message="hosts() shows the three")
+            wait_until(lambda: {h.uuid for h in news.items} == expected, timeout=30,
+                       message="subscribe_new gives the three")
+            assert len(news.items) == 3
 
 
 REGISTER_AND_WAIT = textwrap.dedent("""
@@ -197,19 +260,26 @@ REGISTER_AND_WAIT = textwrap.dedent("""
 """)
 
 
-def test_down_within_ttl_after_the_registering_process_is_killed(
-        etcd: EmbeddedEtcd, discovery: Discovery, unique_prefix: str) -> None:
+def test_down_when_the_killed_registrant_lease_expires(
+        etcd: EmbeddedEtcd, discovery: Discovery, raw: etcd3.Etcd3Client,
+        unique_prefix: str) -> None:
     downs = subscribe(discovery.subscribe_down("svc"))
     process = subprocess.Popen([sys.executable, "-c", REGISTER_AND_WAIT, etcd.endpoint,
                                 unique_prefix], stdout=subprocess.PIPE, text=True)
     try:
         uuid = process.stdout.readline().strip()  # type: ignore[union-attr]
         assert uuid
+        lease = raw.get(f"{unique_prefix}/services/svc/{uuid}")[1].lease_id
+        remaining = raw.get_lease_info(lease).TTL  # whole seconds, rounded down
         os.kill(process.pid, signal.SIGKILL)
         killed = time.monotonic()
-        wait_until(lambda: downs.items == [uuid], timeout=2 + 1 + 2,
-                   message="down within ttl + 1 s (+ slack)")
-        assert time.monotonic() - killed <= 2 + 1 + 2
+        wait_until(lambda: downs.items == [uuid], timeout=30, message="down after the kill")
+        elapsed = time.monotonic() - killed
+        # Down comes from the lease expiring, never earlier: at its true remaining TTL (in
+        # [remaining, remaining + 1) s, etcd rounds down) plus etcd's expiry check (every
+        # 0.5 s) plus delivery (milliseconds; 1 s is 3x what a loaded 2-core machine took).
+        # remaining <= ttl, so on a quiet machine this is the README's "<= ttl + 1 s".
+        assert remaining - 0.1 <= elapsed <= remaining + 1 + 0.5 + 1, (remaining, elapsed)
     finally:
         process.kill()
         process.wait()

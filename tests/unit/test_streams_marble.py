@@ -10,22 +10,11 @@ import dataclasses
 import itertools
 from typing import Any
 
-import pytest
 from reactivex import operators
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Credentials, Discovery, Host, HostSet, RegistrationStatus
 from rx_discovery.testing import crash, make_host, record
-
-
-@pytest.fixture
-def scheduler() -> TestScheduler:
-    return TestScheduler()
-
-
-@pytest.fixture
-def discovery(scheduler: TestScheduler) -> Discovery:
-    return Discovery.in_memory(scheduler)
 
 
 def at(scheduler: TestScheduler, time: float, action: object) -> None:

@@ -35,6 +35,7 @@ def test_concurrent_subscribe_dispose_keeps_exactly_one_watch() -> None:
             thread.start()
         for thread in threads:
             thread.join(30)
+        assert not any(t.is_alive() for t in threads), "dead-locked (or 30 s of churn)"
         assert errors == []
         assert store.watch_count == 1  # type: ignore[attr-defined]
         keep.dispose()
@@ -61,9 +62,42 @@ def test_concurrent_first_subscribers_share_one_watch() -> None:
             thread.start()
         for thread in threads:
             thread.join(10)
+        assert not any(t.is_alive() for t in threads), "a first subscriber dead-locked"
         wait_until(lambda: all(received), message="every subscriber got the set")
         assert store.watch_count == 1  # type: ignore[attr-defined]
         assert all(sorted(r[0]) == ["uuid-1"] for r in received)
         for subscription in subscriptions:
             subscription.dispose()
         wait_until(lambda: store.watch_count == 0)
+
+
+def test_late_joiners_on_many_threads_see_no_gap_and_no_repeat() -> None:
+    with Discovery.in_memory() as discovery:
+        store = discovery.store
+        writes = 200
+        received: list[list[HostSet]] = [[] for _ in range(6)]
+        subscriptions = []
+
+        def join(i: int) -> None:
+            for n in range(i * 5):  # joining at different moments of the writes
+                store.put(f"/services/api/warm-{i}-{n}", make_host(n).to_json().encode())
+            subscriptions.append(discovery.hosts("api").subscribe(received[i].append))
+
+        threads = [threading.Thread(target=join, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for n in range(writes):
+            store.put(f"/services/api/uuid-{n}", make_host(n).to_json().encode())
+        for thread in threads:
+            thread.join(30)
+        assert not any(t.is_alive() for t in threads)
+        total = 200 + sum(i * 5 for i in range(6))
+        wait_until(lambda: all(r and len(r[-1]) == total for r in received),
+                   message="every subscriber caught up")
+        for sets in received:
+            sizes = [len(s) for s in sets]
+            assert sizes == list(range(sizes[0], total + 1))  # one host per step: no gap
+            revisions = [s.revision for s in sets]
+            assert revisions == sorted(set(revisions))  # in order, no repeat
+        for subscription in subscriptions:
+            subscription.dispose()
