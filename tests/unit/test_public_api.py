@@ -22,11 +22,12 @@ from rx_discovery.store.memory import MemoryStore
 
 PUBLIC = {
     "AuthenticationFailed", "Change", "ConfigError", "Credentials", "Diagnostic", "Discovery",
-    "DiscoveryError", "Health", "HealthState", "Host", "HostEvent", "HostSet", "LeaseNotFound", "MalformedValue",
-    "NoHostFound", "NoHostFoundOnShard", "PermissionDenied", "QueryError", "Registration", "RegistrationError",
-    "RegistrationStatus", "RequestTooLarge", "RevisionCompacted", "Service", "ServiceNotFound", "ServiceQuery",
-    "StoreError", "StoreUnavailable", "UnknownScheme", "credentials", "default", "get",
-    "hosts", "register", "subscribe_down", "subscribe_new",
+    "DiscoveryError", "Health", "HealthState", "Host", "HostEvent", "HostSet", "LeaseNotFound",
+    "MalformedValue", "NoHostFound", "NoHostFoundOnShard", "PermissionDenied", "QueryError",
+    "Registration", "RegistrationError", "RegistrationStatus", "RequestTooLarge",
+    "RevisionCompacted", "Service", "ServiceNotFound", "ServiceQuery", "StoreError",
+    "StoreUnavailable", "UnknownScheme", "credentials", "default", "get", "hosts", "register",
+    "subscribe_down", "subscribe_new",
 }
 
 
