@@ -1,0 +1,55 @@
+"""gRPC channels to the endpoints: options (keepalive, reconnect backoff) and failover marks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import etcd3
+import grpc
+
+from rx_discovery.config import Settings
+
+# A failed endpoint is skipped for this long (python3-etcd3's default is 300 s).
+_ENDPOINT_RETRY_S = 1.0
+
+# etcd enforces a minimum ping interval of 5 s (--grpc-keepalive-min-time) and does not permit
+# pings without an active stream: pinging faster, or when idle, earns a GOAWAY "too_many_pings"
+# that kills every stream of the connection. 6 s + a 2 s ping timeout notices a frozen server
+# within ~8 s. Unlimited pings without data: a watch never sends data after its creation, and
+# gRPC's default (2) would stop pinging an idle watch, so a frozen server would go unnoticed.
+_GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 6000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.ping_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect within half a second of a server coming back (gRPC's default backoff grows to
+    # 120 s, and calls fail at once while it waits): watches resume within ~1 s of recovery.
+    # A connection attempt to a down server on loopback or a LAN costs next to nothing.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    # One subchannel per channel: a new store must not inherit another's connection backoff.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+def make_endpoints(settings: Settings) -> list[Any]:
+    """One ``etcd3.Endpoint`` (owning its gRPC channel) per configured member."""
+    creds = None
+    if settings.tls:
+        creds = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert,
+                                             private_key=settings.client_key,
+                                             certificate_chain=settings.client_cert)
+    return [etcd3.Endpoint(e.host, e.port, secure=settings.tls, creds=creds,
+                           time_retry=_ENDPOINT_RETRY_S, opts=_GRPC_OPTIONS)
+            for e in settings.endpoints]
+
+
+def _revive_if_all_failed(endpoints: list[Any]) -> None:
+    """Clear the failed marks when every endpoint has one. The mark exists to make calls
+    fail over to another endpoint; with none left, python3-etcd3 would refuse every call
+    until a mark expires, delaying recovery by up to that long after etcd is back."""
+    if all(endpoint.is_failed() for endpoint in endpoints):
+        for endpoint in endpoints:
+            endpoint.last_failed = 0
