@@ -372,3 +372,31 @@ def _creds(ca: Path) -> Any:
     import grpc
 
     return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+
+# -- IPv6 -------------------------------------------------------------------------------------
+
+def _ipv6_loopback() -> bool:
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_endpoint_serves_calls_watches_and_keepalives(make_store: MakeStore) -> None:
+    server = EmbeddedEtcd(name="ipv6")
+    v6 = f"http://[::1]:{server.client_port}"
+    server.extra_args += ["--listen-client-urls", f"{server.endpoint},{v6}"]
+    with server:
+        store = make_store([v6])
+        revision = store.put("/v6/a", b"1")
+        lease = store.grant(10).id
+        assert store.keepalive(lease) == 10  # the HTTP/2 keepalive connection too
+        recorder = watch(store, "/v6/", revision)
+        wait_until(lambda: changes(recorder), message="a watch over IPv6")
+        assert changes(recorder) == [(EventType.PUT, "/v6/a", b"1")]
+        recorder.subscription.dispose()

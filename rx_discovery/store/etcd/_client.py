@@ -41,7 +41,8 @@ def make_endpoints(settings: Settings) -> list[Any]:
         creds = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert,
                                              private_key=settings.client_key,
                                              certificate_chain=settings.client_cert)
-    return [etcd3.Endpoint(e.host, e.port, secure=settings.tls, creds=creds,
+    # etcd3.Endpoint pastes host and port together: an IPv6 host goes in brackets.
+    return [etcd3.Endpoint(e.netloc.rpartition(":")[0], e.port, secure=settings.tls, creds=creds,
                            time_retry=_ENDPOINT_RETRY_S, opts=_GRPC_OPTIONS)
             for e in settings.endpoints]
 

@@ -281,8 +281,9 @@ class _LeaseStream:
         self._pending: dict[int, list[_Batch]] = {}
         self.dead = False
         host, _, port = endpoint.netloc.rpartition(":")
-        self._call = GrpcStream.open(host, int(port), _KEEPALIVE_PATH, tuple(metadata or ()),
-                                     ssl_context, self._on_answer, self._on_end)
+        self._call = GrpcStream.open(host.strip("[]"), int(port), _KEEPALIVE_PATH,
+                                     tuple(metadata or ()), ssl_context, self._on_answer,
+                                     self._on_end)
 
     def send(self, batch: _Batch) -> None:
         batch.stream = self
