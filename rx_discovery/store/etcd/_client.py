@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import etcd3
 import grpc
 
+from rx_discovery._errors import StoreError
 from rx_discovery.config import Settings
 
 # A failed endpoint is skipped for this long (python3-etcd3's default is 300 s).
@@ -31,6 +34,10 @@ _GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 500),
     # One subchannel per channel: a new store must not inherit another's connection backoff.
     ("grpc.use_local_subchannel_pool", 1),
+    # No receive limit (gRPC's default is 4 MiB): a larger answer would fail for ever, and a
+    # retry would download it again. Prefix reads come in pages and watch responses in
+    # fragments (see _store, _watch), so each message stays bounded anyway.
+    ("grpc.max_receive_message_length", -1),
 ]
 
 
@@ -54,3 +61,44 @@ def _revive_if_all_failed(endpoints: list[Any]) -> None:
     if all(endpoint.is_failed() for endpoint in endpoints):
         for endpoint in endpoints:
             endpoint.last_failed = 0
+
+
+class LoginGate:
+    """One login at a time per store, and a failed login remembered for a while.
+
+    A wrong or rotated password fails every call; without this each would log in again
+    (bcrypt on the server: ~80 ms of etcd CPU per attempt). Here the first caller logs in while
+    the others wait for its outcome; a refusal is remembered and every call until
+    :attr:`retry_at` fails at once with it, the wait doubling from 1 s to 60 s while the
+    refusals go on (a fixed password then heals within a minute). Transient failures (etcd
+    down) are not remembered: they are the connection's business.
+    """
+
+    first_delay = 1.0
+    max_delay = 60.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while logging in
+        self._failure: StoreError | None = None
+        self._delay = self.first_delay
+        self.retry_at = 0.0  # time.monotonic() of the next attempt allowed after a refusal
+
+    def check(self) -> None:
+        """Raise the remembered refusal while its wait lasts (call with :attr:`lock` held).
+
+        Raises:
+            StoreError: a copy of the refusal (permanent).
+        """
+        failure = self._failure
+        if failure is not None and time.monotonic() < self.retry_at:
+            wait = self.retry_at - time.monotonic()
+            raise type(failure)(f"{failure} (login not retried for {wait:.0f} s)")
+
+    def succeeded(self) -> None:
+        self._failure, self._delay = None, self.first_delay
+
+    def refused(self, error: StoreError) -> None:
+        """Remember a permanent refusal of the login (call with :attr:`lock` held)."""
+        self._failure = error
+        self.retry_at = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.max_delay)

@@ -9,6 +9,8 @@ import grpc
 from rx_discovery._errors import (
     AuthenticationFailed,
     LeaseNotFound,
+    PermissionDenied,
+    RequestTooLarge,
     StoreError,
     StoreUnavailable,
 )
@@ -29,6 +31,22 @@ _NO_ENDPOINT = "no etcd endpoint available"
 
 class _TokenExpired(AuthenticationFailed):
     """The auth token expired or is unknown to the member: log in again and retry once."""
+
+    permanent = False
+
+
+class MisconfiguredEndpoint(StoreError):
+    """The endpoint is not an etcd we can talk to, for a reason retrying will not fix: a TLS
+    handshake that fails (a certificate not trusted, either way, or TLS against plain text),
+    or a server that is not etcd (HTTP, gRPC without etcd's services)."""
+
+    permanent = True
+
+
+# What gRPC and etcd say, lowercased, for each permanent failure.
+_TLS_FAILURES = ("handshake failed", "certificate_verify_failed", "certificate verify failed")
+_NOT_ETCD = ("http1.x server", "not a grpc answer", "http status 404")
+_TOO_LARGE = ("request is too large", "larger than max")
 
 
 def _translate(error: BaseException, operation: str) -> StoreError | None:
@@ -74,12 +92,23 @@ def _from_status(code: grpc.StatusCode, details: str, operation: str) -> StoreEr
         return _TokenExpired(message)
     if "revision in header is old" in lowered:  # auth store changed: a retry succeeds
         return StoreUnavailable(message)
+    if any(reason in lowered for reason in _TOO_LARGE):
+        return RequestTooLarge(message)
+    if any(reason in lowered for reason in _TLS_FAILURES):
+        return MisconfiguredEndpoint(f"{operation}: TLS handshake failed "
+                                     f"(a configuration error: check the CA and certificates, "
+                                     f"and http:// vs https://): {details}")
+    if code == grpc.StatusCode.UNIMPLEMENTED or any(reason in lowered for reason in _NOT_ETCD):
+        return MisconfiguredEndpoint(f"{operation}: not an etcd endpoint "
+                                     f"({getattr(code, 'name', code)} {details})".rstrip())
     if code in _UNAVAILABLE_CODES:
         return StoreUnavailable(message)
     if code == grpc.StatusCode.NOT_FOUND:
         return LeaseNotFound(message)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-            reason in lowered for reason in ("authentication", "permission denied", "user name")):
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in lowered:
+        return PermissionDenied(message)
+    if code == grpc.StatusCode.UNAUTHENTICATED or any(
+            reason in lowered for reason in ("authentication", "user name")):
         return AuthenticationFailed(message)
     return StoreError(message)
 

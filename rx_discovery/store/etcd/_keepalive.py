@@ -23,6 +23,7 @@ from rx_discovery.store.etcd._errors import (
     _MAX_DETAILS,
     _STATUS_CODES,
     _STATUS_OK,
+    MisconfiguredEndpoint,
     _from_status,
     _public,
     _TokenExpired,
@@ -109,9 +110,13 @@ class _KeepAliveStream:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._give_up, batch, late)
         outcomes = batch.outcomes(late)
-        for outcome in outcomes.values():
+        failures = [outcome for outcome in outcomes.values()
+                    if isinstance(outcome, StoreError) and not isinstance(outcome, LeaseNotFound)]
+        for outcome in failures:
             if isinstance(outcome, _TokenExpired):
                 raise outcome
+        if failures and len(failures) == len(outcomes):
+            raise failures[0]  # the stream failed, not the leases: the store reports it
         return outcomes
 
     def _endpoint_of(self, channel: Any) -> Any:
@@ -142,7 +147,8 @@ class _KeepAliveStream:
                 if endpoint.secure and self._ssl is None:
                     self._ssl = _ssl_context(self._settings)
             except (ssl.SSLError, OSError, ValueError) as exc:
-                batch.fail(StoreError(f"keepalive: TLS setup failed ({type(exc).__name__})"))
+                batch.fail(MisconfiguredEndpoint(
+                    f"keepalive: TLS setup failed ({type(exc).__name__})"))
                 return
             try:
                 stream = self._stream = _LeaseStream(
@@ -322,8 +328,11 @@ class _LeaseStream:
         error: StoreError
         if end.status is None or end.status == _STATUS_OK:
             reason = end.message[:_MAX_DETAILS] or "the server ended the stream"
-            error = StoreUnavailable(f"keepalive: {reason}")
-            endpoint_failed = end.status is None
+            # a TLS handshake refused is a configuration error (reported, not failed over)
+            error = _from_status(grpc.StatusCode.UNAVAILABLE, reason, "keepalive")
+            if not error.permanent:
+                error = StoreUnavailable(f"keepalive: {reason}")
+            endpoint_failed = end.status is None and not error.permanent
         else:
             code = _STATUS_CODES.get(end.status, grpc.StatusCode.UNKNOWN)
             error = _from_status(code, end.message[:_MAX_DETAILS], "keepalive")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -13,11 +14,17 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
-from rx_discovery._errors import LeaseNotFound, StoreError, StoreUnavailable
+from rx_discovery._errors import (
+    LeaseNotFound,
+    PermissionDenied,
+    RequestTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import KeyValue, Lease, Snapshot, WatchResponse
-from rx_discovery.store.etcd._client import _revive_if_all_failed, make_endpoints
+from rx_discovery.store.etcd._client import LoginGate, _revive_if_all_failed, make_endpoints
 from rx_discovery.store.etcd._codec import _encode, _key_value, _prefix_range
 from rx_discovery.store.etcd._errors import _NO_ENDPOINT, _public, _TokenExpired, _translate
 from rx_discovery.store.etcd._keepalive import _KeepAliveStream
@@ -28,6 +35,11 @@ __all__ = ["EtcdStore"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# Keys per page of a prefix read: a host is ~300 bytes, so a page is ~150 KB and 10,000 hosts
+# are 20 round trips; a page of 500 values at etcd's 1.5 MiB limit is still a finite message.
+_PAGE = 500
+_READ_ATTEMPTS = 3
 
 
 class EtcdStore:
@@ -56,6 +68,7 @@ class EtcdStore:
         self._watches: set[_WatchSubscription] = set()
         self._last_failure = ""  # why the last call could not reach etcd
         self._health = HealthTracker("etcd")
+        self._login = LoginGate()
 
     def __repr__(self) -> str:
         endpoints = ",".join(e.url for e in self._settings.endpoints)
@@ -71,10 +84,31 @@ class EtcdStore:
             AuthenticationFailed: credentials or permission refused.
         """
         start, end = _prefix_range(prefix)
-        response = self._call("get_prefix", lambda client: client.get_range_response(
-            start, end, sort_order="ascend", sort_target="key"))
-        items = tuple(_key_value(kv) for kv in response.kvs)
-        return Snapshot(revision=response.header.revision, items=items)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self._read_pages(start, end, prefix)
+            except StoreError as error:
+                # The first page's revision was compacted before the last page was read:
+                # read again at the current revision.
+                if "compacted" not in str(error) or attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_pages(self, start: bytes, end: bytes, prefix: str) -> Snapshot:
+        """A range read in pages of :data:`_PAGE` keys, every page at the first one's revision
+        (one consistent snapshot, however large, in messages of bounded size). etcd returns a
+        range sorted by key: each page starts just after the previous page's last key."""
+        items: list[KeyValue] = []
+        revision = 0
+        while True:
+            response = self._call("get_prefix", functools.partial(
+                _range_page, start=start, end=end, revision=revision), prefix)
+            items.extend(_key_value(kv) for kv in response.kvs)
+            if not revision:
+                revision = response.header.revision
+            if not response.more or not response.kvs:
+                return Snapshot(revision=revision, items=tuple(items))
+            start = response.kvs[-1].key + b"\x00"
 
     def get(self, key: str) -> KeyValue | None:
         """One key, or None when absent.
@@ -82,7 +116,7 @@ class EtcdStore:
         Raises:
             StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
         """
-        response = self._call("get", lambda client: client.get_response(_encode(key)))
+        response = self._call("get", lambda client: client.get_response(_encode(key)), key)
         return _key_value(response.kvs[0]) if response.kvs else None
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
@@ -92,7 +126,8 @@ class EtcdStore:
             LeaseNotFound: ``lease`` expired or was revoked.
             StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
         """
-        response = self._call("put", lambda client: client.put(_encode(key), value, lease=lease))
+        response = self._call(
+            "put", lambda client: client.put(_encode(key), value, lease=lease), key)
         revision: int = response.header.revision
         return revision
 
@@ -103,7 +138,7 @@ class EtcdStore:
             StoreUnavailable, AuthenticationFailed: as :meth:`get_prefix`.
         """
         response = self._call("delete", lambda client: client.delete(
-            _encode(key), return_response=True))
+            _encode(key), return_response=True), key)
         revision: int = response.header.revision
         return revision
 
@@ -210,16 +245,16 @@ class EtcdStore:
 
     # -- internals used by the streams --------------------------------------------------------
 
-    def _call(self, operation: str, action: Callable[[Any], _T]) -> _T:
-        """Run ``action(client)``, mapping errors; log in again once if the token expired."""
+    def _call(self, operation: str, action: Callable[[Any], _T], scope: str = "") -> _T:
+        """Run ``action(client)``, mapping errors and reporting the outcome on health (for
+        ``scope``: the key or prefix concerned); log in again once if the token expired."""
         relogged = False
         while True:
             client = None
             try:
                 client = self._get_client()
                 result = action(client)
-                self._last_failure = ""
-                self._health.connected()
+                self._served(scope)
                 return result
             except Exception as exc:
                 error = _translate(exc, operation)
@@ -232,11 +267,23 @@ class EtcdStore:
                 self._drop_client(client)
                 continue
             error = self._explained(_public(error))
-            if error.permanent:
-                self._health.denied(str(error))
-            elif isinstance(error, StoreUnavailable):
-                self._health.failed(str(error))
+            self._report(error, scope)
             raise error
+
+    def _served(self, scope: str = "") -> None:
+        """A call or stream was served: report it on health."""
+        self._last_failure = ""
+        self._health.connected(scope=scope)
+
+    def _report(self, error: StoreError, scope: str = "") -> None:
+        """Report a failed call or stream on health: DENIED for a permanent error (for its
+        scope, or the whole connection for a refused login or TLS), else RECONNECTING (then
+        UNAVAILABLE). The reason is the error's message, which never holds a secret."""
+        if error.permanent:
+            connection_wide = not isinstance(error, (PermissionDenied, RequestTooLarge))
+            self._health.denied(str(error), scope="" if connection_wide else scope)
+        elif isinstance(error, StoreUnavailable) and not self._closed:
+            self._health.failed(str(error))
 
     def _explained(self, error: StoreError) -> StoreError:
         """Remember why the last call could not reach etcd, and say it when a later call
@@ -261,17 +308,29 @@ class EtcdStore:
             _revive_if_all_failed(endpoints)
             if self._client is not None:
                 return self._client
-        # Logging in is network I/O: do it outside the lock. Clients share the endpoints (and so
-        # the channels): replacing a client after a token expiry does not break open streams.
-        client = etcd3.MultiEndpointEtcd3Client(
-            endpoints=endpoints, timeout=self._settings.timeout, failover=True,
-            user=self._settings.user, password=self._settings.password)
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailable("the store is closed")
-            if self._client is None:
+        # Logging in is network I/O: do it outside the store's lock, one login at a time.
+        # Clients share the endpoints (and so the channels): replacing a client after a token
+        # expiry does not break open streams.
+        with self._login.lock:
+            with self._lock:
+                if self._client is not None:  # another caller logged in meanwhile
+                    return self._client
+            self._login.check()
+            try:
+                client = etcd3.MultiEndpointEtcd3Client(
+                    endpoints=endpoints, timeout=self._settings.timeout, failover=True,
+                    user=self._settings.user, password=self._settings.password)
+            except Exception as exc:
+                error = _translate(exc, "login")
+                if error is not None and error.permanent:
+                    self._login.refused(_public(error))
+                raise
+            self._login.succeeded()
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailable("the store is closed")
                 self._client = client
-            return self._client
+                return client
 
     def _drop_client(self, stale: Any) -> None:
         """Forget ``stale`` so that the next call builds (and logs in with) a new client."""
@@ -304,3 +363,8 @@ class EtcdStore:
     def _remove_watch(self, watch: _WatchSubscription) -> None:
         with self._lock:
             self._watches.discard(watch)
+
+
+def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:
+    """One page of a range read (at ``revision`` unless 0: the latest)."""
+    return client.get_range_response(start, end, limit=_PAGE, revision=revision or None)

@@ -12,9 +12,19 @@ import etcd3
 import grpc
 from reactivex import abc
 
-from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
+from rx_discovery._errors import (
+    PermissionDenied,
+    RevisionCompacted,
+    StoreError,
+    StoreUnavailable,
+)
 from rx_discovery.store import WatchResponse
-from rx_discovery.store.etcd._codec import _prefix_range, _watch_response
+from rx_discovery.store.etcd._codec import (
+    _prefix_range,
+    _watch_response,
+    is_fragment,
+    watch_create_request,
+)
 from rx_discovery.store.etcd._errors import (
     _ENDPOINT_FAILURE_CODES,
     _MAX_DETAILS,
@@ -28,6 +38,16 @@ if TYPE_CHECKING:
     from rx_discovery.store.etcd._store import EtcdStore
 
 log = logging.getLogger(__name__)
+
+# etcd's require-leader metadata (as its Go client's WithRequireLeader, and Kubernetes): a
+# member cut off from the quorum cancels the watch ("no leader") instead of keeping it open
+# and silent until the partition heals, so the stream fails over to another member.
+_REQUIRE_LEADER = ("hasleader", "true")
+
+
+class _WatchRefused(_TokenExpired):
+    """etcd canceled the watch with "permission denied": an expired token (log in again and
+    retry once) or a missing permission (what it means when the retry is refused too)."""
 
 
 def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
@@ -49,6 +69,7 @@ class _WatchSubscription:
         self._disposed = False
         self._call: Any | None = None
         self._requests: queue.SimpleQueue[Any] | None = None  # of the open stream
+        self._fragments: list[Any] = []  # events of a fragmented response, so far
 
     def start(self) -> None:
         threading.Thread(target=self._run, name=f"rx-discovery-watch {self._prefix}",
@@ -88,7 +109,12 @@ class _WatchSubscription:
                 relogged = True
                 self._store._drop_client(client)
                 continue
-            self._fail(_public(error))
+            if isinstance(error, _WatchRefused):
+                # refused again with a fresh token: the user lacks the permission (RBAC)
+                error = PermissionDenied(str(error))
+            error = _public(error)
+            self._store._report(error, self._prefix)
+            self._fail(error)
             return
 
     def _stream(self, client: Any) -> None:
@@ -99,15 +125,13 @@ class _WatchSubscription:
         """
         channel, metadata = self._store._stream_target(client)
         key, range_end = _prefix_range(self._prefix)
-        create = etcd3.etcdrpc.WatchCreateRequest(
-            key=key, range_end=range_end, start_revision=self._start_revision,
-            progress_notify=True)
         # The request stream stays open (as Go's client keeps it) until the call ends; its
         # None sentinel then ends gRPC's request-sending thread.
         requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        requests.put(etcd3.etcdrpc.WatchRequest(create_request=create))
+        requests.put(watch_create_request(key, range_end, self._start_revision))
         call = etcd3.etcdrpc.WatchStub(channel).Watch(
-            _queue_iterator(requests), metadata=metadata)
+            _queue_iterator(requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
+        self._fragments = []
         with self._lock:
             self._call = call
             disposed = self._disposed
@@ -140,14 +164,23 @@ class _WatchSubscription:
         if response.canceled:
             reason = str(response.cancel_reason)[:_MAX_DETAILS] or "canceled by the server"
             if "permission denied" in reason or "auth" in reason:
-                # etcd cancels a watch created with an expired token this way.
-                raise _TokenExpired(f"watch: {reason}")
+                # etcd cancels a watch created with an expired token this way, and one the
+                # user may not read (RBAC) the same way.
+                raise _WatchRefused(f"watch: {reason}")
             raise StoreUnavailable(f"watch: {reason}")
-        if not response.events:
+        if response.created:
+            self._store._served(self._prefix)
+        if is_fragment(response):
+            self._fragments.extend(response.events)
+            return
+        events = response.events
+        if self._fragments:
+            events, self._fragments = [*self._fragments, *events], []
+        if not events:
             if not response.created:  # a progress notification
                 self._emit(WatchResponse(revision=response.header.revision, events=()))
             return
-        self._emit(_watch_response(response.events))
+        self._emit(_watch_response(events))
 
     def _emit(self, response: WatchResponse) -> None:
         if not self._disposed:
