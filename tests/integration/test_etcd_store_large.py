@@ -64,6 +64,9 @@ def test_first_read_and_watch_history_over_4_mib(server: EmbeddedEtcd) -> None:
         # whole revisions, in order, none repeated
         revisions = [e.mod_revision for r in recorder.items for e in r.events]
         assert revisions == sorted(set(revisions))
+        # etcd sends the catch-up as one response, in fragments of at most its request limit
+        # (1.5 MiB): they are joined back into one
+        assert len(recorder.items) == 1, [len(r.events) for r in recorder.items]
         recorder.subscription.dispose()
 
 
@@ -94,3 +97,37 @@ def test_catch_up_over_4_mib_after_a_network_cut(server: EmbeddedEtcd) -> None:
         snapshot = watcher.get_prefix("/cut/")
         assert len(snapshot.items) == COUNT + 1
         resumed.subscription.dispose()
+
+
+def test_prefix_read_in_pages_is_one_consistent_snapshot(
+        server: EmbeddedEtcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 2 keys; between pages another client adds and deletes keys: the result is
+    still the prefix as of the first page's revision."""
+    from rx_discovery.store.etcd import _store
+
+    with (EtcdStore(Settings.build(server.endpoint)) as store,
+          EtcdStore(Settings.build(server.endpoint)) as other):
+        for n in range(7):
+            store.put(f"/pg/k{n}", b"%d" % n)
+        before = store.get_prefix("/pg/")
+        pages: list[int] = []
+        original = _store._range_page
+
+        def page(client: object, start: bytes, end: bytes, revision: int) -> object:
+            response = original(client, start, end, revision)
+            pages.append(revision)
+            if len(pages) == 1:  # writes between the first and the second page
+                other.put("/pg/k0a", b"new")
+                other.delete("/pg/k5")
+            return response
+
+        monkeypatch.setattr(_store, "_PAGE", 2)
+        monkeypatch.setattr(_store, "_range_page", page)
+        snapshot = store.get_prefix("/pg/")
+        assert len(pages) == 4 and pages[0] == 0 and set(pages[1:]) == {snapshot.revision}
+        assert snapshot == before
+        assert [kv.key for kv in snapshot.items] == [f"/pg/k{n}" for n in range(7)]
+        monkeypatch.undo()
+        after = store.get_prefix("/pg/")
+        assert "/pg/k0a" in {kv.key for kv in after.items}
+        assert after.revision == snapshot.revision + 2

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import etcd3
@@ -102,3 +106,28 @@ class LoginGate:
         self._failure = error
         self.retry_at = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, self.max_delay)
+
+
+def grpc_proxy_applies(host: str, environ: Mapping[str, str] | None = None) -> bool:
+    """True when grpcio reaches ``host`` through an HTTP proxy, by grpc core's rules
+    (``http_proxy_mapper``): the first of ``grpc_proxy``, ``https_proxy``, ``http_proxy`` that
+    is set names the proxy (empty: none), unless an entry of ``no_grpc_proxy`` (else
+    ``no_proxy``) is ``*``, a suffix of ``host`` (case-insensitive), or a CIDR range holding
+    it. Only the lowercase names count, as in grpc core."""
+    env = os.environ if environ is None else environ
+    proxy = next((env[name] for name in ("grpc_proxy", "https_proxy", "http_proxy")
+                  if name in env), "")
+    if not proxy.strip():
+        return False
+    exempt = env.get("no_grpc_proxy", env.get("no_proxy", ""))
+    lowered = host.lower()
+    for entry in (item.strip().lower() for item in exempt.split(",")):
+        if not entry:
+            continue
+        if entry == "*" or lowered.endswith(entry):
+            return False
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(lowered) in ipaddress.ip_network(entry, strict=False):
+                    return False
+    return True
