@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,16 @@ def test_discovery_construction_does_no_io_and_survives_no_server() -> None:
     # Nothing listens on port 1: creating the Discovery must neither fail nor block.
     with Discovery("http://127.0.0.1:1", timeout=0.5) as discovery:
         assert "127.0.0.1:1" in repr(discovery)
+    # A socket that listens but never answers: creating, reading the settings and health of,
+    # and closing a Discovery opens no connection to it.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        with Discovery(f"http://127.0.0.1:{port}", timeout=0.5) as discovery:
+            assert discovery.settings.endpoints[0].port == port
+            discovery.health.subscribe(lambda _: None).dispose()
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
 
 
 def test_ipv6_endpoints_keep_their_brackets() -> None:
