@@ -97,6 +97,7 @@ def test_watch_on_a_member_cut_off_from_the_quorum_fails_instead_of_going_silent
                        message="the watch on the leaderless member ended")
             assert isinstance(events.error, StoreUnavailable)
             assert "no leader" in str(events.error), str(events.error)
+            assert "UNAVAILABLE" in str(events.error)  # the code after which it fails over
             assert health.items[-1].state in (HealthState.RECONNECTING, HealthState.UNAVAILABLE)
             for member in others:
                 member.restart(wait=False)

@@ -541,5 +541,12 @@ def test_untrusted_server_certificate_is_denied_not_failed_over(
         assert "TLS handshake failed" in str(call.value)
         wait_until(lambda: states(health)[-1] is HealthState.DENIED)
         assert "TLS" in health.items[-1].reason
+        # the keepalive connection trusts the same CA: refused the same way, not failed over
+        with pytest.raises(DiscoveryError) as keepalive:
+            store.keepalive(1)
+        assert getattr(keepalive.value, "permanent", False), repr(keepalive.value)
+        assert "TLS handshake failed" in str(keepalive.value)
+        assert not any(endpoint.is_failed() for endpoint in store._endpoints or ())
         leaks.error(call.value)
+        leaks.error(keepalive.value)
     leaks.check(expect_tokens=False)
