@@ -103,6 +103,9 @@ class HealthTracker:
         scope; the state stays DENIED while another scope's denial stands (a permission
         missing on one prefix is not healed by a read elsewhere succeeding).
         """
+        if (self._current.state is HealthState.CONNECTED and self._failing_since is None
+                and not self._denials):
+            return  # the common case, on every call: no lock
         with self._lock:
             self._failing_since = None
             if self._denials:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import grpc
 import pytest
 import trustme
 from etcd3.etcdrpc import rpc_pb2
 
+from rx_discovery._errors import (
+    AuthenticationFailed,
+    LeaseNotFound,
+    PermissionDenied,
+    RequestTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
 from rx_discovery.config import Settings
 from rx_discovery.store.etcd._client import grpc_proxy_applies
 from rx_discovery.store.etcd._codec import is_fragment, watch_create_request
+from rx_discovery.store.etcd._errors import MisconfiguredEndpoint, _from_status, _TokenExpired
 from rx_discovery.store.etcd._keepalive import _ssl_context, grpc_roots_file
 
 
@@ -79,3 +89,38 @@ def test_watches_ask_for_fragments_and_fragments_are_recognised() -> None:
     assert is_fragment(part)
     last = rpc_pb2.WatchResponse.FromString(whole.SerializeToString() + bytes([7 << 3, 0]))
     assert not is_fragment(last)
+
+
+@pytest.mark.parametrize(("code", "details", "kind", "permanent"), [
+    ("UNAVAILABLE", "connection refused", StoreUnavailable, False),
+    ("DEADLINE_EXCEEDED", "", StoreUnavailable, False),
+    ("UNAVAILABLE", "etcdserver: no leader", StoreUnavailable, False),
+    ("UNAVAILABLE", "Handshake read failed (Socket closed)", StoreUnavailable, False),
+    ("UNAVAILABLE", "TLS handshake failed: UNEXPECTED_EOF_WHILE_READING", StoreUnavailable,
+     False),
+    ("UNAVAILABLE", "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: "
+     "CERTIFICATE_VERIFY_FAILED", MisconfiguredEndpoint, True),
+    ("UNAVAILABLE", "TLS handshake failed: CERTIFICATE_VERIFY_FAILED", MisconfiguredEndpoint,
+     True),
+    ("UNAVAILABLE", "Ssl handshake failed: SSLV3_ALERT_BAD_CERTIFICATE", MisconfiguredEndpoint,
+     True),
+    ("UNAVAILABLE", "Trying to connect an http1.x server (HTTP status 400)",
+     MisconfiguredEndpoint, True),
+    ("UNIMPLEMENTED", "unknown service etcdserverpb.KV", MisconfiguredEndpoint, True),
+    ("UNIMPLEMENTED", "HTTP status 404", MisconfiguredEndpoint, True),
+    ("INVALID_ARGUMENT", "etcdserver: request is too large", RequestTooLarge, True),
+    ("RESOURCE_EXHAUSTED", "grpc: received message larger than max (3000011 vs. 2097152)",
+     RequestTooLarge, True),
+    ("PERMISSION_DENIED", "etcdserver: permission denied", PermissionDenied, True),
+    ("INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or password",
+     AuthenticationFailed, True),
+    ("UNAUTHENTICATED", "etcdserver: invalid auth token", _TokenExpired, False),
+    ("NOT_FOUND", "etcdserver: requested lease not found", LeaseNotFound, False),
+    ("FAILED_PRECONDITION", "etcdserver: revision of auth store is old", StoreError, False),
+])
+def test_grpc_statuses_map_to_the_library_errors(code: str, details: str, kind: type,
+                                                 permanent: bool) -> None:
+    error = _from_status(getattr(grpc.StatusCode, code), details, "op")
+    assert type(error) is kind, repr(error)
+    assert error.permanent is permanent
+    assert str(error).startswith("op: ")

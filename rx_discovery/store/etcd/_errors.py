@@ -44,7 +44,10 @@ class MisconfiguredEndpoint(StoreError):
 
 
 # What gRPC and etcd say, lowercased, for each permanent failure.
-_TLS_FAILURES = ("handshake failed", "certificate_verify_failed", "certificate verify failed")
+# A handshake that fails over certificates or TLS versus plain text is a configuration error;
+# one cut short (EOF, reset: a server restarting) is not.
+_TLS_CONFIGURATION = ("certificate", "unknown_ca", "unknown ca", "wrong_version_number",
+                      "wrong version number")
 _NOT_ETCD = ("http1.x server", "not a grpc answer", "http status 404")
 _TOO_LARGE = ("request is too large", "larger than max")
 
@@ -94,7 +97,7 @@ def _from_status(code: grpc.StatusCode, details: str, operation: str) -> StoreEr
         return StoreUnavailable(message)
     if any(reason in lowered for reason in _TOO_LARGE):
         return RequestTooLarge(message)
-    if any(reason in lowered for reason in _TLS_FAILURES):
+    if "handshake failed" in lowered and any(word in lowered for word in _TLS_CONFIGURATION):
         return MisconfiguredEndpoint(f"{operation}: TLS handshake failed "
                                      f"(a configuration error: check the CA and certificates, "
                                      f"and http:// vs https://): {details}")

@@ -168,8 +168,7 @@ class _WatchSubscription:
                 # user may not read (RBAC) the same way.
                 raise _WatchRefused(f"watch: {reason}")
             raise StoreUnavailable(f"watch: {reason}")
-        if response.created:
-            self._store._served(self._prefix)
+        self._store._served(self._prefix)  # a stream alone keeps health up to date
         if is_fragment(response):
             self._fragments.extend(response.events)
             return
