@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -550,3 +552,30 @@ def test_untrusted_server_certificate_is_denied_not_failed_over(
         leaks.error(call.value)
         leaks.error(keepalive.value)
     leaks.check(expect_tokens=False)
+
+
+ROOTS_SCRIPT = """
+import sys
+from rx_discovery.config import Settings
+from rx_discovery.store.etcd import EtcdStore
+
+endpoint, cert, key = sys.argv[1:4]
+with EtcdStore(Settings.build(endpoint, client_cert=cert, client_key=key, timeout=5)) as store:
+    store.put("/roots/k", b"v")
+    lease = store.grant(10).id
+    print("keepalive", store.keepalive(lease))
+"""
+
+
+def test_without_a_ca_calls_and_keepalives_trust_the_same_roots(mtls: EmbeddedEtcd,
+                                                                pki: Pki) -> None:
+    """No ``ca_cert``: grpcio trusts GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (here: the test CA), and
+    so must the keepalive connection (it trusted Python's system store: calls worked, every
+    keepalive failed with CERTIFICATE_VERIFY_FAILED). In a fresh interpreter: grpcio reads the
+    variable once per process."""
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": pki.ca}
+    done = subprocess.run([sys.executable, "-P", "-c", ROOTS_SCRIPT, mtls.endpoint, pki.client_cert,
+                           pki.client_key], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip() == "keepalive 10"

@@ -157,3 +157,17 @@ def test_an_endpoint_that_is_not_etcd_is_denied(server: EmbeddedEtcd) -> None:
     assert state(health) is HealthState.DENIED
     assert "not an etcd endpoint" in health.items[-1].reason
     store.close()
+
+
+def test_etcd_down_from_the_start_is_connecting_then_unavailable() -> None:
+    never = EmbeddedEtcd(name="never")  # never started: its port is free
+    store = store_on(never.endpoint)
+    health = subscribe(store.health)
+    assert isinstance(fails(lambda: store.get("/k")), StoreUnavailable)
+    assert state(health) is HealthState.CONNECTING
+    assert health.items[-1].reason  # why: the last failure
+    wait_until(lambda: isinstance(fails(lambda: store.get("/k")), StoreUnavailable)
+               and state(health) is HealthState.UNAVAILABLE, timeout=UNAVAILABLE_AFTER + 10,
+               interval=0.2, message="UNAVAILABLE after failing for a while")
+    assert states(health) == [HealthState.CONNECTING, HealthState.UNAVAILABLE]
+    store.close()
