@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import etcd3
+import grpc
 import pytest
 import trustme  # a dev dependency: the TLS tests must run, never be skipped
 from helpers import Recorder, wait_until
@@ -353,9 +354,12 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
                             creds=_creds(ca))], user="root", password="s3cret-pw")
         witness.get("/k")  # its token and the store's are now idle for the same time
 
-        # Idle tokens expire after --auth-token-ttl (2 s, checked every second). The wait is
-        # the scenario itself; polling would keep the tokens alive.
-        time.sleep(3.5)
+        # Idle tokens expire after --auth-token-ttl (2 s, checked every second). Polling the
+        # store's or the witness's token would keep it alive: each poll uses a probe token
+        # obtained after them, once; when one is refused, theirs (idle longer) are gone too.
+        probes = [_login(server, ca) for _ in range(12)]
+        wait_until(lambda: _refused(server, ca, probes.pop(0)), timeout=6, interval=0.5,
+                   message="idle auth tokens expired")
         with pytest.raises(Exception) as expired:
             witness.get("/k")
         assert "invalid auth token" in expired.value.details()  # type: ignore[attr-defined]
@@ -372,9 +376,30 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
 
 
 def _creds(ca: Path) -> Any:
-    import grpc
-
     return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+
+def _channel(server: EmbeddedEtcd, ca: Path) -> grpc.Channel:
+    return grpc.secure_channel(f"127.0.0.1:{server.client_port}", _creds(ca))
+
+
+def _login(server: EmbeddedEtcd, ca: Path) -> str:
+    """A fresh auth token of root, obtained over the raw stubs."""
+    with _channel(server, ca) as channel:
+        answer = etcd3.etcdrpc.AuthStub(channel).Authenticate(
+            etcd3.etcdrpc.AuthenticateRequest(name="root", password="s3cret-pw"), timeout=5)
+    return str(answer.token)
+
+
+def _refused(server: EmbeddedEtcd, ca: Path, token: str) -> bool:
+    """True when etcd no longer knows ``token`` (which this call uses, so it must be fresh)."""
+    with _channel(server, ca) as channel:
+        try:
+            etcd3.etcdrpc.KVStub(channel).Range(etcd3.etcdrpc.RangeRequest(key=b"/k"),
+                                                metadata=(("token", token),), timeout=5)
+        except grpc.RpcError as error:
+            return "invalid auth token" in (error.details() or "")
+    return False
 
 
 # -- IPv6 -------------------------------------------------------------------------------------
