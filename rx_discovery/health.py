@@ -9,6 +9,7 @@ the thread that reported it, outside every library lock.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from reactivex import operators
 from rx_discovery._serial import SerialSubject
 
 __all__ = ["Health", "HealthState", "HealthTracker"]
+
+log = logging.getLogger(__name__)
 
 
 class HealthState(enum.Enum):
@@ -61,6 +64,9 @@ class Health:
         return f"{self.state.name}{where}" + (f": {self.reason}" if self.reason else "")
 
 
+_ALARMING = frozenset({HealthState.DENIED, HealthState.UNAVAILABLE})
+
+
 class HealthTracker:
     """Turns call outcomes into :class:`Health` changes (a store adapter owns one).
 
@@ -71,9 +77,12 @@ class HealthTracker:
     """
 
     def __init__(self, label: str = "store", unavailable_after: float = 10.0) -> None:
+        self._label = label
         self._lock = threading.Lock()
         self._current = Health(HealthState.CONNECTING)
         self._failing_since: float | None = None
+        # scope -> (reason, endpoint) of each denial not yet cleared by a success there
+        self._denials: dict[str, tuple[str, str]] = {}
         self._unavailable_after = unavailable_after
         self._subject: SerialSubject[Health] = SerialSubject(
             f"{label} health", replay=True, initial=self._current, has_initial=True)
@@ -87,10 +96,27 @@ class HealthTracker:
         """The current health at once, then every change."""
         return self._subject.observe().pipe(operators.distinct_until_changed())
 
-    def connected(self, endpoint: str = "") -> None:
-        """A call was served."""
-        self._failing_since = None
-        if self._current.state is not HealthState.CONNECTED:
+    def connected(self, endpoint: str = "", scope: str = "") -> None:
+        """A call was served (on ``scope``: the key or prefix it concerned, "" for none).
+
+        It clears the connection-wide denials (scope "": a login, TLS) and those of its own
+        scope; the state stays DENIED while another scope's denial stands (a permission
+        missing on one prefix is not healed by a read elsewhere succeeding).
+        """
+        if (self._current.state is HealthState.CONNECTED and self._failing_since is None
+                and not self._denials):
+            return  # the common case, on every call: no lock
+        with self._lock:
+            self._failing_since = None
+            if self._denials:
+                self._denials.pop(scope, None)
+                self._denials.pop("", None)
+            denial = next(reversed(self._denials.values()), None)
+            if denial is None and self._current.state is HealthState.CONNECTED:
+                return
+        if denial is not None:
+            self._set(Health(HealthState.DENIED, *denial))
+        else:
             self._set(Health(HealthState.CONNECTED, "", endpoint))
 
     def failed(self, reason: str, endpoint: str = "") -> None:
@@ -111,8 +137,12 @@ class HealthTracker:
                     state = HealthState.RECONNECTING
         self._set(Health(state, reason, endpoint))
 
-    def denied(self, reason: str, endpoint: str = "") -> None:
-        """A call failed with a permanent error (see :attr:`HealthState.DENIED`)."""
+    def denied(self, reason: str, endpoint: str = "", scope: str = "") -> None:
+        """A call failed with a permanent error (see :attr:`HealthState.DENIED`); it stands
+        until a call on the same ``scope`` (or, for scope "", any call) is served."""
+        with self._lock:
+            self._denials.pop(scope, None)
+            self._denials[scope] = (reason, endpoint)
         self._set(Health(HealthState.DENIED, reason, endpoint))
 
     def closed(self) -> None:
@@ -129,4 +159,8 @@ class HealthTracker:
                 return
             self._current = health
             self._subject.enqueue(health)
+            state_changed = old.state is not health.state
+        if state_changed:  # once per change, not per failed call
+            level = logging.WARNING if health.state in _ALARMING else logging.INFO
+            log.log(level, "%s: %s", self._label, health)
         self._subject.flush()

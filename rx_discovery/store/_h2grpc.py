@@ -14,9 +14,13 @@ the HTTP status when a proxy answered. ``h2`` does the HTTP/2 part (settings, fl
 pings). It knows nothing of etcd or protobuf: callers pass serialized messages and get bytes
 back. Request metadata is sent never-indexed (RFC 7541 7.1: auth tokens stay out of HPACK
 tables), and hpack's DEBUG records, which quote every header encoded (the token too), are
-dropped: secrets never reach a log. Answers are limited to 4 MiB, as grpcio's are. It sends
-no HTTP/2 pings: a server that stops answering is noticed by the caller's deadline. Proxy
-environment variables are not honoured (the store's gRPC channels connect directly too).
+dropped: secrets never reach a log. Answers are limited to 4 MiB (a keepalive answer is a few
+bytes). It sends no HTTP/2 pings: a server that stops answering is noticed by the caller's
+deadline. An HTTP/1 server answering is reported as such (status UNIMPLEMENTED), as grpcio
+does. It always connects directly: proxy environment variables (``grpc_proxy``,
+``https_proxy``, ``no_proxy``), which grpcio honours, are not; the store does not use this
+connection for an endpoint that grpcio would reach through a proxy (see
+``rx_discovery.store.etcd._keepalive``).
 
 Threads: everything runs on the event loop that :meth:`GrpcStream.open` is called on, and the
 callbacks are called there.
@@ -104,6 +108,7 @@ class GrpcStream(asyncio.Protocol):
         self._connecting: asyncio.Task[None] | None = None
         self._stream_id = 0
         self._frames = bytearray()  # received bytes not yet handed to h2 (a partial frame)
+        self._answered = False  # the first bytes received were checked (not HTTP/1)
         self._outbox = bytearray()  # framed requests not yet handed to h2
         self._inbox = bytearray()  # answer bytes not yet split into messages
         self._status: int | None = None  # from the headers or trailers
@@ -168,6 +173,12 @@ class GrpcStream(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if not self._answered:
+            start = bytes(self._frames[:8]) + data[:8]
+            if start.startswith(b"HTTP/1."):
+                self._end(_UNIMPLEMENTED, "not an HTTP/2 server (an http1.x server answered)")
+                return
+            self._answered = len(start) >= 7
         try:
             events = self._h2.receive_data(self._whole_frames(data))
         except h2.exceptions.ProtocolError as error:

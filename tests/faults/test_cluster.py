@@ -1,4 +1,4 @@
-"""A 3-member cluster loses its leader (kill -9), then gets it back.
+"""A 3-member cluster loses its leader (kill -9), then gets it back; a member loses the quorum.
 
 Registrations keep their keys (or heal), watches keep delivering (a host registered after the
 kill is seen within seconds), and every change seen before, during and after the failover is
@@ -11,7 +11,11 @@ from faultkit import assert_gap_free, healthy_stream, host, live_lease, raw_clie
 from helpers import wait_until
 
 from rx_discovery import Discovery
+from rx_discovery._errors import StoreUnavailable
+from rx_discovery.config import Settings
 from rx_discovery.embedded import EmbeddedEtcdCluster
+from rx_discovery.health import HealthState
+from rx_discovery.store.etcd import EtcdStore
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"
@@ -74,3 +78,37 @@ def run(cluster: EmbeddedEtcdCluster, registrar: Discovery, watcher: Discovery) 
         raw.close()
     assert {r.uuid for r in [*before[1:], after, back]} == set(state)
     assert all(map(healthy_stream, (changes, sets, news)))
+
+
+def test_watch_on_a_member_cut_off_from_the_quorum_fails_instead_of_going_silent() -> None:
+    """etcd's require-leader metadata: a member that lost its leader cancels the watches
+    opened with it ("no leader"), so the stream fails over (or reports) instead of staying
+    open and silent until the partition heals (what it did without the metadata)."""
+    with EmbeddedEtcdCluster(3) as cluster:
+        isolated, *others = cluster.members
+        with EtcdStore(Settings.build([isolated.endpoint], timeout=2)) as store:
+            start = store.put("/rl/a", b"1")
+            health = subscribe(store.health)
+            events = subscribe(store.watch("/rl/", start))
+            wait_until(lambda: events.items, message="the first event")
+            for member in others:
+                member.kill()  # the member left alone has no quorum, so no leader
+            wait_until(lambda: events.error is not None, timeout=20,
+                       message="the watch on the leaderless member ended")
+            assert isinstance(events.error, StoreUnavailable)
+            assert "no leader" in str(events.error), str(events.error)
+            assert "UNAVAILABLE" in str(events.error)  # the code after which it fails over
+            assert health.items[-1].state in (HealthState.RECONNECTING, HealthState.UNAVAILABLE)
+            for member in others:
+                member.restart(wait=False)
+            cluster.wait_ready()
+            resumed = subscribe(store.watch("/rl/", events.items[-1].revision + 1))
+            wait_until(lambda: resumed.error is None and health.items[-1].state
+                       is HealthState.CONNECTED, timeout=20, message="served again")
+            raw = raw_client(others[0].endpoint)
+            try:
+                raw.put("/rl/b", b"2")
+            finally:
+                raw.close()
+            wait_until(lambda: resumed.items, timeout=10, message="the change after healing")
+            assert [e.key for r in resumed.items for e in r.events] == ["/rl/b"]

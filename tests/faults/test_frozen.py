@@ -29,6 +29,7 @@ from helpers import wait_until
 
 from rx_discovery import Discovery, RegistrationStatus, _runtime
 from rx_discovery.embedded import EmbeddedEtcd
+from rx_discovery.health import HealthState
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"
@@ -47,6 +48,10 @@ def test_pause_is_noticed_and_resume_recovers() -> None:
         registration = registrar.register(SERVICE, host(1), ttl=TTL).wait(10)
         statuses = subscribe(registration.status)
         wait_until(lambda: ("new", registration.uuid) in [(e.kind, e.uuid) for e in events.items])
+        registrar_health = subscribe(registrar.health)
+        watcher_health = subscribe(watcher.health)
+        assert registrar_health.items[-1].state is HealthState.CONNECTED
+        assert watcher_health.items[-1].state is HealthState.CONNECTED
 
         server.pause()
         paused = time.monotonic()
@@ -57,6 +62,13 @@ def test_pause_is_noticed_and_resume_recovers() -> None:
         noticed = time.monotonic() - paused
         assert noticed <= TTL + TIMEOUT + SLACK
         assert not registration.ready
+        # health says so: the registrar's keepalives time out; the watcher, which only
+        # watches, learns it from gRPC keepalive (6 s ping + 2 s timeout)
+        assert registrar_health.items[-1].state in (HealthState.RECONNECTING,
+                                                    HealthState.UNAVAILABLE)
+        wait_until(lambda: watcher_health.items[-1].state in (
+            HealthState.RECONNECTING, HealthState.UNAVAILABLE), timeout=8 + SLACK + TIMEOUT,
+            message="the watcher's health after its stream broke")
 
         server.resume()
         raw = raw_client(server.endpoint)
@@ -78,6 +90,9 @@ def test_pause_is_noticed_and_resume_recovers() -> None:
         state = assert_gap_free(changes, server.endpoint, PREFIX)
         assert set(state) == {registration.uuid, "manual-1"}
         assert healthy_stream(changes) and healthy_stream(events)
+        for health in (registrar_health, watcher_health):
+            wait_until(lambda h=health: h.items[-1].state is HealthState.CONNECTED, timeout=10,
+                       message="CONNECTED after the resume")
 
 
 def test_close_while_a_registration_is_blocked_on_a_frozen_server_is_quiet(

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import subprocess
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -41,7 +44,10 @@ from rx_discovery import (
     RegistrationError,
     RegistrationStatus,
 )
+from rx_discovery._errors import PermissionDenied
+from rx_discovery.config import Settings
 from rx_discovery.embedded import EmbeddedEtcd, TLSFiles, etcd_binary
+from rx_discovery.health import HealthState
 from rx_discovery.store.etcd import EtcdStore
 
 TOKEN_TTL = 2
@@ -284,7 +290,6 @@ def test_scoped_user_works_and_is_denied_outside_its_prefixes(
         leaks.error(refused.value)
     raw = root_client(auth, pki)
     try:
-        assert raw.get_prefix("/elsewhere/")
         assert not list(raw.get_prefix("/elsewhere/"))  # nothing was written there
     finally:
         raw.close()
@@ -422,3 +427,155 @@ def test_full_scenario_never_shows_a_secret(auth: EmbeddedEtcd, pki: Pki,
     finally:
         raw.close()
     leaks.check()
+
+
+# --- permanent refusals: reported on health, not retried at the transient pace -------------
+
+
+def states(recorder: Any) -> list[HealthState]:
+    return [health.state for health in recorder.items]
+
+
+def authenticate_rpcs(server: EmbeddedEtcd) -> float:
+    return server.metric("grpc_server_handled_total", grpc_method="Authenticate")
+
+
+def test_wrong_password_logs_in_once_at_a_time_with_backoff(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """5 streams and 5 callers with a wrong password: before, every failed call logged in
+    again (67 Authenticate RPCs in 5 s, bcrypt on the server); now one login at a time, and
+    a refusal is remembered 1 s, 2 s, 4 s...: at most 4 logins in 5 s."""
+    before = authenticate_rpcs(auth)
+    with Discovery(auth.endpoint, ca_cert=pki.ca, user="svc", password=WRONG_PASSWORD,
+                   timeout=3) as discovery:
+        health = subscribe(discovery.health)
+        streams = [subscribe(discovery.hosts(f"storm-{n}")) for n in range(5)]
+        refused: list[BaseException] = []
+        deadline = time.monotonic() + 5
+
+        def caller() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    discovery.store.get("/services/storm/x")
+                except AuthenticationFailed as error:
+                    refused.append(error)
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=caller) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        logins = authenticate_rpcs(auth) - before
+        assert 1 <= logins <= 4, f"{logins:g} logins in 5 s"
+        assert len(refused) > 50  # every call failed at once, with the remembered refusal
+        assert all(isinstance(error, AuthenticationFailed) and error.permanent
+                   for error in refused)
+        assert health.items[-1].state is HealthState.DENIED
+        assert "authentication failed" in health.items[-1].reason
+        assert all(map(healthy_stream, streams))
+        leaks.show(*health.items, discovery.store)
+        leaks.error(refused[-1])
+    assert states(health)[-1] is HealthState.CLOSED
+    leaks.check(expect_tokens=False)
+
+
+def test_permission_denied_is_its_own_error_and_reported_on_health(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    settings = Settings.build(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                              timeout=3)
+    with EtcdStore(settings) as store:
+        health = subscribe(store.health)
+        assert states(health) == [HealthState.CONNECTING]
+        store.get_prefix("/services/")
+        wait_until(lambda: states(health)[-1] is HealthState.CONNECTED)
+        with pytest.raises(PermissionDenied) as read:
+            store.get_prefix("/forbidden/")
+        assert read.value.permanent and "permission denied" in str(read.value)
+        wait_until(lambda: states(health)[-1] is HealthState.DENIED)
+        with pytest.raises(PermissionDenied):
+            store.put("/forbidden/k", b"v")
+        # a call served elsewhere does not hide the denial
+        store.get_prefix("/services/")
+        assert states(health)[-1] is HealthState.DENIED
+        # a watch of a forbidden prefix: refused again after a fresh login -> PermissionDenied
+        denied = subscribe(store.watch("/forbidden/", 1))
+        wait_until(lambda: denied.error is not None, timeout=10)
+        assert isinstance(denied.error, PermissionDenied), repr(denied.error)
+        # served where it was denied (the permission granted): CONNECTED again
+        etcdctl(auth, pki, "role", "grant-permission", "discovery", "readwrite", "/forbidden/",
+                "--prefix=true", user=f"root:{ROOT_PASSWORD}")
+        try:
+            wait_until(succeeds(lambda: store.get_prefix("/forbidden/")), timeout=10)
+            store.put("/forbidden/k", b"v")
+            wait_until(lambda: states(health)[-1] is HealthState.CONNECTED, timeout=5)
+        finally:
+            etcdctl(auth, pki, "role", "revoke-permission", "discovery", "/forbidden/",
+                    "--prefix=true", user=f"root:{ROOT_PASSWORD}")
+        leaks.show(*health.items)
+        leaks.error(read.value)
+    leaks.check()
+
+
+def succeeds(call: Any) -> Any:
+    def attempt() -> bool:
+        try:
+            call()
+        except AuthenticationFailed:
+            return False
+        return True
+    return attempt
+
+
+def test_untrusted_server_certificate_is_denied_not_failed_over(
+        mtls: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """A CA that does not sign the server's certificate: a configuration error (DENIED,
+    permanent) for calls and for the keepalive connection alike."""
+    other_ca = trustme.CA().cert_pem.bytes()
+    settings = Settings.build(mtls.endpoint, ca_cert=other_ca, client_cert=pki.client_cert,
+                              client_key=pki.client_key, timeout=3)
+    with EtcdStore(settings) as store:
+        health = subscribe(store.health)
+        with pytest.raises(DiscoveryError) as call:
+            store.get("/k")
+        assert getattr(call.value, "permanent", False), repr(call.value)
+        assert "TLS handshake failed" in str(call.value)
+        wait_until(lambda: states(health)[-1] is HealthState.DENIED)
+        assert "TLS" in health.items[-1].reason
+        # the keepalive connection trusts the same CA: refused the same way, not failed over
+        with pytest.raises(DiscoveryError) as keepalive:
+            store.keepalive(1)
+        assert getattr(keepalive.value, "permanent", False), repr(keepalive.value)
+        assert "TLS handshake failed" in str(keepalive.value)
+        assert not any(endpoint.is_failed() for endpoint in store._endpoints or ())
+        leaks.error(call.value)
+        leaks.error(keepalive.value)
+    leaks.check(expect_tokens=False)
+
+
+ROOTS_SCRIPT = """
+import sys
+from rx_discovery.config import Settings
+from rx_discovery.store.etcd import EtcdStore
+
+endpoint, cert, key = sys.argv[1:4]
+with EtcdStore(Settings.build(endpoint, client_cert=cert, client_key=key, timeout=5)) as store:
+    store.put("/roots/k", b"v")
+    lease = store.grant(10).id
+    print("keepalive", store.keepalive(lease))
+"""
+
+
+def test_without_a_ca_calls_and_keepalives_trust_the_same_roots(mtls: EmbeddedEtcd,
+                                                                pki: Pki) -> None:
+    """No ``ca_cert``: grpcio trusts GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (here: the test CA), and
+    so must the keepalive connection (it trusted Python's system store: calls worked, every
+    keepalive failed with CERTIFICATE_VERIFY_FAILED). In a fresh interpreter: grpcio reads the
+    variable once per process."""
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": pki.ca}
+    done = subprocess.run([sys.executable, "-P", "-c", ROOTS_SCRIPT, mtls.endpoint, pki.client_cert,
+                           pki.client_key], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip() == "keepalive 10"

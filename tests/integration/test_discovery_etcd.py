@@ -364,7 +364,7 @@ def test_secrets_absent_from_reprs_and_errors(discovery: Discovery) -> None:
              repr(discovery.get("db").service()), repr(discovery.get("db").hosts()),
              discovery.get("db").hosts()._repr_html_(), repr(discovery)]
     assert all("hunter2" not in text for text in texts)
-    with Discovery("http://127.0.0.1:1", user="root", password="hunter2", timeout=0.5) as d:
+    with Discovery("https://127.0.0.1:1", user="root", password="hunter2", timeout=0.5) as d:
         with pytest.raises(Exception) as caught:
             d.get("db").all()
         assert "hunter2" not in str(caught.value) and "hunter2" not in repr(d)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import etcd3
+import grpc
 import pytest
+import trustme  # a dev dependency: the TLS tests must run, never be skipped
 from helpers import Recorder, wait_until
 
 from rx_discovery._errors import (
@@ -81,15 +83,18 @@ def changes(recorder: Recorder) -> list[tuple[EventType, str, bytes]]:
 # -- etcd down --------------------------------------------------------------------------------
 
 def test_down_etcd_raises_store_unavailable_fast(make_store: MakeStore) -> None:
+    """A refused connection fails the call at once, not at its deadline: with a 30 s timeout,
+    each call must fail within 10 s (it takes milliseconds; 10 s leaves a loaded machine far
+    more than 3x, and is still a third of the deadline)."""
     server = EmbeddedEtcd()  # never started: its port is free
-    store = make_store([server.endpoint])  # no I/O here
+    store = make_store([server.endpoint], timeout=30.0)  # no I/O here
 
     for call in (lambda: store.get("/k"), lambda: store.put("/k", b"v"),
                  lambda: store.grant(5), lambda: store.keepalive(1)):
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             call()
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 10, "waited for the deadline, not the refusal"
     recorder = watch(store, "/", 1)
     wait_until(lambda: recorder.error is not None, timeout=3, message="the watch error")
     assert isinstance(recorder.error, StoreUnavailable)
@@ -307,7 +312,6 @@ def test_cluster_keeps_working_when_a_member_dies(make_store: MakeStore) -> None
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TLSFiles, Path]:
     """Server files (no client-cert auth: users log in with a password) and the CA path."""
-    trustme = pytest.importorskip("trustme")
     directory = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1", "localhost")
@@ -350,9 +354,12 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
                             creds=_creds(ca))], user="root", password="s3cret-pw")
         witness.get("/k")  # its token and the store's are now idle for the same time
 
-        # Idle tokens expire after --auth-token-ttl (2 s, checked every second). The wait is
-        # the scenario itself; polling would keep the tokens alive.
-        time.sleep(3.5)
+        # Idle tokens expire after --auth-token-ttl (2 s, checked every second). Polling the
+        # store's or the witness's token would keep it alive: each poll uses a probe token
+        # obtained after them, once; when one is refused, theirs (idle longer) are gone too.
+        probes = [_login(server, ca) for _ in range(12)]
+        wait_until(lambda: _refused(server, ca, probes.pop(0)), timeout=6, interval=0.5,
+                   message="idle auth tokens expired")
         with pytest.raises(Exception) as expired:
             witness.get("/k")
         assert "invalid auth token" in expired.value.details()  # type: ignore[attr-defined]
@@ -369,6 +376,55 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
 
 
 def _creds(ca: Path) -> Any:
-    import grpc
-
     return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+
+def _channel(server: EmbeddedEtcd, ca: Path) -> grpc.Channel:
+    return grpc.secure_channel(f"127.0.0.1:{server.client_port}", _creds(ca))
+
+
+def _login(server: EmbeddedEtcd, ca: Path) -> str:
+    """A fresh auth token of root, obtained over the raw stubs."""
+    with _channel(server, ca) as channel:
+        answer = etcd3.etcdrpc.AuthStub(channel).Authenticate(
+            etcd3.etcdrpc.AuthenticateRequest(name="root", password="s3cret-pw"), timeout=5)
+    return str(answer.token)
+
+
+def _refused(server: EmbeddedEtcd, ca: Path, token: str) -> bool:
+    """True when etcd no longer knows ``token`` (which this call uses, so it must be fresh)."""
+    with _channel(server, ca) as channel:
+        try:
+            etcd3.etcdrpc.KVStub(channel).Range(etcd3.etcdrpc.RangeRequest(key=b"/k"),
+                                                metadata=(("token", token),), timeout=5)
+        except grpc.RpcError as error:
+            return "invalid auth token" in (error.details() or "")
+    return False
+
+
+# -- IPv6 -------------------------------------------------------------------------------------
+
+def _ipv6_loopback() -> bool:
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_endpoint_serves_calls_watches_and_keepalives(make_store: MakeStore) -> None:
+    server = EmbeddedEtcd(name="ipv6")
+    v6 = f"http://[::1]:{server.client_port}"
+    server.extra_args += ["--listen-client-urls", f"{server.endpoint},{v6}"]
+    with server:
+        store = make_store([v6])
+        revision = store.put("/v6/a", b"1")
+        lease = store.grant(10).id
+        assert store.keepalive(lease) == 10  # the HTTP/2 keepalive connection too
+        recorder = watch(store, "/v6/", revision)
+        wait_until(lambda: changes(recorder), message="a watch over IPv6")
+        assert changes(recorder) == [(EventType.PUT, "/v6/a", b"1")]
+        recorder.subscription.dispose()

@@ -119,6 +119,19 @@ class Client:
         return self.ends[0]
 
 
+def connection_lost_event(stream: GrpcStream) -> asyncio.Event:
+    """An event set once the stream's connection is closed (its ``connection_lost`` ran)."""
+    lost = asyncio.Event()
+    original = stream.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        original(exc)
+        lost.set()
+
+    stream.connection_lost = connection_lost  # type: ignore[method-assign]
+    return lost
+
+
 async def start(scenario: Scenario) -> tuple[asyncio.AbstractServer, int,
                                              asyncio.Future[Server]]:
     """Listen on a free port; the future resolves to the connection's :class:`Server`."""
@@ -180,9 +193,10 @@ def test_messages_split_across_frames_and_batched_in_one_send() -> None:
             token = next(h for h in server.raw_headers if h[0] == "token")
             assert isinstance(token, hpack.NeverIndexedHeaderTuple)  # kept out of HPACK tables
             assert client.ends == []
+            lost = connection_lost_event(stream)
             stream.close()
             await asyncio.wait_for(server.reset.wait(), 5)
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(lost.wait(), 5)  # the end of the connection was seen
             assert client.ends == [], "close() does not call on_end"
 
     asyncio.run(scenario())
@@ -283,7 +297,7 @@ def test_connection_refused_ends_the_call_and_sending_after_the_end_is_ignored()
         assert end.message.startswith(f"cannot connect to 127.0.0.1:{port}")
         stream.send([b"x"])  # ignored, no second on_end
         stream.close()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # callbacks scheduled by send/close (if any) run now
         assert len(client.ends) == 1
 
     asyncio.run(scenario())
@@ -411,9 +425,32 @@ def test_close_while_connecting_is_quiet() -> None:
             client = Client()
             stream = client.open(port)
             stream.send([b"x"])
+            connecting = stream._connecting
+            assert connecting is not None
             stream.close()  # before the loop ran the connection attempt
-            await asyncio.sleep(0.1)
+            await asyncio.wait([connecting], timeout=5)  # the attempt has ended (cancelled)
+            assert connecting.done()
+            await asyncio.sleep(0)  # and what its cancellation scheduled has run
             assert client.ends == [] and client.answers == []
             assert not made.done() or not (await made).received
 
     asyncio.run(scenario())
+
+
+def test_an_http1_server_is_reported_as_unimplemented() -> None:
+    async def scenario() -> tuple[StreamEnd, list[bytes]]:
+        async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        listener = await asyncio.start_server(http1, "127.0.0.1", 0)
+        async with listener:
+            client = Client()
+            client.open(listener.sockets[0].getsockname()[1]).send([b"x"])
+            return await client.wait_end(), client.answers
+
+    end, answers = asyncio.run(scenario())
+    assert end == StreamEnd(12, "not an HTTP/2 server (an http1.x server answered)")
+    assert answers == []

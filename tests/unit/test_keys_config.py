@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,78 @@ def test_discovery_construction_does_no_io_and_survives_no_server() -> None:
     # Nothing listens on port 1: creating the Discovery must neither fail nor block.
     with Discovery("http://127.0.0.1:1", timeout=0.5) as discovery:
         assert "127.0.0.1:1" in repr(discovery)
+    # A socket that listens but never answers: creating, reading the settings and health of,
+    # and closing a Discovery opens no connection to it.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        with Discovery(f"http://127.0.0.1:{port}", timeout=0.5) as discovery:
+            assert discovery.settings.endpoints[0].port == port
+            discovery.health.subscribe(lambda _: None).dispose()
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+
+
+def test_ipv6_endpoints_keep_their_brackets() -> None:
+    settings = Settings.from_env({"ETCD_HOSTS": "http://[::1]:2379,https://[fd00::2]:4001,[::1]"})
+    assert [e.url for e in settings.endpoints] == [
+        "http://[::1]:2379", "https://[fd00::2]:4001", "http://[::1]:2379"]
+    assert settings.endpoints[0].host == "::1"
+    assert settings.endpoints[0].netloc == "[::1]:2379"  # the gRPC target
+    assert Settings.build("http://10.0.0.1:1").endpoints[0].netloc == "10.0.0.1:1"
+
+
+@pytest.mark.parametrize("endpoint", ["http://a:2379/v3", "http://a:2379/v2/keys",
+                                      "http://a:2379?x=1", "http://a:2379/#f"])
+def test_endpoint_paths_are_refused(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="without a path"):
+        Settings.build(endpoint)
+    with pytest.raises(ConfigError, match="ETCD_HOSTS"):
+        Settings.from_env({"ETCD_HOSTS": endpoint})
+    assert Settings.build("http://a:2379/").endpoints[0].url == "http://a:2379"
+
+
+@pytest.mark.parametrize("spelling", ["true", "TRUE", "1", "yes", "Yes", "on", " on "])
+def test_tls_inmemory_truthy_spellings(spelling: str) -> None:
+    pem = b"-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
+    env = {"ETCD_TLS_INMEMORY": spelling, "ETCD_CACERT": base64.b64encode(pem).decode()}
+    assert Settings.from_env(env).ca_cert == pem
+
+
+@pytest.mark.parametrize("spelling", ["false", "0", "no", "off", "OFF", ""])
+def test_tls_inmemory_falsy_spellings_read_files(spelling: str, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"PEM")
+    env = {"ETCD_TLS_INMEMORY": spelling, "ETCD_CACERT": str(ca)}
+    assert Settings.from_env(env).ca_cert == b"PEM"
+
+
+@pytest.mark.parametrize("spelling", ["y", "enabled", "2", "truee"])
+def test_tls_inmemory_other_spellings_are_refused(spelling: str) -> None:
+    with pytest.raises(ConfigError, match="ETCD_TLS_INMEMORY"):
+        Settings.from_env({"ETCD_TLS_INMEMORY": spelling})
+
+
+def test_credentials_without_tls_are_refused_before_any_io() -> None:
+    with pytest.raises(ConfigError, match="needs TLS") as caught:
+        Settings.build("http://a:2379", user="u", password="hunter2")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match="needs TLS"):
+        Settings.from_env({"ETCD_HOSTS": "http://a:1", "ETCD_USER": "u",
+                           "ETCD_PASSWORD": "hunter2"})
+    # TLS by scheme or by a CA: accepted
+    assert Settings.build("https://a:2379", user="u", password="p").user == "u"
+    assert Settings.build("http://a:2379", user="u", password="p", ca_cert=b"CA").tls
+    # v2 sends HTTP basic auth: the v2 store decides (no gRPC token involved)
+    assert Settings.build("http://a:2379", user="u", password="p", api="v2").api == "v2"
+
+
+def test_api_setting() -> None:
+    assert Settings.build().api == "v3"
+    assert Settings.from_env({}).api == "v3"
+    assert Settings.from_env({"ETCD_API": "v2"}).api == "v2"
+    assert Settings.from_env({"ETCD_API": "V3"}).api == "v3"
+    with pytest.raises(ConfigError, match="ETCD_API"):
+        Settings.from_env({"ETCD_API": "v4"})
+    with pytest.raises(ConfigError, match="api"):
+        Settings.build(api="v4")  # type: ignore[arg-type]

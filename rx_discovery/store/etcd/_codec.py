@@ -1,0 +1,77 @@
+"""Keys and watch events between etcd's protobuf messages and the Store port's types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etcd3.etcdrpc import kv_pb2, rpc_pb2
+from google.protobuf import unknown_fields  # type: ignore[import-untyped]
+
+from rx_discovery.store import EventType, KeyValue, WatchEvent, WatchResponse
+
+_DELETE = kv_pb2.Event.DELETE
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """``(key, range_end)`` selecting every key that starts with ``prefix`` (as etcd's Go
+    client: the empty prefix selects every key)."""
+    start = _encode(prefix)
+    if not start:
+        return b"\x00", b"\x00"
+    end = bytearray(start)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return start, b"\x00"  # no upper bound
+    end[-1] += 1
+    return start, bytes(end)
+
+
+def _key_value(kv: Any) -> KeyValue:
+    # positional: this runs once per key of every read (10,000 for a big service)
+    return KeyValue(kv.key.decode("utf-8", "surrogateescape"), kv.value, kv.create_revision,
+                    kv.mod_revision, kv.version, kv.lease)
+
+
+_EVENT_TYPES = {_DELETE: EventType.DELETE}
+
+
+def _watch_response(events: Any) -> WatchResponse:
+    """One etcd watch response as one :class:`WatchResponse`: etcd packs many whole revisions
+    into a response when a watch catches up on history; keeping them together lets the sync
+    apply a burst as one change instead of one per revision. ``revision`` is the last event's
+    (the header's may be ahead of what was delivered)."""
+    kinds, put = _EVENT_TYPES, EventType.PUT
+    converted = tuple(
+        WatchEvent(kinds.get(event.type, put), kv.key.decode("utf-8", "surrogateescape"),
+                   kv.value, kv.mod_revision, kv.create_revision, kv.version, kv.lease)
+        for event in events for kv in (event.kv,))
+    return WatchResponse(revision=converted[-1].mod_revision, events=converted)
+
+
+# python3-etcd3's generated messages predate etcd 3.4's watch fragmentation: the request flag
+# (WatchCreateRequest.fragment = 8) is appended as raw bytes, and the answer's
+# (WatchResponse.fragment = 7) is read from the unknown fields, which protobuf keeps.
+_FRAGMENT_FLAG = bytes([8 << 3, 1])  # field 8, varint, true
+_RESPONSE_FRAGMENT_FIELD = 7
+
+
+def watch_create_request(key: bytes, range_end: bytes, start_revision: int) -> Any:
+    """A ``WatchRequest`` creating a watch of ``[key, range_end)`` from ``start_revision``,
+    with progress notifications, and fragmented answers: etcd then splits a response larger
+    than its request limit (1.5 MiB) into fragments instead of sending one huge message."""
+    create = rpc_pb2.WatchCreateRequest(key=key, range_end=range_end,
+                                        start_revision=start_revision, progress_notify=True)
+    create = rpc_pb2.WatchCreateRequest.FromString(create.SerializeToString() + _FRAGMENT_FLAG)
+    return rpc_pb2.WatchRequest(create_request=create)
+
+
+def is_fragment(response: Any) -> bool:
+    """True when a watch response is a fragment, to be joined with the ones that follow it up
+    to the first that is not."""
+    return any(field.field_number == _RESPONSE_FRAGMENT_FIELD and field.data
+               for field in unknown_fields.UnknownFieldSet(response))
