@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rx_discovery.model import validate_service_name
+from rx_discovery.model import validate_key_segment, validate_service_name
 
 __all__ = ["Keyspace", "validate_service_name"]
 
@@ -16,6 +16,9 @@ __all__ = ["Keyspace", "validate_service_name"]
 def _normalize_prefix(prefix: str) -> str:
     if not isinstance(prefix, str):
         raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+    for segment in prefix.split("/"):
+        if segment:  # each part will be a segment of every key: refuse what cannot be one
+            validate_key_segment("prefix", segment)
     prefix = prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         prefix = "/" + prefix

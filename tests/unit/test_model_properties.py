@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import html
 import json
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rx_discovery import Host, MalformedValue, Service
+from rx_discovery import Host, HostSet, MalformedValue, Service
 
 text = st.text(max_size=20)
 name = st.text(min_size=1, max_size=20)
@@ -38,7 +41,50 @@ def test_host_round_trips_and_agrees_with_dataclasses_json(host: Host) -> None:
     assert Host.from_json(encoded) == host
     assert Host.from_json(encoded.encode()) == host
     assert Host.from_dict(json.loads(encoded), infer_missing=True) == host
-    assert host.password == "" or f'"password":{json.dumps(host.password)}' not in repr(host)
+
+
+# a password that no other field can hold by chance, with characters that HTML escapes
+passwords = st.uuids().map(lambda u: f"pw<{u.hex}>&'\"")
+
+
+class _Printer:
+    """What IPython's pretty printer offers ``_repr_pretty_`` (text and breaks)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def text(self, text: str) -> None:
+        self.parts.append(text)
+
+    def break_(self) -> None:
+        self.parts.append("\n")
+
+    def pretty(self, value: object) -> None:
+        self.parts.append(repr(value))
+
+
+def _pretty(value: Any) -> str:
+    printer = _Printer()
+    value._repr_pretty_(printer, False)
+    return "".join(printer.parts)
+
+
+@given(hosts, passwords)
+def test_no_repr_shows_the_password(host: Host, password: str) -> None:
+    """repr, str, the IPython and Jupyter reprs of a Host, a HostSet, its Service and its
+    Credentials: the password appears in none, raw or HTML-escaped."""
+    host = dataclasses.replace(host, password=password, user=host.user or "u",
+                               uuid=host.uuid or "u")
+    service = Service("s", public=True, hostname=host.hostname, user=host.user,
+                      password=password)
+    host_set = HostSet("s", [host])
+    shown = [repr(host), str(host), _pretty(host), host._repr_html_(), repr(host_set),
+             str(host_set), _pretty(host_set), host_set._repr_html_(), repr(service),
+             str(service), repr(host.credentials), str(host.credentials),
+             repr(service.credentials), repr([host, service, host_set])]
+    for text in shown:
+        assert password not in text and html.escape(password) not in text, text
+        assert password[3:-4] not in text, text  # not even the hex in the middle
 
 
 @given(services)
