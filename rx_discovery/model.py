@@ -218,11 +218,8 @@ def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
         known = ", ".join(sorted(ports)) or "none"
         raise UnknownScheme(f"no port for scheme {scheme!r} (ports: {known})")
     auth = ""
-    if user:
-        auth = urllib.parse.quote(user, safe="")
-        if password:
-            auth += ":" + urllib.parse.quote(password, safe="")
-        auth += "@"
+    if user:  # "user:password@" even when the password is empty, as Go writes it
+        auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@"
     suffix = "/" + path.lstrip("/") if path else ""
     if ":" in hostname and not hostname.startswith("["):  # a bare IPv6 literal
         hostname = f"[{hostname}]"

@@ -72,15 +72,15 @@ class ServiceQuery:
         return self.hosts().one()
 
     def service(self) -> Service:
-        """The service document.
+        """The service document; for hosts registered without one (old versions of the Go
+        package wrote none) or with an unreadable one, a ``Service`` holding only the name,
+        as the Go package's ``Get(name).Service()`` gives.
 
         Raises:
-            ServiceNotFound: no service key (or an unreadable one).
+            ServiceNotFound: nothing at all is stored for the service.
         """
         self._load()
-        if self._service is None:
-            raise ServiceNotFound(f"service {self.service_name!r} has no service information")
-        return self._service
+        return self._service or Service(self.service_name)
 
     def url(self, scheme: str | None = None, path: str = "") -> str:
         """A URL of the service, as the Go package's ``Service.URL``: a public service's own

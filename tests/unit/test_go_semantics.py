@@ -1,9 +1,22 @@
 """URLs and JSON exactly as the Go package v8.0.0 gives them (issue 11 section 7).
 
 Each expected string was read off the Go source (``service/host.go`` ``URL``/``PrivateURL``,
-``service/service.go`` ``Service.URL``, ``encoding/json`` on ``Host``); the only deliberate
-differences (listed in the README) are percent-encoded credentials, a ``/`` between port and
-path, and brackets around a bare IPv6 literal.
+``service/service.go`` ``Service.URL``, ``encoding/json`` on ``Host``) and confirmed with the
+Go package itself (``interop-go get`` on an etcd with ``--enable-v2=true``, the same keys
+written through ``/v2/keys``), which printed, for the cases below:
+
+- no private hostname: ``first_private_url`` ``http://u:p@pub.dev:80/x`` (= ``first_url``);
+- non-public service: ``url`` ``http://10.0.0.7:80/v1`` (``first_private_url`` is
+  ``http://node.internal:8080/v1``);
+- public service, ``--shard b``: ``url`` ``http://u:p@b.example.com:80/x``; without a shard:
+  ``http://u:p@www.example.com:80/x``;
+- a host registered without ports: ``{"name":"h","service_name":"d","ports":null,...}``;
+- hosts but no service key: ``service`` ``{"name":"e","critical":false}``, no error;
+- a user without password: ``http://u:@::1:80``.
+
+The deliberate differences (listed in the README) are percent-encoded credentials, a ``/``
+between port and path, brackets around a bare IPv6 literal, and no scheme meaning http then
+https on a public service too (Go: ``unknown scheme``).
 """
 
 from __future__ import annotations
@@ -116,3 +129,15 @@ def test_bare_ipv6_literals_are_bracketed_in_urls() -> None:
     assert host.url() == "http://[::1]:80"
     assert host.private_url() == "http://[fd00::7]:8080"
     assert Host(hostname="[::1]", ports={"http": "80"}).url() == "http://[::1]:80"
+
+
+def test_a_user_without_password_is_written_as_go_does() -> None:
+    assert Host(hostname="h", ports={"http": "80"}, user="u").url() == "http://u:@h:80"
+    assert Host(hostname="h", ports={"http": "80"}, user="u@x").url() == "http://u%40x:@h:80"
+
+
+def test_service_of_hosts_without_a_service_key_is_just_its_name(discovery: Discovery) -> None:
+    # Go's Get: "If the service is not found, we won't render an error but will return a
+    # service with minimal information" (old versions wrote no /services_infos/ key)
+    _put_host(discovery, "old", Host(hostname="h", ports={"http": "80"}, uuid="u-1"))
+    assert discovery.get("old").service() == Service("old")
