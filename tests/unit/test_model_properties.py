@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rx_discovery import Host, HostSet, MalformedValue, Service
+from rx_discovery.keys import Keyspace
+from rx_discovery.registration import prepare_host, service_document
 
 text = st.text(max_size=20)
 name = st.text(min_size=1, max_size=20)
@@ -110,3 +112,41 @@ def test_fast_decoder_accepts_exactly_what_validates(document: dict[str, object]
     reference = Host.from_dict({k: v for k, v in document.items() if v is not None},
                                infer_missing=True)
     assert reference == host
+
+
+# any text, lone surrogates included (st.text leaves them out)
+chars = st.characters(blacklist_categories=())
+# values that broke registrations before (issue 11 section 5), drawn often
+nasty = st.sampled_from(["a/b", "<b>x</b>", "a b", "x\udc80", "h\n", ".", "99999", "-1"])
+host_names = (nasty
+              | st.from_regex(r"[A-Za-z0-9_-]{1,12}(\.[A-Za-z0-9_-]{1,12}){0,3}\.?", fullmatch=True)
+              | st.ip_addresses().map(str) | st.ip_addresses(v=6).map(lambda a: f"[{a}]")
+              | st.text(chars, min_size=1, max_size=12))
+port_maps = st.dictionaries(st.from_regex(r"[a-z][a-z0-9+._-]{0,6}", fullmatch=True)
+                            | nasty | st.text(chars, min_size=1, max_size=6),
+                            st.integers(0, 70000).map(str) | nasty
+                            | st.text(chars, min_size=1, max_size=6),
+                            max_size=3)
+candidates = st.builds(Host, hostname=host_names, ports=port_maps,
+                       user=nasty | st.text(chars, max_size=8),
+                       password=nasty | st.text(chars, max_size=8), public=st.booleans(),
+                       private_hostname=st.just("") | host_names, private_ports=port_maps,
+                       shard=nasty | st.text(chars, max_size=6),
+                       uuid=st.just("") | nasty | st.text(chars, max_size=12))
+
+
+@given(candidates)
+def test_what_register_accepts_is_written_and_read_back_as_the_same_host(host: Host) -> None:
+    """Either a ValueError naming a Host field, or a host whose key parses back to its uuid
+    and whose JSON encodes to UTF-8 and decodes to the same host (nothing register() accepts
+    can fail at write time or vanish from hosts())."""
+    try:
+        stored = prepare_host("svc", host)
+    except ValueError as error:
+        assert str(error).startswith("Host."), str(error)
+        return
+    keyspace = Keyspace("/p")
+    assert keyspace.uuid_of("svc", keyspace.host_key("svc", stored.uuid)) == stored.uuid
+    assert Host.from_json(stored.to_json().encode("utf-8")) == stored
+    service_document("svc", stored).to_json().encode("utf-8")
+    assert "/" not in stored.hostname and not any(ch.isspace() for ch in stored.hostname)
