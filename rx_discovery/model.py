@@ -102,6 +102,7 @@ _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", re.ASCI
 _PORT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*", re.ASCII)
 _PORT_NUMBER = re.compile(r"[0-9]{1,5}", re.ASCII)
 _SECRET_FIELDS = frozenset({"user", "password"})
+_ASCII_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII has no format characters
 
 
 def _check_unicode(field_name: str, value: str, *, secret: bool = False) -> None:
@@ -160,7 +161,8 @@ def validate_key_segment(field_name: str, value: object) -> str:
     _check_unicode(field_name, value)
     if "/" in value or value in (".", ".."):
         raise ValueError(f"{field_name} must not contain '/' nor be '.' or '..': {value!r}")
-    if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+    if (_ASCII_SPACE_OR_CONTROL.search(value) if value.isascii()
+            else any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)):
         raise ValueError(f"{field_name} must not contain whitespace or control characters: "
                          f"{value!r}")
     return value
@@ -280,6 +282,10 @@ class Host(_WireDocument):
     Attributes carry the JSON field names, except the JSON ``name``, which is ``hostname``.
     Instances are immutable; use :func:`dataclasses.replace` to derive a changed copy. Ports are
     kept sorted by name. The repr never shows the password.
+
+    Any string is accepted here (a host read from etcd is shown whatever Go stored);
+    ``register()`` also requires a host name or IP literal, ports 1-65535 and more (see
+    :func:`validate_host_for_registration`).
 
     Raises:
         ValueError: a field has the wrong type, the hostname is empty or a port is not a
