@@ -150,3 +150,22 @@ def test_reading_keeps_what_go_may_write() -> None:
     is still a Host (streams never drop a host that Go registered)."""
     host = Host.from_json('{"name":"a b","ports":{"http":"abc"}}')
     assert host.hostname == "a b" and host.ports == {"http": "abc"}
+
+
+@pytest.mark.parametrize(("flags", "field"), [
+    (["--hostname", "a/b", "--port", "http=80"], "Host.hostname"),
+    (["--hostname", "h", "--port", "http=99999"], "Host.ports"),
+    (["--hostname", "h", "--port", "http=80", "--private-hostname", "<b>x</b>"],
+     "Host.private_hostname"),
+])
+def test_cli_register_refuses_a_bad_host_before_connecting(
+        flags: list[str], field: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rx_discovery import cli
+
+    def no_connection(settings: object) -> Discovery:
+        raise AssertionError("connected before refusing the host")
+
+    monkeypatch.setattr(cli, "_connect", no_connection)
+    assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
+    assert field in capsys.readouterr().err
