@@ -52,7 +52,7 @@ from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.discovery import Discovery
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import validate_service_name
-from rx_discovery.model import Host, Service
+from rx_discovery.model import Host, Service, validate_host_for_registration
 from rx_discovery.registration import Registration, RegistrationStatus, validate_ttl
 
 __all__ = ["main"]
@@ -526,6 +526,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     service = validate_service_name(args.service)
     ttl = validate_ttl(args.ttl)
     host = _host_from_args(args)
+    validate_host_for_registration(host)  # a bad host is refused before connecting
     out = _Output()
     printer = _RegisterPrinter(out)
     inbox = _Inbox()

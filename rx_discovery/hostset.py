@@ -82,13 +82,15 @@ class HostSet(Mapping[str, Host]):
         return pick(list(self._hosts.values()))
 
     def url(self, scheme: str | None = None, path: str = "") -> str:
-        """The private URL of a random host (see :meth:`Host.private_url`).
+        """The public URL of a random host (see :meth:`Host.url`), as the Go package's
+        ``Get(name).URL`` gives for a non-public service; ``one().private_url(...)`` gives a
+        private one.
 
         Raises:
             NoHostFound: the set is empty.
             UnknownScheme: the host has no port for ``scheme``.
         """
-        return self.one().private_url(scheme, path)
+        return self.one().url(scheme, path)
 
     def on_shard(self, shard: str) -> HostSet:
         """The hosts of one shard (a new set; may be empty)."""

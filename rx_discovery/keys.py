@@ -8,30 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rx_discovery.model import validate_key_segment, validate_service_name
+
 __all__ = ["Keyspace", "validate_service_name"]
-
-
-def validate_service_name(name: object) -> str:
-    """Return ``name`` if it is a usable service name.
-
-    Raises:
-        ValueError: not a string, empty, or containing ``/`` or whitespace.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"service name must be a string, got {type(name).__name__}")
-    if not name:
-        raise ValueError("service name must not be empty")
-    if "/" in name:
-        raise ValueError(f"service name must not contain '/': {name!r}")
-    if name != name.strip() or any(ch.isspace() or ord(ch) < 32 for ch in name):
-        raise ValueError(f"service name must not contain whitespace or control characters: "
-                         f"{name!r}")
-    return name
 
 
 def _normalize_prefix(prefix: str) -> str:
     if not isinstance(prefix, str):
         raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+    for segment in prefix.split("/"):
+        if segment:  # each part will be a segment of every key: refuse what cannot be one
+            validate_key_segment("prefix", segment)
     prefix = prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         prefix = "/" + prefix

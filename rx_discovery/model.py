@@ -8,8 +8,11 @@ what ``json.loads`` alone costs). A test proves both decoders agree on every fie
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import re
 import sys
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -20,11 +23,15 @@ from dataclasses_json import DataClassJsonMixin, config
 
 from rx_discovery._errors import MalformedValue, UnknownScheme
 
-__all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service"]
+__all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
+           "validate_host_for_registration", "validate_host_name", "validate_key_segment",
+           "validate_service_name"]
 
 Ports = dict[str, str]
 
 _OMIT_EMPTY: dict[str, Any] = config(exclude=lambda value: not value)
+# Host.ports is always written, and no ports are `null`: Go's encoding/json on a nil map
+_NIL_WHEN_EMPTY: dict[str, Any] = config(encoder=lambda ports: ports or None)
 
 # Go's encoding/json escapes these so that JSON can be embedded in HTML; we write the same bytes.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
@@ -73,6 +80,133 @@ def _sorted_ports(owner: str, name: str, ports: object) -> Ports:
     return dict(sorted(ports.items()))
 
 
+# --- what register() accepts (checked before any I/O) ----------------------------------
+#
+# Reading is lenient (a host that Go registered is shown whatever its fields hold); these rules
+# are for what this library writes, so that every key it writes can be read back as a host key
+# and every URL it builds has one meaning:
+#
+# - a host name (``hostname``, ``private_hostname``) is an RFC 1123 name (dot-separated labels
+#   of 1-63 letters, digits, ``-`` and ``_``, not starting or ending with ``-``; 253 characters
+#   at most; one trailing dot allowed; IDNs in their ``xn--`` form), which includes IPv4
+#   addresses, or an IPv6 address, bare (``::1``) or in brackets (``[::1]``), without a zone;
+# - a key segment (service name, uuid) is non-empty and holds no ``/``, whitespace, control or
+#   format characters; ``.`` and ``..`` are refused (etcd's v2 API cleans them out of paths);
+# - a port name is a URL scheme (a letter, then letters, digits, ``+``, ``-``, ``.``; ``_``
+#   also allowed) and a port is a decimal number from 1 to 65535, as a string (Go stores
+#   strings and pastes them into URLs as they are);
+# - no string holds a lone surrogate (it cannot be encoded as UTF-8, so the write would fail).
+# Errors name the field and never show the user or password.
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", re.ASCII)
+_PORT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*", re.ASCII)
+_PORT_NUMBER = re.compile(r"[0-9]{1,5}", re.ASCII)
+_SECRET_FIELDS = frozenset({"user", "password"})
+_ASCII_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII has no format characters
+
+
+def _check_unicode(field_name: str, value: str, *, secret: bool = False) -> None:
+    """Refuse a lone surrogate (``value.encode()`` would fail at write time)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = "" if secret else f": {value!r}"
+        raise ValueError(f"{field_name} is not valid Unicode (it holds a lone surrogate, "
+                         f"which cannot be encoded as UTF-8){shown}") from None
+
+
+def _ipv6(text: str) -> bool:
+    if "%" in text:  # a zone names an interface of one machine: no use to another
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def validate_host_name(field_name: str, value: str) -> str:
+    """Return ``value`` if it is a host name or an IP address literal (rules above).
+
+    Raises:
+        ValueError: otherwise, naming ``field_name``.
+    """
+    _check_unicode(field_name, value)
+    if value.startswith("[") and value.endswith("]"):
+        valid = _ipv6(value[1:-1])
+    elif ":" in value:
+        valid = _ipv6(value)
+    else:
+        name = value[:-1] if value.endswith(".") else value
+        valid = 0 < len(name) <= 253 and all(_LABEL.fullmatch(label)
+                                             for label in name.split("."))
+    if not valid:
+        raise ValueError(
+            f"{field_name} must be a host name (RFC 1123: dot-separated labels of letters, "
+            "digits, '-' and '_'), an IPv4 address or an IPv6 address (bare or in brackets), "
+            f"got {value!r}")
+    return value
+
+
+def validate_key_segment(field_name: str, value: object) -> str:
+    """Return ``value`` if it can be one segment of an etcd key (rules above).
+
+    Raises:
+        ValueError: otherwise, naming ``field_name``.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{field_name} must be a string, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{field_name} must not be empty")
+    _check_unicode(field_name, value)
+    if "/" in value or value in (".", ".."):
+        raise ValueError(f"{field_name} must not contain '/' nor be '.' or '..': {value!r}")
+    if (_ASCII_SPACE_OR_CONTROL.search(value) if value.isascii()
+            else any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)):
+        raise ValueError(f"{field_name} must not contain whitespace or control characters: "
+                         f"{value!r}")
+    return value
+
+
+def validate_service_name(name: object) -> str:
+    """Return ``name`` if it is a usable service name (a key segment, rules above).
+
+    Raises:
+        ValueError: otherwise.
+    """
+    return validate_key_segment("service name", name)
+
+
+def _validate_ports(field_name: str, ports: Mapping[str, str]) -> None:
+    for port_name, port in ports.items():
+        _check_unicode(f"{field_name} key", port_name)
+        if not _PORT_NAME.fullmatch(port_name):
+            raise ValueError(f"{field_name} key must be a URL scheme (a letter, then letters, "
+                             f"digits, '+', '-', '.' or '_'), got {port_name!r}")
+        _check_unicode(f"{field_name}[{port_name!r}]", port)
+        if not _PORT_NUMBER.fullmatch(port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{field_name}[{port_name!r}] must be a port number from 1 to "
+                             f"65535 written as a string, got {port!r}")
+
+
+def validate_host_for_registration(host: Host) -> None:
+    """Check every field of ``host`` that register() will write (rules above).
+
+    Raises:
+        ValueError: the first field that breaks a rule, named (``Host.hostname``...); the
+            user and password are never shown.
+    """
+    validate_host_name("Host.hostname", host.hostname)
+    if host.private_hostname:
+        validate_host_name("Host.private_hostname", host.private_hostname)
+    if host.uuid:
+        validate_key_segment("Host.uuid", host.uuid)
+    for name in ("service_name", "user", "password", "shard"):
+        _check_unicode(f"Host.{name}", getattr(host, name), secret=name in _SECRET_FIELDS)
+    _validate_ports("Host.ports", host.ports)
+    _validate_ports("Host.private_ports", host.private_ports)
+
+
 def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
          user: str, password: str) -> str:
     if not isinstance(path, str):
@@ -86,12 +220,11 @@ def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
         known = ", ".join(sorted(ports)) or "none"
         raise UnknownScheme(f"no port for scheme {scheme!r} (ports: {known})")
     auth = ""
-    if user:
-        auth = urllib.parse.quote(user, safe="")
-        if password:
-            auth += ":" + urllib.parse.quote(password, safe="")
-        auth += "@"
+    if user:  # "user:password@" even when the password is empty, as Go writes it
+        auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@"
     suffix = "/" + path.lstrip("/") if path else ""
+    if ":" in hostname and not hostname.startswith("["):  # a bare IPv6 literal
+        hostname = f"[{hostname}]"
     return f"{scheme}://{auth}{hostname}:{port}{suffix}"
 
 
@@ -128,6 +261,14 @@ class _WireDocument(DataClassJsonMixin):
         """
         return _DECODERS[cls](s, "")  # type: ignore[no-any-return]
 
+    @classmethod
+    def from_dict(cls: type[D], kvs: Any, *, infer_missing: Any = False) -> D:
+        """Build from a decoded JSON object; a ``null`` field is its zero value, as in Go
+        (e.g. ``"ports":null``, what Go writes for a host without ports)."""
+        if isinstance(kvs, dict):
+            kvs = {name: value for name, value in kvs.items() if value is not None}
+        return super().from_dict(kvs, infer_missing=infer_missing)
+
     @property
     def credentials(self) -> Credentials:
         """The user and password."""
@@ -142,6 +283,10 @@ class Host(_WireDocument):
     Instances are immutable; use :func:`dataclasses.replace` to derive a changed copy. Ports are
     kept sorted by name. The repr never shows the password.
 
+    Any string is accepted here (a host read from etcd is shown whatever Go stored);
+    ``register()`` also requires a host name or IP literal, ports 1-65535 and more (see
+    :func:`validate_host_for_registration`).
+
     Raises:
         ValueError: a field has the wrong type, the hostname is empty or a port is not a
             non-empty string.
@@ -150,7 +295,7 @@ class Host(_WireDocument):
     hostname: str = field(metadata=config(field_name="name"))
     _: KW_ONLY
     service_name: str = ""
-    ports: Ports = field(default_factory=dict)
+    ports: Ports = field(default_factory=dict, metadata=_NIL_WHEN_EMPTY)
     user: str = _omit()
     password: str = _omit(secret=True)
     public: bool = _omit(False)
@@ -168,7 +313,8 @@ class Host(_WireDocument):
             raise ValueError("Host.hostname must not be empty")
         _check_bool("Host", "public", self.public)
         _check_bool("Host", "critical", self.critical)
-        object.__setattr__(self, "ports", _sorted_ports("Host", "ports", self.ports))
+        object.__setattr__(self, "ports", _sorted_ports(
+            "Host", "ports", {} if self.ports is None else self.ports))  # null: Go's nil map
         object.__setattr__(self, "private_ports",
                            _sorted_ports("Host", "private_ports", self.private_ports))
 
@@ -185,9 +331,17 @@ class Host(_WireDocument):
         return _url(scheme, path, self.hostname, self.ports, self.user, self.password)
 
     def private_url(self, scheme: str | None = None, path: str = "") -> str:
-        """The URL on the private hostname and private ports (as :meth:`url` otherwise)."""
-        return _url(scheme, path, self.private_hostname or self.hostname,
-                    self.private_ports or self.ports, self.user, self.password)
+        """The URL on the private hostname and private ports; exactly :meth:`url` (public
+        hostname and ports) when there is no private hostname, as the Go package's
+        ``PrivateURL``.
+
+        Raises:
+            UnknownScheme: no private port for that scheme (the public ports are not tried).
+        """
+        if not self.private_hostname:
+            return self.url(scheme, path)
+        return _url(scheme, path, self.private_hostname, self.private_ports, self.user,
+                    self.password)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))

@@ -72,22 +72,30 @@ class ServiceQuery:
         return self.hosts().one()
 
     def service(self) -> Service:
-        """The service document.
+        """The service document; for hosts registered without one (old versions of the Go
+        package wrote none) or with an unreadable one, a ``Service`` holding only the name,
+        as the Go package's ``Get(name).Service()`` gives.
 
         Raises:
-            ServiceNotFound: no service key (or an unreadable one).
+            ServiceNotFound: nothing at all is stored for the service.
         """
         self._load()
-        if self._service is None:
-            raise ServiceNotFound(f"service {self.service_name!r} has no service information")
-        return self._service
+        return self._service or Service(self.service_name)
 
     def url(self, scheme: str | None = None, path: str = "") -> str:
-        """A URL of the service: a public service's own hostname and ports; otherwise the
-        private URL of a random host."""
+        """A URL of the service, as the Go package's ``Service.URL``: a public service's own
+        address (hostname and ports of its service key); otherwise, or when a shard was
+        asked (the service key is shared by all shards), the public URL of a random host
+        (of that shard).
+
+        Raises:
+            ServiceNotFound, NoHostFound, NoHostFoundOnShard: as :meth:`hosts`.
+            UnknownScheme: no port for ``scheme``.
+        """
         self._load()
-        if self._service is not None and self._service.public and self._service.hostname:
-            return self._service.url(scheme, path)
+        service = self._service
+        if self.shard is None and service is not None and service.public and service.hostname:
+            return service.url(scheme, path)
         return self.hosts().url(scheme, path)
 
     def __repr__(self) -> str:

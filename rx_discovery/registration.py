@@ -41,7 +41,14 @@ from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery._shared import SharedSync
 from rx_discovery.keys import Keyspace
-from rx_discovery.model import Credentials, Host, Service
+from rx_discovery.model import (
+    Credentials,
+    Host,
+    Service,
+    validate_host_for_registration,
+    validate_host_name,
+    validate_key_segment,
+)
 from rx_discovery.store import Store
 from rx_discovery.sync import Change
 
@@ -83,22 +90,29 @@ def prepare_host(service: str, host: Host) -> Host:
     ``service_name`` is the service; a non-public host without a private hostname uses its
     hostname; an empty private hostname becomes this machine's name; empty private ports
     become the ports; the uuid is ``{uuid4}-{private_hostname}`` (unless already set).
+
+    Raises:
+        ValueError: a field register() cannot write (see
+            :func:`~rx_discovery.model.validate_host_for_registration`), before any I/O.
     """
     if not isinstance(host, Host):
         raise ValueError(f"host must be a rx_discovery.Host, got {type(host).__name__}")
-    if "/" in host.uuid:
-        raise ValueError(f"Host.uuid must not contain '/': {host.uuid!r}")
+    validate_host_for_registration(host)
     private_hostname = host.private_hostname
     if not host.public and not private_hostname:
         private_hostname = host.hostname
     if not private_hostname:
-        private_hostname = _machine_hostname()
+        private_hostname = validate_host_name(
+            "Host.private_hostname (this machine's name, from the HOSTNAME environment "
+            "variable or socket.gethostname())", _machine_hostname())
+    uuid = host.uuid or validate_key_segment("Host.uuid (derived from private_hostname)",
+                                             f"{uuidlib.uuid4()}-{private_hostname}")
     return dataclasses.replace(
         host,
         service_name=service,
         private_hostname=private_hostname,
         private_ports=host.private_ports or host.ports,
-        uuid=host.uuid or f"{uuidlib.uuid4()}-{private_hostname}",
+        uuid=uuid,
     )
 
 

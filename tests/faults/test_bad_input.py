@@ -157,8 +157,11 @@ def test_a_host_overwritten_with_garbage_is_gone_from_streams_as_from_queries(
 # --- bad arguments -----------------------------------------------------------------------
 
 NOWHERE = "http://127.0.0.1:1"  # nothing listens there
-TIMEOUT = 5.0
-FAST = 0.5  # "well under the timeout"
+TIMEOUT = 10.0
+# A call that waited on etcd would take the timeout; anything well under it never waited (the
+# real proof is that EtcdStore._get_client was never called). Half the timeout is 10x what a
+# refusal takes on a loaded 2-core machine, so this bound cannot flake.
+FAST = TIMEOUT / 2
 GOOD = Host(hostname="h", ports={"http": "80"})
 
 
@@ -218,6 +221,21 @@ CASES: list[Any] = [
     pytest.param(lambda d: d.register("svc", {"name": "h"}), id="register-host-dict"),  # type: ignore[arg-type]
     pytest.param(lambda d: d.register("svc", Host(hostname="h", uuid="a/b")),
                  id="register-uuid-slash"),
+    # what register() cannot write or read back (issue 11 section 5), refused before any I/O
+    *[pytest.param(lambda d, field=field, value=value: d.register(
+        "svc", Host(**{"hostname": "h", "ports": {"http": "80"}, field: value})),
+        id=f"register-{field}-{label}")
+      for field, label, value in (
+          ("hostname", "slash", "a/b"), ("hostname", "html", "<b>x</b>"),
+          ("hostname", "space", "a b"), ("hostname", "newline", "h\n"),
+          ("hostname", "surrogate", "h\udc80"), ("private_hostname", "slash", "a/b"),
+          ("private_hostname", "tab", "a\tb"), ("user", "surrogate", "u\udc80"),
+          ("password", "surrogate", "p\udc80"), ("shard", "surrogate", "s\udc80"),
+          ("uuid", "space", "a b"), ("uuid", "surrogate", "\udc80"),
+          ("ports", "abc", {"http": "abc"}), ("ports", "99999", {"http": "99999"}),
+          ("ports", "minus-one", {"http": "-1"}), ("ports", "key-space", {"ht tp": "80"}),
+          ("private_ports", "zero", {"http": "0"}))],
+    pytest.param(lambda d: d.register("svc\udc80", GOOD), id="register-service-surrogate"),
     pytest.param(lambda d: d.register("svc", GOOD, ttl=0), id="register-ttl-zero"),
     pytest.param(lambda d: d.register("svc", GOOD, ttl=0.5), id="register-ttl-half"),
     pytest.param(lambda d: d.register("svc", GOOD, ttl=-5), id="register-ttl-negative"),

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import select
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import wait_until
 
-from rx_discovery import ConfigError, Discovery
+from rx_discovery import ConfigError, Discovery, DiscoveryError
 from rx_discovery.config import Settings
 from rx_discovery.keys import Keyspace, validate_service_name
+from rx_discovery.store.etcd import EtcdStore
 
 
 def test_keys_without_and_with_prefix() -> None:
@@ -78,20 +82,42 @@ def test_settings_repr_hides_secrets() -> None:
     assert "hunter2" not in repr(settings) and "PRIVATE" not in repr(settings)
 
 
-def test_discovery_construction_does_no_io_and_survives_no_server() -> None:
+def test_discovery_construction_does_no_io_and_survives_no_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener that accepts nothing stands in for etcd: constructing a Discovery, creating
+    (unsubscribed) streams and queries, and closing it leave no connection in its backlog and
+    never open the store's client; the same listener then sees the first real call."""
+    opened: list[str] = []
+    original = EtcdStore._get_client
+
+    def counting(self: EtcdStore) -> Any:
+        opened.append("client")
+        return original(self)
+
+    monkeypatch.setattr(EtcdStore, "_get_client", counting)
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as listener:
+        listener.setblocking(False)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def connections() -> int:
+            readable, _, _ = select.select([listener], [], [], 0)
+            return len(readable)
+
+        with Discovery(endpoint, timeout=0.5) as discovery:
+            discovery.hosts("svc"), discovery.subscribe_new("svc"), discovery.get("svc")
+            discovery.credentials("svc"), discovery.health
+        assert connections() == 0, "constructing or closing a Discovery connected to etcd"
+        assert opened == []
+        # the positive control: a real call reaches the listener (and times out: it never
+        # answers), so the check above can fail
+        with Discovery(endpoint, timeout=0.5) as discovery:
+            with pytest.raises(DiscoveryError):
+                discovery.get("svc").all()
+            assert opened
+            wait_until(lambda: connections() > 0, timeout=10)
     # Nothing listens on port 1: creating the Discovery must neither fail nor block.
     with Discovery("http://127.0.0.1:1", timeout=0.5) as discovery:
         assert "127.0.0.1:1" in repr(discovery)
-    # A socket that listens but never answers: creating, reading the settings and health of,
-    # and closing a Discovery opens no connection to it.
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        with Discovery(f"http://127.0.0.1:{port}", timeout=0.5) as discovery:
-            assert discovery.settings.endpoints[0].port == port
-            discovery.health.subscribe(lambda _: None).dispose()
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # no connection was attempted
 
 
 def test_ipv6_endpoints_keep_their_brackets() -> None:
@@ -157,3 +183,17 @@ def test_api_setting() -> None:
         Settings.from_env({"ETCD_API": "v4"})
     with pytest.raises(ConfigError, match="api"):
         Settings.build(api="v4")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["/a\udc80", "/a\x00", "/a\u200bb", "/./x", "/a/../b"])
+def test_a_prefix_that_cannot_be_in_a_key_is_refused_before_any_io(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        Keyspace(prefix)
+    with pytest.raises(ValueError, match="prefix"):
+        Discovery.in_memory(prefix=prefix)
+
+
+@pytest.mark.parametrize("name", ["a\udc80", "\ud800", "a\u200eb", ".", ".."])
+def test_service_names_that_cannot_be_a_key_segment(name: str) -> None:
+    with pytest.raises(ValueError, match="service name"):
+        validate_service_name(name)

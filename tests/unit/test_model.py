@@ -15,21 +15,21 @@ from rx_discovery.registration import prepare_host, service_document
 GO_HOST = (
     '{"name":"public-domain.dev","service_name":"my-service",'
     '"ports":{"http":"80","https":"443"},"user":"user","password":"secret","public":true,'
-    '"private_hostname":"node-1.internal.dev","private_ports":{"http":"8080","https":"80443"},'
+    '"private_hostname":"node-1.internal.dev","private_ports":{"http":"8080","https":"8443"},'
     '"critical":true,"uuid":"your-service-uuid-node-1.internal.dev"}'
 )
 GO_SERVICE = (
     '{"name":"my-service","critical":true,"hostname":"public-domain.dev","user":"user",'
     '"password":"secret","ports":{"http":"80","https":"443"},"public":true}'
 )
-GO_MINIMAL_HOST = '{"name":"h","service_name":"s","ports":{}}'
+GO_MINIMAL_HOST = '{"name":"h","service_name":"s","ports":null}'  # Go: a nil map
 
 
 def readme_host() -> Host:
     return Host(hostname="public-domain.dev", ports={"https": "443", "http": "80"},
                 critical=True, user="user", password="secret", public=True,
                 private_hostname="node-1.internal.dev",
-                private_ports={"https": "80443", "http": "8080"})
+                private_ports={"https": "8443", "http": "8080"})
 
 
 def test_host_json_is_byte_for_byte_what_go_writes() -> None:
@@ -50,7 +50,7 @@ def test_empty_fields_are_omitted_but_name_service_name_ports_are_not() -> None:
 def test_go_html_escaping_and_raw_utf8() -> None:
     host = Host(hostname="a<b>&c", service_name="é\u2028")
     assert host.to_json() == ('{"name":"a\\u003cb\\u003e\\u0026c",'
-                              '"service_name":"é\\u2028","ports":{}}')
+                              '"service_name":"é\\u2028","ports":null}')
     assert Host.from_json(host.to_json()) == host
 
 
@@ -58,7 +58,7 @@ def test_decode_reads_the_pretty_printed_readme_example_and_ignores_unknown_fiel
     text = json.dumps({**json.loads(GO_HOST), "critcal": True, "extra": {"x": 1}}, indent=3)
     host = Host.from_json(text)
     assert host.hostname == "public-domain.dev"
-    assert host.private_ports == {"http": "8080", "https": "80443"}
+    assert host.private_ports == {"http": "8080", "https": "8443"}
     assert host.uuid == "your-service-uuid-node-1.internal.dev"
 
 
