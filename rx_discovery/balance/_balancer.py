@@ -56,7 +56,7 @@ class Balancer:
         self.service, self.policy, self.shard = service, policy, shard
         self._in_flight: dict[str, int] = {}
         self._choose = make_picker(policy, self._in_flight)
-        self._wait = float(wait)
+        self.wait = float(wait)
         self._lock = threading.Lock()
         self._hosts: HostSet | None = None
         self._candidates: tuple[Host, ...] = ()   # what picks choose from; swapped whole
@@ -127,9 +127,9 @@ class Balancer:
     def _require_candidates(self, timeout: float | None) -> tuple[Host, ...]:
         if self._closed:
             raise RuntimeError(f"the balancer of {self.service!r} is closed")
-        if not self._ready.wait(self._wait if timeout is None else timeout):
+        if not self._ready.wait(self.wait if timeout is None else timeout):
             raise NoHostFound(f"no host set of service {self.service!r} arrived within "
-                              f"{self._wait if timeout is None else timeout:g} s")
+                              f"{self.wait if timeout is None else timeout:g} s")
         candidates = self._candidates
         if candidates:
             return candidates
