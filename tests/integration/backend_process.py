@@ -5,7 +5,8 @@ free loopback port and registers itself.
 
 Prints ``ready <port> <uuid>`` once registered. Every answer is its NAME (HTTP: the body,
 with the request's Host and Authorization headers echoed as X-Seen-Host / X-Seen-Auth;
-gRPC: the reply of ``/test.Echo/Name``). SIGTERM is a graceful stop: dispose the registration
+gRPC: the reply of ``/test.Echo/Name``, and of ``/test.Echo/Slow`` after sleeping the
+request's seconds). SIGTERM is a graceful stop: dispose the registration
 (its key goes at once), keep serving for ``--drain`` seconds, then exit. SIGKILL leaves the
 key to its TTL.
 """
@@ -57,8 +58,13 @@ def serve_grpc(name: str) -> tuple[int, Any]:
     def reply(request: bytes, context: Any) -> bytes:
         return name.encode()
 
+    def slow(request: bytes, context: Any) -> bytes:
+        time.sleep(float(request or b"1"))
+        return name.encode()
+
     handler = grpc.method_handlers_generic_handler("test.Echo", {
-        "Name": grpc.unary_unary_rpc_method_handler(reply)})
+        "Name": grpc.unary_unary_rpc_method_handler(reply),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow)})
     server = grpc.server(futures.ThreadPoolExecutor(8))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")

@@ -68,10 +68,11 @@ def within(counts: collections.Counter[str], names: list[str], low: float, high:
 
 
 def sigkill_scenario(backends: list[Backend], balancer: Balancer, send: Callable[[], str],
-                     failures_to: Callable[[int], int]) -> None:
+                     failures_to: Callable[[int], int] | None) -> None:
     """Calls go on while one instance is SIGKILLed (its key stays until its TTL): no call
-    fails, the dead instance leaves the rotation at its first failed attempt, and traffic
-    stays even across the live ones."""
+    fails, the dead instance leaves the rotation at its first failed attempt (counted by
+    ``failures_to(port)``, when the client lets us count), and traffic stays even across the
+    live ones."""
     wait_until(lambda: balancer.hosts is not None and len(balancer.hosts) == len(backends),
                message="every backend in the balancer's host set")
     before = collections.Counter(send() for _ in range(150))
@@ -87,12 +88,13 @@ def sigkill_scenario(backends: list[Backend], balancer: Balancer, send: Callable
         assert time.monotonic() < deadline, "the dead backend's key never expired"
     after.update(send() for _ in range(100))
     assert victim.name not in after
-    assert failures_to(victim.port) == 1, "the dead host was tried again after its failure"
+    if failures_to is not None:
+        assert failures_to(victim.port) == 1, "the dead host was tried again after its failure"
     assert within(after, live, 0.35, 0.65), after
 
 
 def graceful_scenario(backends: list[Backend], balancer: Balancer, send: Callable[[], str],
-                      failures_to: Callable[[int], int]) -> None:
+                      failures_to: Callable[[int], int] | None) -> None:
     """Calls go on while one instance stops gracefully (dispose its registration, then drain,
     then exit): no call fails and none is even attempted on it after it stopped."""
     wait_until(lambda: balancer.hosts is not None and len(balancer.hosts) == len(backends),
@@ -107,5 +109,6 @@ def graceful_scenario(backends: list[Backend], balancer: Balancer, send: Callabl
         assert time.monotonic() < deadline, "the backend did not stop"
     after.update(send() for _ in range(100))
     assert victim.uuid not in (balancer.hosts or {})
-    assert failures_to(victim.port) == 0
+    if failures_to is not None:
+        assert failures_to(victim.port) == 0
     assert within(after, live, 0.35, 0.65), after
