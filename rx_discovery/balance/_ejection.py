@@ -93,6 +93,8 @@ class Ejections:
         """A success: the next failure of ``uuid`` starts from the base time again. (An
         ejected host that succeeds, picked because every host was ejected, stays ejected
         until its time is over.)"""
+        if uuid not in self._streaks:   # the usual case, read without the lock
+            return
         with self._lock:
             streak = self._streaks.get(uuid)
             if streak is None:

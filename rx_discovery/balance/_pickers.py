@@ -45,10 +45,12 @@ class Random:
     """A candidate drawn uniformly at random."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._choice = (rng or random.Random()).choice
+        self._random = (rng or random.Random()).random
 
     def __call__(self, candidates: Sequence[Host]) -> Host:
-        return self._choice(candidates)
+        # int(random() * n) is uniform enough for n far below 2**53, at a third of choice()'s
+        # cost
+        return candidates[int(self._random() * len(candidates))]
 
 
 class LeastRequests:
@@ -64,14 +66,14 @@ class LeastRequests:
     def __init__(self, in_flight: Mapping[str, int] = _NO_COUNTS,
                  rng: random.Random | None = None) -> None:
         self._in_flight = in_flight
-        self._below = (rng or random.Random()).randrange
+        self._random = (rng or random.Random()).random
 
     def __call__(self, candidates: Sequence[Host]) -> Host:
         count = len(candidates)
         if count == 1:
             return candidates[0]
-        first = self._below(count)
-        second = self._below(count - 1)
+        first = int(self._random() * count)
+        second = int(self._random() * (count - 1))
         if second >= first:
             second += 1
         a, b = candidates[first], candidates[second]

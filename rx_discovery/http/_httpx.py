@@ -12,7 +12,7 @@ import httpx
 from rx_discovery._errors import NoHostFound, UnknownScheme
 from rx_discovery.balance import Balancer
 from rx_discovery.discovery import Discovery
-from rx_discovery.http._routing import Address, Attempts, RetryAfterSend, Router
+from rx_discovery.http._routing import Address, Attempts, RetryAfterSend, Router, Target
 
 __all__ = ["AsyncDiscoveryTransport", "DiscoveryTransport"]
 
@@ -50,7 +50,7 @@ class _Common:
         """Point ``request`` at the attempt's host; returns whether the Authorization header
         is ours (the host's credentials) rather than the caller's."""
         target = attempts.target
-        request.url = service_url.copy_with(host=target.hostname, port=target.port)
+        request.url = _retarget(service_url, target)
         request.headers["Host"] = target.host_header
         if own_auth or "authorization" not in request.headers:
             if target.authorization is not None:
@@ -236,3 +236,16 @@ class _AsyncCountedStream(httpx.AsyncByteStream):
 
 def _nothing() -> None:
     pass
+
+
+def _retarget(url: httpx.URL, target: Target) -> httpx.URL:
+    """``url`` on the target's host and port. ``URL.copy_with`` parses the whole URL again
+    (~40 us, most of the transport's cost); for a hostname already in canonical form, replacing
+    the two fields of httpx's parsed URL gives the same URL (a unit test compares the two on
+    every kind of host) at ~2 us. Any other httpx layout takes the documented path."""
+    reference = getattr(url, "_uri_reference", None)
+    if target.canonical and isinstance(reference, tuple) and hasattr(reference, "_replace"):
+        moved = httpx.URL.__new__(httpx.URL)
+        moved._uri_reference = reference._replace(host=target.hostname, port=target.url_port)
+        return moved
+    return url.copy_with(host=target.hostname, port=target.port)

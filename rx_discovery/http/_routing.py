@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -41,12 +42,17 @@ class Target:
             name (SNI) and the name the certificate is verified for.
         host_header: ``hostname[:port]`` (the port only when not the scheme's default).
         authorization: a ``Basic`` header from the host's user and password, or None.
+        url_port: the port as a URL holds it (None for the scheme's default).
+        canonical: the hostname is already in the form URL parsers normalise to (lowercase
+            ASCII name or IP literal), so a URL can take it without being parsed again.
     """
 
     hostname: str
     port: int
     host_header: str
     authorization: str | None
+    url_port: int | None
+    canonical: bool
 
     def __repr__(self) -> str:  # never the credentials
         return f"Target({self.hostname!r}, {self.port})"
@@ -171,14 +177,20 @@ class Router:
                 raise UnknownScheme(f"host {host.uuid or host.hostname!r} of service "
                                     f"{host.service_name!r} has no {scheme} port")
             port = int(text)
-        authority = f"[{hostname}]" if _is_ipv6(hostname) else hostname
+        canonical = _canonical(hostname)
+        if canonical is not None:
+            hostname = canonical
+        authority = f"[{hostname}]" if ":" in hostname else hostname
+        url_port: int | None = port
         if port != _DEFAULT_PORTS.get(scheme):
             authority = f"{authority}:{port}"
+        else:
+            url_port = None
         authorization = None
         if host.user:
             token = base64.b64encode(f"{host.user}:{host.password}".encode()).decode("ascii")
             authorization = f"Basic {token}"
-        return Target(hostname, port, authority, authorization)
+        return Target(hostname, port, authority, authorization, url_port, canonical is not None)
 
     def may_retry_after_send(self, method: str) -> bool:
         """Whether a failure after the request may have been sent is retried."""
@@ -239,11 +251,19 @@ class Attempts:
         return True
 
 
-def _is_ipv6(hostname: str) -> bool:
-    if ":" not in hostname:
-        return False
+_PLAIN_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
+
+
+def _canonical(hostname: str) -> str | None:
+    """``hostname`` as URL parsers store it (an IP literal in its compressed form, a name in
+    lowercase ASCII), or None when it is neither (left to the URL parser)."""
     try:
-        return ipaddress.ip_address(hostname).version == 6
+        return str(ipaddress.ip_address(hostname.strip("[]")))
     except ValueError:
-        return False
+        pass
+    try:   # what URL parsers make of a name: lowercase, IDNA (xn--) for non-ASCII labels
+        name = hostname.lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return name if _PLAIN_NAME.match(name) else None
 

@@ -27,6 +27,7 @@ from rx_discovery import Discovery, Host
 def serve_http(name: str) -> tuple[int, Any]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"   # keep-alive: clients pool connections
+        disable_nagle_algorithm = True   # no 40 ms wait on a delayed ACK
 
         def do_GET(self) -> None:
             body = name.encode()

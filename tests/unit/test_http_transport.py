@@ -264,3 +264,22 @@ def test_the_first_request_waits_for_the_first_host_set(discovery: Discovery) ->
                                    balancer_options={"wait": 0.05})
     with pytest.raises(httpx.ConnectError, match=r"arrived within 0\.05 s"):
         httpx.Client(transport=transport).get("http://api/")
+
+
+@pytest.mark.parametrize("hostname", ["10.0.0.7", "node-1.internal", "::1", "fe80::1:2",
+                                      "Node-1.Internal", "bücher.example", "[::2]"])
+@pytest.mark.parametrize(("scheme", "port"), [("http", 80), ("http", 8080), ("https", 443)])
+@pytest.mark.parametrize("url", ["{}://svc/", "{}://svc/a%20b/c?x=1&y=%2F#frag", "{}://svc"])
+def test_the_fast_url_rewrite_gives_what_copy_with_gives(
+        discovery: Discovery, hostname: str, scheme: str, port: int, url: str) -> None:
+    from rx_discovery.http._httpx import _retarget
+    from rx_discovery.http._routing import Router
+
+    router = Router(discovery, address=lambda host, scheme: (hostname, port))
+    target = router.target(node(1), scheme)
+    service_url = httpx.URL(url.format(scheme))
+    fast = _retarget(service_url, target)
+    slow = service_url.copy_with(host=hostname.strip("[]"), port=port)
+    assert (str(fast), fast.host, fast.port, fast.raw_path, fast.netloc) == \
+        (str(slow), slow.host, slow.port, slow.raw_path, slow.netloc)
+    assert target.host_header == slow.netloc.decode()
