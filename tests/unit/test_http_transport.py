@@ -34,6 +34,8 @@ class Hosts:
         self.seen.append(request)
         if address in self.dropping:
             raise httpx.RemoteProtocolError("server disconnected", request=request)
+        if request.url.path == "/fail":
+            return httpx.Response(503, text=address)
         if request.url.path == "/stream":   # a body read after the headers, as on a network
             return httpx.Response(200, stream=Body([address.encode()]))
         return httpx.Response(200, text=address)
@@ -187,6 +189,14 @@ def test_retry_after_send_always_retries_posts(
     http = client(scheduler, discovery, backends, node(1), node(2), retry_after_send="always")
     backends.dropping.add("10.0.0.1:8080")
     assert {http.post("http://api/", content=b"x").text for _ in range(4)} == {"10.0.0.2:8080"}
+
+
+def test_http_errors_are_answers_returned_as_they_are(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2))
+    assert [http.get("http://api/fail").status_code for _ in range(4)] == [503] * 4
+    assert len(backends.seen) == 4   # not retried
+    assert http._transport.router.balancer("api").ejected == frozenset()  # type: ignore[attr-defined]
 
 
 def test_when_every_host_refuses_the_last_error_is_raised(
