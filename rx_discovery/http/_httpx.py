@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator
 from functools import partial
 from typing import Any
 
@@ -12,7 +12,16 @@ import httpx
 from rx_discovery._errors import NoHostFound, UnknownScheme
 from rx_discovery.balance import Balancer
 from rx_discovery.discovery import Discovery
-from rx_discovery.http._routing import Address, Attempts, RetryAfterSend, Router, Target
+from rx_discovery.http._routing import (
+    Address,
+    Attempts,
+    RetryAfterSend,
+    Router,
+    Target,
+    attempt_loop,
+    send_all,
+)
+from rx_discovery.model import Host
 
 __all__ = ["AsyncDiscoveryTransport", "DiscoveryTransport"]
 
@@ -44,28 +53,32 @@ class _Common:
         except (NoHostFound, UnknownScheme) as error:
             raise httpx.ConnectError(f"service {service!r}: {error}", request=request) from error
 
-    @staticmethod
-    def _aim(request: httpx.Request, attempts: Attempts, service_url: httpx.URL,
-             own_auth: bool) -> bool:
-        """Point ``request`` at the attempt's host; returns whether the Authorization header
-        is ours (the host's credentials) rather than the caller's."""
-        target = attempts.target
-        request.url = _retarget(service_url, target)
-        request.headers["Host"] = target.host_header
-        if own_auth or "authorization" not in request.headers:
-            if target.authorization is not None:
-                request.headers["Authorization"] = target.authorization
-                return True
-            if own_auth:
-                del request.headers["Authorization"]
-            return False
-        return False
+    def _loop(self, request: httpx.Request, attempts: Attempts
+              ) -> Generator[httpx.Request, httpx.Response | BaseException,
+                             tuple[httpx.Response, Host]]:
+        """The retry loop of ``request``: each attempt points it at the next host."""
+        service_url = request.url
+        callers_auth = "authorization" in request.headers
 
-    def _may_retry(self, request: httpx.Request, error: Exception) -> bool:
-        if isinstance(error, _NOT_SENT):
-            return True
-        return (self.router.may_retry_after_send(request.method)
-                and isinstance(request.stream, httpx.ByteStream))  # a body we can send again
+        def aim(target: Target) -> httpx.Request:
+            request.url = _retarget(service_url, target)
+            request.headers["Host"] = target.host_header
+            if not callers_auth:   # the host's credentials (or none), never the caller's
+                if target.authorization is not None:
+                    request.headers["Authorization"] = target.authorization
+                elif "authorization" in request.headers:
+                    del request.headers["Authorization"]
+            return request
+
+        def classify(error: BaseException) -> bool | None:
+            if isinstance(error, _NOT_SENT):
+                return True
+            if isinstance(error, _MAYBE_SENT):
+                return (self.router.may_retry_after_send(request.method)
+                        and isinstance(request.stream, httpx.ByteStream))  # can be sent again
+            return None
+
+        return attempt_loop(attempts, self.router, aim, classify)
 
 
 class DiscoveryTransport(_Common, httpx.BaseTransport):
@@ -121,28 +134,8 @@ class DiscoveryTransport(_Common, httpx.BaseTransport):
             return self.transport.handle_request(request)
         balancer = self.router.balancer(service)
         attempts = self._start(request, service, balancer)
-        service_url, own_auth = request.url, False
-        while True:
-            own_auth = self._aim(request, attempts, service_url, own_auth)
-            host = attempts.host
-            balancer.started(host)
-            try:
-                response = self.transport.handle_request(request)
-            except (*_NOT_SENT, *_MAYBE_SENT) as error:
-                balancer.finished(host, ok=None)
-                if attempts.failed(self.router, self._may_retry(request, error)):
-                    continue
-                raise
-            except BaseException:
-                balancer.finished(host, ok=None)
-                raise
-            balancer.report(host, ok=True)
-            if response.is_closed:  # read already (a body given as bytes)
-                balancer.finished(host, ok=None)
-            else:
-                response.stream = _CountedStream(response.stream,  # type: ignore[arg-type]
-                                                 partial(balancer.finished, host, None))
-            return response
+        response, host = send_all(self._loop(request, attempts), self.transport.handle_request)
+        return _counted(response, host, balancer, _CountedStream)
 
     def close(self) -> None:
         self.router.close()
@@ -172,28 +165,19 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
         if not balancer.ready:
             await anyio.to_thread.run_sync(balancer.wait_ready, balancer.wait)
         attempts = self._start(request, service, balancer)
-        service_url, own_auth = request.url, False
+        loop = self._loop(request, attempts)
+        prepared = next(loop)
         while True:
-            own_auth = self._aim(request, attempts, service_url, own_auth)
-            host = attempts.host
-            balancer.started(host)
+            outcome: httpx.Response | BaseException
             try:
-                response = await self.transport.handle_async_request(request)
-            except (*_NOT_SENT, *_MAYBE_SENT) as error:
-                balancer.finished(host, ok=None)
-                if attempts.failed(self.router, self._may_retry(request, error)):
-                    continue
-                raise
-            except BaseException:
-                balancer.finished(host, ok=None)
-                raise
-            balancer.report(host, ok=True)
-            if response.is_closed:  # read already (a body given as bytes)
-                balancer.finished(host, ok=None)
-            else:
-                response.stream = _AsyncCountedStream(response.stream,  # type: ignore[arg-type]
-                                                      partial(balancer.finished, host, None))
-            return response
+                outcome = await self.transport.handle_async_request(prepared)
+            except BaseException as error:   # handed to the loop, which re-raises it
+                outcome = error
+            try:
+                prepared = loop.send(outcome)
+            except StopIteration as done:
+                result: tuple[httpx.Response, Host] = done.value
+                return _counted(*result, balancer, _AsyncCountedStream)
 
     async def aclose(self) -> None:
         self.router.close()
@@ -236,6 +220,16 @@ class _AsyncCountedStream(httpx.AsyncByteStream):
 
 def _nothing() -> None:
     pass
+
+
+def _counted(response: httpx.Response, host: Host, balancer: Balancer,
+             wrap: Callable[[Any, Callable[[], None]], Any]) -> httpx.Response:
+    """``response``, its call counted in flight until its body is closed."""
+    if response.is_closed:  # read already (a body given as bytes)
+        balancer.finished(host, ok=None)
+    else:
+        response.stream = wrap(response.stream, partial(balancer.finished, host, None))
+    return response
 
 
 def _retarget(url: httpx.URL, target: Target) -> httpx.URL:

@@ -10,9 +10,9 @@ import base64
 import ipaddress
 import re
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import reactivex
 from reactivex.scheduler import ImmediateScheduler
@@ -23,7 +23,10 @@ from rx_discovery.discovery import Discovery
 from rx_discovery.keys import validate_service_name
 from rx_discovery.model import Host
 
-__all__ = ["IDEMPOTENT", "Attempts", "Router", "Target"]
+__all__ = ["IDEMPOTENT", "Attempts", "Router", "Target", "attempt_loop", "send_all"]
+
+P = TypeVar("P")   # a prepared request, as a client library holds it
+R = TypeVar("R")   # its response
 
 # RFC 9110 9.2.2: a repeated request has the same effect as one.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -267,3 +270,48 @@ def _canonical(hostname: str) -> str | None:
         return None
     return name if _PLAIN_NAME.match(name) else None
 
+
+
+def attempt_loop(attempts: Attempts, router: Router, aim: Callable[[Target], P],
+                 classify: Callable[[BaseException], bool | None]
+                 ) -> Generator[P, R | BaseException, tuple[R, Host]]:
+    """The retry loop of one request, without I/O, shared by every client adapter (sync or
+    async): yields the request to send to each host in turn (``aim(target)``) and is sent
+    back what sending it gave, a response or the exception raised. Returns the response and
+    the host that gave it (still counted in flight: the caller counts it out when the
+    response is done). An exception is re-raised once no retry is left.
+
+    Args:
+        classify: for an exception, True when the request may be retried on another host,
+            False when the host failed but the request must not be retried, None when the
+            host is not at fault (re-raised at once, nothing reported).
+    """
+    balancer = attempts.balancer
+    while True:
+        host = attempts.host
+        prepared = aim(attempts.target)
+        balancer.started(host)
+        outcome = yield prepared
+        if not isinstance(outcome, BaseException):
+            balancer.report(host, ok=True)
+            return outcome, host
+        balancer.finished(host, ok=None)
+        retry = classify(outcome)
+        if retry is None or not attempts.failed(router, retry):
+            raise outcome
+
+
+def send_all(loop: Generator[P, R | BaseException, tuple[R, Host]],
+             send: Callable[[P], R]) -> tuple[R, Host]:
+    """Drive :func:`attempt_loop` with a blocking ``send``."""
+    prepared = next(loop)
+    while True:
+        outcome: R | BaseException
+        try:
+            outcome = send(prepared)
+        except BaseException as error:   # handed to the loop, which re-raises what it must
+            outcome = error
+        try:
+            prepared = loop.send(outcome)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

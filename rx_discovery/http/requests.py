@@ -21,7 +21,7 @@ module does not need httpx (extra ``requests``).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Generator, Mapping
 from typing import Any
 
 import requests
@@ -31,7 +31,16 @@ import urllib3.exceptions
 
 from rx_discovery._errors import NoHostFound, UnknownScheme
 from rx_discovery.discovery import Discovery
-from rx_discovery.http._routing import Address, Attempts, RetryAfterSend, Router
+from rx_discovery.http._routing import (
+    Address,
+    Attempts,
+    RetryAfterSend,
+    Router,
+    Target,
+    attempt_loop,
+    send_all,
+)
+from rx_discovery.model import Host
 
 __all__ = ["DiscoveryAdapter"]
 
@@ -76,41 +85,36 @@ class DiscoveryAdapter(requests.adapters.HTTPAdapter):
         except (NoHostFound, UnknownScheme) as error:
             raise requests.exceptions.ConnectionError(f"service {service!r}: {error}",
                                                       request=request) from error
-        while True:
-            prepared = self._aimed(request, url, attempts)
-            host = attempts.host
-            balancer.started(host)
-            try:
-                response = super().send(prepared, stream, timeout, verify, cert, proxies)
-            except _MAYBE_SENT as error:
-                balancer.finished(host, ok=None)
-                if attempts.failed(self.router, self._may_retry(request, error)):
-                    continue
-                raise
-            except BaseException:
-                balancer.finished(host, ok=None)
-                raise
-            balancer.finished(host, ok=True)
-            return response
+        callers_auth = "Authorization" in request.headers
 
-    @staticmethod
-    def _aimed(request: requests.PreparedRequest, url: urllib.parse.SplitResult,
-               attempts: Attempts) -> requests.PreparedRequest:
-        """A copy of ``request`` for the attempt's host (the caller's stays as it is)."""
-        target = attempts.target
-        prepared = request.copy()
-        hostname = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
-        prepared.url = urllib.parse.urlunsplit(url._replace(netloc=f"{hostname}:{target.port}"))
-        prepared.headers["Host"] = target.host_header
-        if target.authorization is not None and "Authorization" not in request.headers:
-            prepared.headers["Authorization"] = target.authorization
-        return prepared
+        def aim(target: Target) -> requests.PreparedRequest:
+            """A copy of ``request`` for the target (the caller's stays as it is)."""
+            prepared = request.copy()
+            hostname = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+            prepared.url = urllib.parse.urlunsplit(
+                url._replace(netloc=f"{hostname}:{target.port}"))
+            prepared.headers["Host"] = target.host_header
+            if target.authorization is not None and not callers_auth:
+                prepared.headers["Authorization"] = target.authorization
+            return prepared
 
-    def _may_retry(self, request: requests.PreparedRequest, error: Exception) -> bool:
-        if _not_sent(error):
-            return True
-        return (self.router.may_retry_after_send(request.method or "GET")
+        def classify(error: BaseException) -> bool | None:
+            if not isinstance(error, _MAYBE_SENT):
+                return None
+            return _not_sent(error) or (
+                self.router.may_retry_after_send(request.method or "GET")
                 and (request.body is None or isinstance(request.body, (bytes, str))))
+
+        def send(prepared: requests.PreparedRequest) -> requests.Response:
+            return super(DiscoveryAdapter, self).send(prepared, stream, timeout, verify, cert,
+                                                      proxies)
+
+        loop: Generator[requests.PreparedRequest, requests.Response | BaseException,
+                        tuple[requests.Response, Host]]
+        loop = attempt_loop(attempts, self.router, aim, classify)
+        response, host = send_all(loop, send)
+        balancer.finished(host, ok=None)   # the body is read (stream=False) or the caller's
+        return response
 
     def close(self) -> None:
         self.router.close()
