@@ -293,3 +293,27 @@ def test_the_fast_url_rewrite_gives_what_copy_with_gives(
     assert (str(fast), fast.host, fast.port, fast.raw_path, fast.netloc) == \
         (str(slow), slow.host, slow.port, slow.raw_path, slow.netloc)
     assert target.host_header == slow.netloc.decode()
+
+
+def test_the_first_async_request_waits_for_the_hosts_off_the_loop(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    discovery.register("api", node(1), ttl=5)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return backends(request)
+
+    async def main() -> str:
+        async def deliver() -> None:   # the first host set comes only if the loop runs
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            scheduler.advance_by(1)
+
+        deliverer = asyncio.get_running_loop().create_task(deliver())
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(handler),
+                                            balancer_options={"wait": 5})
+        async with httpx.AsyncClient(transport=transport) as http:
+            text = (await http.get("http://api/")).text
+        await deliverer
+        return text
+
+    assert asyncio.run(main()) == "10.0.0.1:8080"
