@@ -59,6 +59,7 @@ class Balancer:
         self.wait = float(wait)
         self._lock = threading.Lock()
         self._hosts: HostSet | None = None
+        self._service_has_hosts = False   # on any shard: which error a pick raises
         self._candidates: tuple[Host, ...] = ()   # what picks choose from; swapped whole
         self._ready = threading.Event()
         self._closed = False
@@ -198,8 +199,6 @@ class Balancer:
                 f"{len(self._ejections.ejected)} ejected)")
 
     # --- the stream ---------------------------------------------------------------------
-
-    _service_has_hosts = False   # whether the service has hosts on other shards (for the error)
 
     def _on_hosts(self, hosts: HostSet) -> None:
         """A new set (on the watch thread): keep it, forget the hosts that went."""
