@@ -317,3 +317,11 @@ def test_the_first_async_request_waits_for_the_hosts_off_the_loop(
         return text
 
     assert asyncio.run(main()) == "10.0.0.1:8080"
+
+
+def test_a_target_never_shows_the_credentials(discovery: Discovery) -> None:
+    from rx_discovery.http._routing import Router
+
+    target = Router(discovery).target(node(1, user="u", password="s3cret"), "http")
+    assert target.authorization is not None
+    assert "s3cret" not in repr(target) and target.authorization not in repr(target)
