@@ -12,7 +12,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
@@ -37,6 +37,9 @@ from rx_discovery.registration import (
 )
 from rx_discovery.store import Store
 from rx_discovery.sync import Change, Codec, Diagnostic, PrefixSync
+
+if TYPE_CHECKING:
+    from rx_discovery.balance import Balancer
 
 __all__ = ["Discovery"]
 
@@ -342,6 +345,22 @@ class Discovery:
             self._registrations.add(registration)
         registration.start()
         return registration
+
+    def balancer(self, service: str, policy: str = "round_robin", *, shard: str | None = None,
+                 scheduler: abc.SchedulerBase | None = None, **options: Any) -> Balancer:
+        """A :class:`~rx_discovery.balance.Balancer` that picks live hosts of ``service``
+        (``"round_robin"``, ``"random"`` or ``"least_requests"``) from its latest host set,
+        with no I/O per pick; ``options``: ``wait``, ``eject_base``, ``eject_max``.
+        ``scheduler`` times ejections (default: the Discovery's). Close it when done.
+
+        Raises:
+            ValueError: a bad service name, policy, shard or option (before any I/O).
+        """
+        from rx_discovery.balance import Balancer
+
+        name = validate_service_name(service)
+        return Balancer(self.hosts(name, scheduler=scheduler), name, policy=policy, shard=shard,
+                        scheduler=scheduler or self._runtime.timer, **options)
 
     def _forget(self, registration: Registration) -> None:
         with self._lock:

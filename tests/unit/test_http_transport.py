@@ -1,0 +1,334 @@
+"""The httpx transports' rules, server-free: the inner transport is an httpx.MockTransport that
+plays the hosts (answers, refuses connections, drops them), on the in-memory store driven by a
+TestScheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from reactivex.testing import TestScheduler
+
+from rx_discovery import Discovery, Host
+from rx_discovery.http import AsyncDiscoveryTransport, DiscoveryTransport
+
+
+class Hosts:
+    """A MockTransport handler: which address got each request; addresses in ``refusing``
+    refuse connections, those in ``dropping`` drop them after the request was sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[httpx.Request] = []
+        self.refusing: set[str] = set()
+        self.dropping: set[str] = set()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        address = f"{request.url.host}:{request.url.port}"
+        if address in self.refusing:
+            raise httpx.ConnectError("connection refused", request=request)
+        self.seen.append(request)
+        if address in self.dropping:
+            raise httpx.RemoteProtocolError("server disconnected", request=request)
+        if request.url.path == "/fail":
+            return httpx.Response(503, text=address)
+        if request.url.path == "/stream":   # a body read after the headers, as on a network
+            return httpx.Response(200, stream=Body([address.encode()]))
+        return httpx.Response(200, text=address)
+
+    def addresses(self) -> collections.Counter[str]:
+        return collections.Counter(f"{r.url.host}:{r.url.port}" for r in self.seen)
+
+
+class Body(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Any:
+        return iter(self.chunks)
+
+
+@pytest.fixture
+def scheduler() -> TestScheduler:
+    return TestScheduler()
+
+
+@pytest.fixture
+def discovery(scheduler: TestScheduler) -> Discovery:
+    return Discovery.in_memory(scheduler)
+
+
+@pytest.fixture
+def backends() -> Hosts:
+    return Hosts()
+
+
+def node(n: int, **fields: Any) -> Host:
+    """Host n: private 10.0.0.n:8080 (http) / 8443 (https), public node-n.example.com:80."""
+    values: dict[str, Any] = {
+        "ports": {"http": "80", "https": "443"}, "private_hostname": f"10.0.0.{n}",
+        "private_ports": {"http": "8080", "https": "8443"}, "uuid": f"uuid-{n}"}
+    values.update(fields)
+    return Host(hostname=f"node-{n}.example.com", **values)
+
+
+def client(scheduler: TestScheduler, discovery: Discovery, backends: Hosts,
+           *hosts: Host, service: str = "api", **options: Any) -> httpx.Client:
+    for host in hosts:
+        discovery.register(service, host, ttl=5)
+    transport = DiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                   balancer_options={"scheduler": scheduler}, **options)
+    http = httpx.Client(transport=transport)
+    transport.router.balancer(service)   # subscribe now, so that the first set arrives
+    scheduler.advance_by(1)
+    return http
+
+
+def test_requests_reach_every_live_host_on_its_private_address(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2), node(3))
+    for _ in range(30):
+        assert http.get("http://api/v1/items?q=1").status_code == 200
+    assert backends.addresses() == {"10.0.0.1:8080": 10, "10.0.0.2:8080": 10,
+                                    "10.0.0.3:8080": 10}
+    first = backends.seen[0]
+    assert first.url.path == "/v1/items" and first.url.query == b"q=1"
+    assert first.headers["Host"] == f"{first.url.host}:8080"
+    assert "authorization" not in first.headers
+
+
+def test_the_scheme_picks_the_port_and_public_is_an_option(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), address="public")
+    http.get("https://api/")
+    http.get("http://api/")
+    assert [(str(r.url), r.headers["Host"]) for r in backends.seen] == [
+        ("https://node-1.example.com/", "node-1.example.com"),
+        ("http://node-1.example.com/", "node-1.example.com")]
+
+
+def test_an_address_function_overrides_the_rule(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1),
+                  address=lambda host, scheme: ("::1", 9000))
+    http.get("http://api/x")
+    assert str(backends.seen[0].url) == "http://[::1]:9000/x"
+    assert backends.seen[0].headers["Host"] == "[::1]:9000"
+
+
+def test_host_credentials_become_basic_auth_unless_the_request_has_its_own(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1, user="u", password="s3cr:t"))
+    http.get("http://api/")
+    http.get("http://api/", headers={"Authorization": "Bearer mine"})
+    expected = "Basic " + base64.b64encode(b"u:s3cr:t").decode()
+    assert [r.headers["Authorization"] for r in backends.seen] == [expected, "Bearer mine"]
+    assert "s3cr" not in str(backends.seen[0].url)
+
+
+def test_names_that_are_not_services_pass_through_untouched(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1))
+    for url in ("http://example.com/a", "http://localhost/b", "http://api:8000/c",
+                "http://127.0.0.1/d", "http://[::1]/e"):
+        http.get(url)
+    assert [str(r.url) for r in backends.seen] == [
+        "http://example.com/a", "http://localhost/b", "http://api:8000/c",
+        "http://127.0.0.1/d", "http://[::1]/e"]
+
+
+def test_an_allow_list_or_a_suffix_says_which_names_are_services(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    listed = client(scheduler, discovery, backends, node(1), services=["api"])
+    listed.get("http://api/")
+    listed.get("http://other/")
+    suffixed = client(scheduler, discovery, backends, suffix=".svc")
+    suffixed.get("http://api.svc/")
+    suffixed.get("http://api/")
+    assert [str(r.url) for r in backends.seen] == [
+        "http://10.0.0.1:8080/", "http://other/", "http://10.0.0.1:8080/", "http://api/"]
+
+
+def test_a_refused_connection_is_retried_on_another_host_which_is_ejected(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2), node(3))
+    backends.refusing.add("10.0.0.2:8080")
+    for _ in range(30):
+        assert http.post("http://api/", content=b"x").status_code == 200  # even POST
+    counts = backends.addresses()
+    assert "10.0.0.2:8080" not in counts and sum(counts.values()) == 30
+    balancer = http._transport.router.balancer("api")  # type: ignore[attr-defined]
+    assert balancer.ejected == {"uuid-2"}
+
+
+def test_a_dropped_connection_is_retried_for_idempotent_methods_only(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2))
+    backends.dropping.add("10.0.0.1:8080")
+    gets = [http.get("http://api/").text for _ in range(4)]
+    assert set(gets) == {"10.0.0.2:8080"}
+    backends.seen.clear()
+    http._transport.router.balancer("api").close()  # type: ignore[attr-defined]
+    http = client(scheduler, discovery, backends, service="api")
+    posts = 0
+    for _ in range(6):
+        try:
+            http.post("http://api/", content=b"x")
+        except httpx.RemoteProtocolError:
+            posts += 1
+    assert posts >= 1   # the POST to the dropping host failed rather than being sent twice
+    assert [r.method for r in backends.seen].count("POST") == 6
+
+
+def test_retry_after_send_always_retries_posts(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2), retry_after_send="always")
+    backends.dropping.add("10.0.0.1:8080")
+    assert {http.post("http://api/", content=b"x").text for _ in range(4)} == {"10.0.0.2:8080"}
+
+
+def test_http_errors_are_answers_returned_as_they_are(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2))
+    assert [http.get("http://api/fail").status_code for _ in range(4)] == [503] * 4
+    assert len(backends.seen) == 4   # not retried
+    assert http._transport.router.balancer("api").ejected == frozenset()  # type: ignore[attr-defined]
+
+
+def test_when_every_host_refuses_the_last_error_is_raised(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), node(2))
+    backends.refusing.update({"10.0.0.1:8080", "10.0.0.2:8080"})
+    with pytest.raises(httpx.ConnectError, match="refused"):
+        http.get("http://api/")
+
+
+def test_a_service_without_hosts_is_a_connect_error(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends)
+    with pytest.raises(httpx.ConnectError, match="no host registered for service 'api'"):
+        http.get("http://api/")
+
+
+def test_hosts_without_the_scheme_port_are_skipped(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1),
+                  node(2, private_ports={"https": "8443"}, ports={"https": "443"}))
+    assert {http.get("http://api/").text for _ in range(6)} == {"10.0.0.1:8080"}
+
+
+def test_responses_count_in_flight_until_closed(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), policy="least_requests")
+    balancer = http._transport.router.balancer("api")  # type: ignore[attr-defined]
+    with http.stream("GET", "http://api/stream") as response:
+        assert balancer.in_flight == {"uuid-1": 1}
+        response.read()
+    assert balancer.in_flight == {}
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"retries": -1}, "retries"), ({"retry_after_send": "sometimes"}, "retry_after_send"),
+    ({"address": "internal"}, "address"), ({"suffix": "svc"}, "suffix"),
+    ({"policy": "sticky"}, "policy"), ({"services": "api"}, "services"),
+    ({"services": ["api"], "suffix": ".svc"}, "services or suffix"),
+])
+def test_bad_options_fail_at_once(discovery: Discovery, options: dict[str, Any],
+                                  field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        DiscoveryTransport(discovery, **options)
+
+
+def test_async_transport_follows_the_same_rules(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    for n in (1, 2, 3):
+        discovery.register("api", node(n), ttl=5)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return backends(request)
+
+    transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(handler),
+                                        balancer_options={"scheduler": scheduler})
+    transport.router.balancer("api")
+    scheduler.advance_by(1)
+    backends.refusing.add("10.0.0.3:8080")
+
+    async def calls(fetch: Callable[[str], Any]) -> list[int]:
+        return [(await fetch("http://api/")).status_code for _ in range(20)]
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await calls(http.get)
+
+    assert asyncio.run(main()) == [200] * 20
+    assert set(backends.addresses()) == {"10.0.0.1:8080", "10.0.0.2:8080"}
+
+
+def test_the_first_request_waits_for_the_first_host_set(discovery: Discovery) -> None:
+    # etcd unreachable and an idle TestScheduler: no first state, the wait ends with a clear
+    # error
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    transport = DiscoveryTransport(discovery, transport=httpx.MockTransport(Hosts()),
+                                   balancer_options={"wait": 0.05})
+    with pytest.raises(httpx.ConnectError, match=r"arrived within 0\.05 s"):
+        httpx.Client(transport=transport).get("http://api/")
+
+
+@pytest.mark.parametrize("hostname", ["10.0.0.7", "node-1.internal", "::1", "fe80::1:2",
+                                      "Node-1.Internal", "bücher.example", "[::2]"])
+@pytest.mark.parametrize(("scheme", "port"), [("http", 80), ("http", 8080), ("https", 443)])
+@pytest.mark.parametrize("url", ["{}://svc/", "{}://svc/a%20b/c?x=1&y=%2F#frag", "{}://svc"])
+def test_the_fast_url_rewrite_gives_what_copy_with_gives(
+        discovery: Discovery, hostname: str, scheme: str, port: int, url: str) -> None:
+    from rx_discovery.http._httpx import _retarget
+    from rx_discovery.http._routing import Router
+
+    router = Router(discovery, address=lambda host, scheme: (hostname, port))
+    target = router.target(node(1), scheme)
+    service_url = httpx.URL(url.format(scheme))
+    fast = _retarget(service_url, target)
+    slow = service_url.copy_with(host=hostname.strip("[]"), port=port)
+    assert (str(fast), fast.host, fast.port, fast.raw_path, fast.netloc) == \
+        (str(slow), slow.host, slow.port, slow.raw_path, slow.netloc)
+    assert target.host_header == slow.netloc.decode()
+
+
+def test_the_first_async_request_waits_for_the_hosts_off_the_loop(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    # the host is stored, but etcd is unreachable when the first request comes: its first
+    # read fails, and the host set arrives only once the loop runs the deliverer
+    store = discovery.store
+    store.put("/services/api/uuid-1", node(1, service_name="api").to_json().encode())
+    store.disconnect()  # type: ignore[attr-defined]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return backends(request)
+
+    async def main() -> str:
+        async def deliver() -> None:   # the first host set comes only if the loop runs
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            store.reconnect()  # type: ignore[attr-defined]
+            scheduler.advance_by(1)
+
+        deliverer = asyncio.get_running_loop().create_task(deliver())
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(handler),
+                                            balancer_options={"wait": 5})
+        async with httpx.AsyncClient(transport=transport) as http:
+            text = (await http.get("http://api/")).text
+        await deliverer
+        return text
+
+    assert asyncio.run(main()) == "10.0.0.1:8080"
+
+
+def test_a_target_never_shows_the_credentials(discovery: Discovery) -> None:
+    from rx_discovery.http._routing import Router
+
+    target = Router(discovery).target(node(1, user="u", password="s3cret"), "http")
+    assert target.authorization is not None
+    assert "s3cret" not in repr(target) and target.authorization not in repr(target)
