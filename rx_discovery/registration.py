@@ -565,9 +565,11 @@ class Registration(abc.DisposableBase):
         self._status.flush()
         self._credentials.flush()
 
-    def _set_status(self, status: RegistrationStatus, reason: str | None = None) -> None:
-        """Change the status (and reason) and deliver it; the caller holds no library lock and
-        is on an I/O thread (or the user's)."""
+    def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
+                    hand_off: bool = False) -> None:
+        """Change the status (and reason) and deliver it: here (the caller holds no library
+        lock and is on an I/O thread), or with ``hand_off`` in a task of its own (the caller
+        must not wait for observers: it answers others)."""
         with self._lock:
             if self._disposed:
                 return
@@ -576,7 +578,10 @@ class Registration(abc.DisposableBase):
                 self._reason = reason
             self._status.enqueue(status)
             self._lock.notify_all()
-        self._flush()
+        if hand_off:
+            self._runtime.run(self._flush)
+        else:
+            self._flush()
 
     def _failed(self, error: Exception, what: str) -> tuple[float, str | None]:
         """Record a failure; returns the delay before trying again and, for a permanent
@@ -601,7 +606,7 @@ class Registration(abc.DisposableBase):
         if not self._disposed:
             self._pending.disposable = self._runtime.after(delay, action)
         if refused is not None:
-            self._set_status(RegistrationStatus.FAILED, refused)
+            self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
     def _register(self) -> None:
         with self._lock:
@@ -647,7 +652,7 @@ class Registration(abc.DisposableBase):
         if self._removed_revision > revision:  # the watch saw it before we saw our put
             return functools.partial(self._lost, "its key was deleted")
         if changed:
-            self._rewrite_host()
+            self._runtime.run(self._rewrite_host)
         return functools.partial(self._write_service, lease.id, renewing)
 
     def _write_service(self, lease: int, force: bool) -> None:
@@ -672,9 +677,10 @@ class Registration(abc.DisposableBase):
             self._backoff.reset()
             self._slow.reset()
         if changed:
-            self._rewrite_host()
+            self._runtime.run(self._rewrite_host)
         log.info("%s: registered (lease %x, ttl %ss)", self._label, lease, self._lease_ttl)
-        self._set_status(RegistrationStatus.REGISTERED, "")
+        # the group tells the others of its write after us: our observers must not delay them
+        self._set_status(RegistrationStatus.REGISTERED, "", hand_off=True)
 
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its

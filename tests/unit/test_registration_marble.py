@@ -108,7 +108,9 @@ def test_status_observers_run_outside_every_library_lock_and_off_the_watch_and_k
 
     def peers(status: RegistrationStatus) -> None:
         frames = {frame.name for frame in traceback.extract_stack()}
-        inside.extend((status, name) for name in frames & {"_refresh", "_publish", "_on_hosts"})
+        # not in the keeper's batch, the watch's delivery, nor the group's answers to others
+        inside.extend((status, name) for name in frames & {"_refresh", "_publish", "_on_hosts",
+                                                             "_write"})
 
         def other() -> None:
             with contextlib.suppress(RegistrationError):
@@ -378,3 +380,43 @@ def test_the_service_group_and_keeper_are_released_with_the_last_registration(
     again = discovery.register("api", make_host(9))
     scheduler.advance_to(2)
     assert again.ready
+
+
+# --- §4: a revoke that fails is logged at WARNING ----------------------------------------------
+
+class RevokeFails(MemoryStore):
+    """Revokes fail (etcd unreachable at that moment); ``during_put`` runs inside host puts."""
+
+    during_put: Any = None
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        revision = super().put(key, value, lease)
+        if self.during_put is not None and key.startswith("/services/"):
+            self.during_put()
+        return revision
+
+    def revoke(self, lease: int) -> None:
+        from rx_discovery import StoreUnavailable
+
+        raise StoreUnavailable("revoke: connection refused")
+
+
+def test_a_failed_revoke_is_a_warning_on_dispose_and_for_a_write_disposed_in_flight(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    store = RevokeFails(scheduler)
+    discovery = Discovery(store=store)
+    settled = discovery.register("api", make_host(1))
+    scheduler.advance_to(1)
+    with caplog.at_level(logging.WARNING, "rx_discovery"):
+        settled.dispose()
+    assert [r.levelno for r in caplog.records if "could not revoke" in r.message] == [
+        logging.WARNING]
+    caplog.clear()
+    in_flight = discovery.register("api", make_host(2))
+    # dispose begins (marks it disposed) while the put is in flight
+    store.during_put = lambda: setattr(in_flight, "_disposed", True)
+    with caplog.at_level(logging.WARNING, "rx_discovery"):
+        scheduler.advance_to(2)
+        in_flight.dispose()
+    assert [r.levelno for r in caplog.records if "could not revoke" in r.message] == [
+        logging.WARNING]
