@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 import pytest
+from helpers import wait_until
 from reactivex.testing import TestScheduler
 
 from rx_discovery import (
@@ -384,8 +385,8 @@ def test_the_service_group_and_keeper_are_released_with_the_last_registration(
 
 # --- §4: a revoke that fails is logged at WARNING ----------------------------------------------
 
-class RevokeFails(MemoryStore):
-    """Revokes fail (etcd unreachable at that moment); ``during_put`` runs inside host puts."""
+class PutHook(MemoryStore):
+    """``during_put`` runs inside host puts, after the write (while it is "in flight")."""
 
     during_put: Any = None
 
@@ -394,6 +395,10 @@ class RevokeFails(MemoryStore):
         if self.during_put is not None and key.startswith("/services/"):
             self.during_put()
         return revision
+
+
+class RevokeFails(PutHook):
+    """Revokes fail (etcd unreachable at that moment)."""
 
     def revoke(self, lease: int) -> None:
         from rx_discovery import StoreUnavailable
@@ -420,3 +425,26 @@ def test_a_failed_revoke_is_a_warning_on_dispose_and_for_a_write_disposed_in_fli
         in_flight.dispose()
     assert [r.levelno for r in caplog.records if "could not revoke" in r.message] == [
         logging.WARNING]
+
+
+def test_close_while_a_first_write_is_in_flight_leaves_no_key(scheduler: TestScheduler) -> None:
+    """close() from another thread while the host put is in flight: before, close() returned
+    (and closed the store) at once, the put landed and its revoke failed: the key stayed a
+    whole ttl. Now close() waits for the write and revokes its lease first."""
+    store = PutHook(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    closer = threading.Thread(target=discovery.close, daemon=True)
+
+    def close_meanwhile() -> None:
+        store.during_put = None
+        closer.start()
+        # until close() has returned, or has begun waiting for this write
+        wait_until(lambda: not closer.is_alive() or getattr(registration, "_stopped", False),
+                   message="close() returned or waits")
+
+    store.during_put = close_meanwhile
+    scheduler.advance_to(1)
+    closer.join(10)
+    assert not closer.is_alive(), "close() did not return once the write was done"
+    assert registration.key not in store._kvs
