@@ -245,11 +245,6 @@ class ServiceGroup:
         for subscription in subscriptions:
             subscription.dispose()
 
-    @property
-    def empty(self) -> bool:
-        """No registration is left in the group."""
-        return not self._members
-
     def write_service(self, registration: Registration, lease: int, document: Service,
                       force: bool) -> None:
         """Ask for ``document`` to be stored for ``registration`` (holding ``lease``).
