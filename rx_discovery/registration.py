@@ -37,7 +37,7 @@ from typing import Any
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.disposable import SerialDisposable
+from reactivex.disposable import Disposable, SerialDisposable
 
 from rx_discovery._errors import (
     LeaseNotFound,
@@ -553,7 +553,9 @@ class Registration(abc.DisposableBase):
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
         self._group.add(self)
-        self._pending.disposable = self._runtime.run(self._register)
+        # Not kept in _pending: _register may fail and schedule its retry there before run()
+        # returns (on another thread, or inline); a dispose before it runs makes it a no-op.
+        self._runtime.run(self._register)
 
     def _flush(self) -> None:
         """Deliver the queued status and credentials (never under a library lock)."""
@@ -568,15 +570,19 @@ class Registration(abc.DisposableBase):
         with self._lock:
             if self._disposed:
                 return
-            self._state = status
-            if reason is not None:
-                self._reason = reason
-            self._status.enqueue(status)
-            self._lock.notify_all()
+            self._enter(status, reason)
         if hand_off:
             self._runtime.run(self._flush)
         else:
             self._flush()
+
+    def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
+        """Under the lock: the new state, queued for the status observers."""
+        self._state = status
+        if reason is not None:
+            self._reason = reason
+        self._status.enqueue(status)
+        self._lock.notify_all()
 
     def _failed(self, error: Exception, what: str) -> tuple[float, str | None]:
         """Record a failure; returns the delay before trying again and, for a permanent
@@ -598,8 +604,9 @@ class Registration(abc.DisposableBase):
         """Try ``action`` again after the backoff ``error`` calls for; then report FAILED if
         the error is permanent."""
         delay, refused = self._failed(error, what)
-        if not self._disposed:
-            self._pending.disposable = self._runtime.after(delay, action)
+        with self._lock:
+            if not self._disposed:
+                self._pending.disposable = self._runtime.after(delay, action)
         if refused is not None:
             self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
@@ -711,17 +718,19 @@ class Registration(abc.DisposableBase):
             self._set_status(RegistrationStatus.FAILED, refused)
 
     def _lost(self, reason: str) -> None:
-        """Register again (scheduled first), then report LOST."""
+        """Register again (scheduled first), then deliver LOST."""
         with self._lock:
             if self._disposed or self._registering:
                 return  # already registering again
             self._registering = True
             keeping, self._keeping = self._keeping, None
-            self._pending.disposable = self._runtime.run(self._register)
+            self._pending.disposable = Disposable()  # a retry of the old lease's writes
+            self._enter(RegistrationStatus.LOST, f"lost: {reason}")  # before the new attempt
+        self._runtime.run(self._register)  # not in _pending: see start()
         if keeping is not None:
             keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
-        self._set_status(RegistrationStatus.LOST, f"lost: {reason}")
+        self._flush()  # once the recovery is scheduled
 
     def _revoke(self, lease: int, why: str, quiet: bool = False) -> None:
         """Revoke ``lease``; a failure is logged at WARNING (the key stays until the lease

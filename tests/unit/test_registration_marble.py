@@ -448,3 +448,31 @@ def test_close_while_a_first_write_is_in_flight_leaves_no_key(scheduler: TestSch
     closer.join(10)
     assert not closer.is_alive(), "close() did not return once the write was done"
     assert registration.key not in store._kvs
+
+
+def test_a_first_attempt_that_fails_before_start_returns_still_retries(
+        scheduler: TestScheduler) -> None:
+    """The first attempt may run (and fail, and schedule its retry) before start() has
+    stored its own handle: that must not cancel the retry (seen on etcd: a registration made
+    before etcd started stayed REGISTERING for ever, now and then)."""
+    from reactivex.scheduler import ImmediateScheduler
+
+    from rx_discovery._runtime import Runtime
+    from rx_discovery.store.memory import MemoryStore
+
+    class FirstGrantFails(MemoryStore):
+        failures = 1
+
+        def grant(self, ttl: int) -> Any:
+            from rx_discovery import StoreUnavailable
+
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("grant: connection refused")
+            return super().grant(ttl)
+
+    discovery = Discovery(store=FirstGrantFails(scheduler))
+    discovery._runtime = Runtime(scheduler, ImmediateScheduler())  # attempts run inline
+    registration = discovery.register("api", make_host(1), ttl=5)
+    scheduler.advance_to(10)
+    assert registration.ready
