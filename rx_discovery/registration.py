@@ -700,10 +700,20 @@ class Registration(abc.DisposableBase):
         if error is None:
             with self._lock:
                 self._last_refresh = self._runtime.now()
-                if self._state is RegistrationStatus.REGISTERED:
-                    self._last_error = None
+                recovered = (self._state is RegistrationStatus.FAILED and not self._registering
+                             and self._service_revision > 0)
+                self._last_error = None
+            if recovered:  # refused refreshes work again
+                self._runtime.run(lambda: self._keepalive_recovered(lease))
         else:
             self._runtime.run(lambda: self._keepalive_failed(lease, error))
+
+    def _keepalive_recovered(self, lease: int) -> None:
+        with self._lock:
+            recovered = (lease == self._lease and not self._registering
+                         and self._state is RegistrationStatus.FAILED)
+        if recovered:
+            self._set_status(RegistrationStatus.REGISTERED, "")
 
     def _keepalive_failed(self, lease: int, error: Exception) -> None:
         if self._disposed or lease != self._lease:

@@ -476,3 +476,30 @@ def test_a_first_attempt_that_fails_before_start_returns_still_retries(
     registration = discovery.register("api", make_host(1), ttl=5)
     scheduler.advance_to(10)
     assert registration.ready
+
+
+def test_refused_keepalives_report_failed_then_registered_when_they_work_again(
+        scheduler: TestScheduler) -> None:
+    from rx_discovery import AuthenticationFailed
+
+    class RefusesRefreshes(MemoryStore):
+        refuse = False
+
+        def keepalive(self, lease: int) -> int:
+            if self.refuse:
+                raise AuthenticationFailed("keepalive: authentication failed")
+            return super().keepalive(lease)
+
+    store = RefusesRefreshes(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=9)  # refreshed every 3 s
+    statuses = record(registration.status, scheduler)
+    at(scheduler, 5, lambda: setattr(store, "refuse", True))  # the refresh at 6 is refused
+    at(scheduler, 7, lambda: setattr(store, "refuse", False))  # the one at 9 works
+    scheduler.advance_to(8)
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert "AuthenticationFailed" in registration.reason
+    scheduler.advance_to(10)
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
+    assert registration.ready and registration.reason == ""
