@@ -431,7 +431,7 @@ class Registration(abc.DisposableBase):
     def reason(self) -> str:
         """Why the registration is not REGISTERED, as the last error says (its type and
         message, never a secret); "" while registered or before any error."""
-        return self._reason
+        return "" if self._state is RegistrationStatus.REGISTERED else self._reason
 
     @property
     def status(self) -> reactivex.Observable[RegistrationStatus]:
