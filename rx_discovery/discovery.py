@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,7 @@ from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
+from rx_discovery._shelf import Shelf
 from rx_discovery.config import Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
@@ -32,7 +34,9 @@ from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
     ServiceGroup,
+    check_write_sizes,
     prepare_host,
+    service_document,
     validate_ttl,
 )
 from rx_discovery.store import Store
@@ -105,8 +109,9 @@ class Discovery:
         self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
             weakref.WeakValueDictionary())
         self._registrations: set[Registration] = set()
-        self._groups: dict[str, ServiceGroup] = {}
-        self._keepers: dict[abc.SchedulerBase, LeaseKeeper] = {}
+        # held while a registration uses them (released with the last one)
+        self._groups: Shelf[str, ServiceGroup] = Shelf()
+        self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
         self._diagnostics: SerialSubject[Diagnostic] = SerialSubject("diagnostics")
         self._closed = False
 
@@ -151,9 +156,10 @@ class Discovery:
                  else ",".join(e.url for e in self.settings.endpoints))
         return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
 
-    def close(self) -> None:
-        """Dispose every registration (revoking their leases), complete every stream,
-        release the client. Idempotent. A stream subscribed afterwards fails at once with
+    def close(self, timeout: float = 10.0) -> None:
+        """Dispose every registration (revoking their leases, waiting up to ``timeout``
+        seconds in all for the writes in flight), complete every stream, release the client.
+        Idempotent. A stream subscribed afterwards fails at once with
         ``RuntimeError("this Discovery is closed")``."""
         with self._lock:
             if self._closed:
@@ -162,8 +168,11 @@ class Discovery:
             registrations = list(self._registrations)
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values()]
-        for registration in registrations:
-            registration.dispose()
+        for registration in registrations:  # all stop at once: none starts a new write
+            registration._cancel()
+        deadline = time.monotonic() + timeout
+        for registration in registrations:  # then each waits for its write in flight
+            registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
         for sync in syncs:
             sync.close()
         self._diagnostics.on_completed()
@@ -321,24 +330,24 @@ class Discovery:
             scheduler: times keepalives and backoff (default: the Discovery's).
 
         Raises:
-            ValueError: a bad service name, host or ttl (before any I/O).
+            ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
+                service document) would not fit in one etcd request (1.5 MiB); before any
+                I/O, naming the field, never its value.
             RuntimeError: the Discovery is closed.
         """
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
         stored = prepare_host(name, host)
+        service_key = self.keyspace.service_key(name)
+        check_write_sizes(self.keyspace.host_key(name, stored.uuid), stored, service_key,
+                          service_document(name, stored))
         if self._closed:
             raise RuntimeError("this Discovery is closed")
         runtime = self._runtime.with_timer(scheduler)
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
-        with self._lock:
-            group = self._groups.get(name)
-            if group is None:
-                group = self._groups[name] = ServiceGroup(
-                    self.store, self.keyspace.service_key(name), hosts, services)
-            keeper = self._keepers.get(runtime.timer)
-            if keeper is None:
-                keeper = self._keepers[runtime.timer] = LeaseKeeper(self.store, runtime)
+        group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
+                                                             services))
+        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget)
         with self._lock:
@@ -363,8 +372,11 @@ class Discovery:
                         scheduler=scheduler or self._runtime.timer, **options)
 
     def _forget(self, registration: Registration) -> None:
+        """A registration was disposed: release what only it used."""
         with self._lock:
             self._registrations.discard(registration)
+        self._groups.give_back(registration.service)
+        self._keepers.give_back(registration._runtime.timer)
 
     def get(self, service: str, shard: str | None = None) -> ServiceQuery:
         """A one-shot query of ``service`` (of one shard when given); reads on first use.
