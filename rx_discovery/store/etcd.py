@@ -434,11 +434,15 @@ class EtcdStore:
                 self._drop_client(client)
                 continue
             error = self._explained(_public(error))
-            if error.permanent:
-                self._health.denied(str(error))
-            elif isinstance(error, StoreUnavailable):
-                self._health.failed(str(error))
+            self._report(error)
             raise error
+
+    def _report(self, error: StoreError) -> None:
+        """Tell :attr:`health` about a failed call or watch."""
+        if error.permanent:
+            self._health.denied(str(error))
+        elif isinstance(error, StoreUnavailable):
+            self._health.failed(str(error))
 
     def _explained(self, error: StoreError) -> StoreError:
         """Remember why the last call could not reach etcd, and say it when a later call
@@ -888,6 +892,7 @@ class _WatchSubscription:
                 relogged = True
                 self._store._drop_client(client)
                 continue
+            self._store._report(_public(error))  # a watch alone must show that etcd is gone
             self._fail(_public(error))
             return
 
@@ -935,6 +940,8 @@ class _WatchSubscription:
         return StoreUnavailable(f"watch: unexpected {type(error).__name__}")
 
     def _on_response(self, response: Any) -> None:
+        if response.created:
+            self._store._health.connected()
         if response.compact_revision > 0:
             raise RevisionCompacted(response.compact_revision)
         if response.canceled:
