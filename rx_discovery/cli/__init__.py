@@ -13,8 +13,11 @@ etcd is found with ``--endpoints``, else the ``ETCD_*`` environment variables (s
 embedded etcd of its own when neither is given.
 
 Threads: streams emit on the library's threads; everything they emit goes through a
-thread-safe queue to the main thread, which alone prints. SIGINT and SIGTERM post a stop
-request to the same queue, so every command ends cleanly (exit 0) after disposing what it holds.
+thread-safe queue to the main thread, which alone prints. From the start of :func:`main`,
+SIGINT and SIGTERM only post a stop request to the same queue (they never raise inside the
+library), so every command ends cleanly (exit 0) after disposing what it holds, or with 130
+when stopped before it got going (connecting, starting etcd). A Ctrl-C while the package is
+still being imported exits 130 too, quietly (:mod:`rx_discovery._cli_start`).
 
 Errors print one line, ``rx-discovery: error: ...``, and exit 2 (bad arguments) or 1 (etcd
 unreachable, registration failed...), never a traceback.
