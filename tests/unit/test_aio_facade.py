@@ -70,7 +70,7 @@ def test_wait_times_out_and_reports_disposal() -> None:
     async def main() -> None:
         store.disconnect()
         registration = discovery.register("api", Host("h", ports={"http": "80"}))
-        with pytest.raises(RegistrationError, match="not done after 0.2s"):
+        with pytest.raises(RegistrationError, match=r"not done after 0\.2s"):
             await aio.wait(registration, timeout=0.2)
         waiting = asyncio.ensure_future(aio.wait(registration))
         await asyncio.sleep(0.05)
@@ -83,7 +83,7 @@ def test_wait_times_out_and_reports_disposal() -> None:
 
 
 def test_get_reads_off_the_loop() -> None:
-    discovery, store = _memory()
+    discovery, _ = _memory()
 
     async def main() -> None:
         discovery.register("api", Host("h", ports={"http": "80"})).wait(10)
@@ -95,7 +95,7 @@ def test_get_reads_off_the_loop() -> None:
 
 
 def test_registered_is_an_async_context_manager_that_disposes() -> None:
-    discovery, store = _memory()
+    discovery, _ = _memory()
 
     async def main() -> None:
         async with aio.registered(discovery, "api", Host("h", ports={"http": "80"}),
