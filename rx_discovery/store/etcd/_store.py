@@ -231,12 +231,17 @@ class EtcdStore:
             self._closed = True
             watches, self._watches = list(self._watches), set()
             endpoints, self._endpoints, self._client = self._endpoints, None, None
-        for watch in watches:
-            watch.dispose()
-        self._health.closed()
-        self._keepalive.close()
-        for endpoint in endpoints or ():
-            endpoint.close()
+        try:
+            for watch in watches:
+                watch.dispose()
+            self._health.closed()
+            self._keepalive.close()
+        finally:
+            # Even when interrupted (a KeyboardInterrupt in a script's `finally: close()`):
+            # a channel left to the garbage collector at interpreter exit waits for ever in
+            # grpc's _ChannelCallState.__del__ for calls only its (frozen) daemon threads end.
+            for endpoint in endpoints or ():
+                endpoint.close()
 
     def __enter__(self) -> EtcdStore:
         return self
