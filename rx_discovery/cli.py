@@ -226,7 +226,8 @@ def _settings(args: argparse.Namespace, endpoint: str | None = None) -> Settings
     prefix = args.prefix if args.prefix is not None else settings.prefix
     if any(ch.isspace() for ch in prefix):
         raise ConfigError("--prefix must not contain whitespace")
-    return dataclasses.replace(settings, prefix=prefix, timeout=args.timeout)
+    api = getattr(args, "api", None) or settings.api
+    return dataclasses.replace(settings, prefix=prefix, timeout=args.timeout, api=api)
 
 
 def _connect(settings: Settings) -> Discovery:
@@ -737,6 +738,9 @@ def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
                             "else http://127.0.0.1:2379)")
     group.add_argument("--prefix", default=default(None),
                        help="keyspace prefix, e.g. /prod (default: ETCD_PREFIX, else none)")
+    group.add_argument("--api", choices=("v3", "v2"), default=default(None),
+                       help="etcd API: v3, or v2 to share services with Go etcd-discovery "
+                            "(default: ETCD_API, else v3)")
     group.add_argument("--timeout", type=_positive, metavar="SECONDS", default=default(5.0),
                        help="deadline of one etcd call (default: 5)")
     group.add_argument("-v", "--verbose", action="store_true", default=default(False),

@@ -13,12 +13,20 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from rx_discovery._errors import ConfigError
 
-__all__ = ["Endpoint", "Settings", "DEFAULT_ENDPOINT"]
+__all__ = ["Api", "DEFAULT_ENDPOINT", "Endpoint", "Settings", "parse_flag"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+Api = Literal["v3", "v2"]
+"""Which etcd API the store speaks: v3 (gRPC, leases) or v2 (HTTP keys API, the Go
+package's)."""
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
 
 
 @dataclass(frozen=True)
@@ -26,12 +34,19 @@ class Endpoint:
     """One etcd member address."""
 
     host: str
+    """The host name or address, without brackets (``::1`` for IPv6)."""
     port: int
     secure: bool
 
     @property
+    def netloc(self) -> str:
+        """``host:port``, with an IPv6 address in brackets (``[::1]:2379``): a gRPC target."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{self.netloc}"
 
 
 def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
@@ -57,6 +72,10 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
                           "ETCD_PASSWORD), not in the endpoint URL")
     if port == 0:
         raise ConfigError(f"{source}: endpoint {text.strip()!r} has port 0")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        # etcd's gRPC API has no path: "http://host:2379/v3" would be used as host:port only.
+        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port, "
+                          "without a path")
     return Endpoint(parsed.hostname, 2379 if port is None else port, parsed.scheme == "https")
 
 
@@ -69,8 +88,10 @@ class Settings:
         endpoints: one or more members; calls fail over between them.
         prefix: keyspace prefix ("" or e.g. "/prod").
         ca_cert, client_cert, client_key: PEM bytes (None: not used).
-        user, password: etcd authentication (needs TLS on the server side).
+        user, password: etcd authentication (over v3, TLS is required: gRPC refuses to
+            send the auth token over plain text).
         timeout: deadline of one call, in seconds.
+        api: "v3" (the default) or "v2" (etcd's v2 keys API, the Go package's).
     """
 
     endpoints: tuple[Endpoint, ...] = (parse_endpoint(DEFAULT_ENDPOINT),)
@@ -81,6 +102,7 @@ class Settings:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 5.0
+    api: Api = "v3"
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -94,6 +116,12 @@ class Settings:
         if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
                 or not 0 < self.timeout < math.inf):
             raise ConfigError("timeout must be a positive, finite number of seconds")
+        if self.api not in get_args(Api):
+            raise ConfigError(f"api must be one of {', '.join(get_args(Api))} (ETCD_API)")
+        if self.api == "v3" and self.user is not None and not self.tls:
+            # gRPC sends per-call credentials only over TLS: every call would fail, retried.
+            raise ConfigError("etcd authentication (user/password) needs TLS: use https:// "
+                              "endpoints or set ca_cert (ETCD_CACERT)")
 
     @property
     def tls(self) -> bool:
@@ -105,7 +133,7 @@ class Settings:
     def build(cls, endpoints: str | Sequence[str] | None = None, *, prefix: str = "",
               ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None,
               client_key: str | bytes | None = None, user: str | None = None,
-              password: str | None = None, timeout: float = 5.0) -> Settings:
+              password: str | None = None, timeout: float = 5.0, api: Api = "v3") -> Settings:
         """Settings from keyword arguments. PEM arguments are file paths (str) or PEM bytes.
 
         Raises:
@@ -122,13 +150,14 @@ class Settings:
         return cls(endpoints=parsed, prefix=_prefix(prefix, "prefix"),
                    ca_cert=_pem(ca_cert, "ca_cert"), client_cert=_pem(client_cert, "client_cert"),
                    client_key=_pem(client_key, "client_key"), user=user or None,
-                   password=password or None, timeout=timeout)
+                   password=password or None, timeout=timeout, api=api)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``ETCD_HOSTS`` (comma list) or ``ETCD_HOST``, ``ETCD_CACERT``,
         ``ETCD_TLS_CERT``, ``ETCD_TLS_KEY`` (file paths, or base64 PEM when
-        ``ETCD_TLS_INMEMORY=true``), ``ETCD_USER``, ``ETCD_PASSWORD``, ``ETCD_PREFIX``.
+        ``ETCD_TLS_INMEMORY`` is true: true/false, 1/0, yes/no, on/off), ``ETCD_USER``,
+        ``ETCD_PASSWORD``, ``ETCD_PREFIX``, ``ETCD_API`` (v3 or v2).
 
         Raises:
             ConfigError: naming the variable, never its value when it is a secret.
@@ -139,10 +168,10 @@ class Settings:
         endpoints = tuple(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",") if h.strip())
         if not endpoints:
             raise ConfigError(f"{hosts_var}: no endpoint in it")
-        inmemory = env.get("ETCD_TLS_INMEMORY", "").strip().lower()
-        if inmemory not in ("", "true", "false", "1", "0", "yes", "no"):
-            raise ConfigError("ETCD_TLS_INMEMORY must be true or false")
-        in_memory = inmemory in ("true", "1", "yes")
+        in_memory = parse_flag(env.get("ETCD_TLS_INMEMORY", ""), "ETCD_TLS_INMEMORY")
+        api = env.get("ETCD_API", "").strip().lower() or "v3"
+        if api not in get_args(Api):
+            raise ConfigError(f"ETCD_API must be one of {', '.join(get_args(Api))}")
 
         def pem(var: str) -> bytes | None:
             value = env.get(var)
@@ -163,7 +192,22 @@ class Settings:
             raise ConfigError("ETCD_USER is set but ETCD_PASSWORD is not")
         return cls(endpoints=endpoints, prefix=_prefix(env.get("ETCD_PREFIX", ""), "ETCD_PREFIX"),
                    ca_cert=pem("ETCD_CACERT"), client_cert=pem("ETCD_TLS_CERT"),
-                   client_key=pem("ETCD_TLS_KEY"), user=user, password=password)
+                   client_key=pem("ETCD_TLS_KEY"), user=user, password=password,
+                   api=api)  # type: ignore[arg-type]  # checked against Api above
+
+
+def parse_flag(value: str, source: str) -> bool:
+    """A boolean setting: true/false, 1/0, yes/no, on/off (any case; empty is false).
+
+    Raises:
+        ConfigError: naming ``source``, for any other spelling.
+    """
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{source} must be true or false (also 1/0, yes/no, on/off)")
 
 
 def _prefix(value: str, source: str) -> str:
