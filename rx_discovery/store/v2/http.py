@@ -30,13 +30,32 @@ from rx_discovery._errors import (
 from rx_discovery.config import Endpoint, Settings
 from rx_discovery.health import HealthTracker
 
-__all__ = ["KEY_NOT_FOUND", "Answer", "V2Http", "keys_path"]
+__all__ = ["KEY_NOT_FOUND", "Answer", "TlsRefused", "V2Http", "keys_path", "tls_failure"]
 
 KEY_NOT_FOUND = 100
 """etcd v2 error code: the key does not exist."""
 _EVENT_INDEX_CLEARED = 401
 _MAX_DETAILS = 200
 _CLEARED_RANGE = re.compile(r"\[(\d+)/(\d+)\]")  # "the requested history has been cleared [S/N]"
+
+
+class TlsRefused(StoreError):
+    """The TLS handshake failed (a certificate not trusted, either way, or TLS against plain
+    text): a configuration error that retrying will not fix."""
+
+    permanent = True
+
+
+def tls_failure(error: BaseException, operation: str) -> TlsRefused | None:
+    """A :class:`TlsRefused` when ``error`` was caused by a TLS failure, else None."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            return TlsRefused(f"{operation}: TLS handshake failed ({reason}): check the CA and "
+                              "certificates, and http:// vs https://")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def keys_path(key: str) -> str:
@@ -200,6 +219,10 @@ class V2Http:
                                           data=form)
                 answer = decode(response)
             except httpx.HTTPError as exc:
+                refused = tls_failure(exc, operation)
+                if refused is not None:
+                    self.health.denied(str(refused), endpoint.url)
+                    raise refused from None
                 last = f"{type(exc).__name__}"
                 self.failed(endpoint)
                 self.health.failed(f"{operation}: {last}", endpoint.url)

@@ -24,7 +24,7 @@ from reactivex import abc
 
 from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
 from rx_discovery.store import EventType, WatchEvent, WatchResponse
-from rx_discovery.store.v2.http import V2Http, decode, error_of, keys_path
+from rx_discovery.store.v2.http import V2Http, decode, error_of, keys_path, tls_failure
 
 __all__ = ["WatchLoop", "directory_of", "watch_event"]
 
@@ -206,6 +206,10 @@ class Watch:
                 await self._probe(client, endpoint.url)  # nothing happened: still there?
                 continue
             except (httpx.HTTPError, StoreUnavailable) as exc:
+                refused = tls_failure(exc, "watch")
+                if refused is not None:
+                    http.health.denied(str(refused), endpoint.url)
+                    raise refused from None
                 http.failed(endpoint)
                 reason = f"watch: {type(exc).__name__}"
                 http.health.failed(reason, endpoint.url)

@@ -1,0 +1,185 @@
+"""``Discovery(api="v2")`` on real etcd servers: healing registrations, resync after etcd's v2
+history moved past a watcher, TLS with in-memory PEM, basic auth, health."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import trustme
+from helpers import Recorder, wait_until
+
+from rx_discovery import Discovery, Host, RegistrationStatus
+from rx_discovery._errors import AuthenticationFailed, StoreError
+from rx_discovery.config import Settings, parse_endpoint
+from rx_discovery.embedded import EmbeddedEtcd, TLSFiles
+from rx_discovery.health import HealthState
+from rx_discovery.store.v2 import EtcdV2Store
+from rx_discovery.testing import TcpProxy
+
+ROOT, ROOT_PASSWORD = "root", "r00t-pw-v2"
+SVC, SVC_PASSWORD = "svc", "svc-pw-v2-secret"
+
+
+def host(n: int) -> Host:
+    return Host(hostname=f"h{n}.dev", ports={"http": str(8000 + n)})
+
+
+def direct(etcd: EmbeddedEtcd) -> EtcdV2Store:
+    return EtcdV2Store(Settings(endpoints=(parse_endpoint(etcd.endpoint),)))
+
+
+def statuses(registration: object) -> Recorder:
+    recorder = Recorder()
+    registration.status.subscribe(recorder.on_next)  # type: ignore[attr-defined]
+    return recorder
+
+
+def test_discovery_api_v2_uses_the_v2_store(etcd: EmbeddedEtcd,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    with Discovery(etcd.endpoint, api="v2") as discovery:
+        assert isinstance(discovery.store, EtcdV2Store)
+    monkeypatch.setenv("ETCD_HOSTS", etcd.endpoint)
+    monkeypatch.setenv("ETCD_API", "v2")
+    with Discovery.from_env() as discovery:
+        assert isinstance(discovery.store, EtcdV2Store)
+
+
+def test_a_registration_heals_when_its_key_is_deleted(etcd: EmbeddedEtcd,
+                                                      unique_prefix: str) -> None:
+    with Discovery(etcd.endpoint, api="v2", prefix=unique_prefix) as discovery:
+        registration = discovery.register("svc", host(1), ttl=3).wait(10)
+        seen = statuses(registration)
+        other = direct(etcd)
+        try:
+            other.delete(registration.key)
+            wait_until(lambda: seen.items[-2:] == [RegistrationStatus.LOST,
+                                                  RegistrationStatus.REGISTERED], 10.0,
+                       message="LOST then REGISTERED")
+            assert other.get(registration.key) is not None
+        finally:
+            other.close()
+
+
+def test_a_registration_heals_after_its_key_expired_in_an_outage(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    with (TcpProxy(etcd.client_port) as proxy,
+          Discovery(proxy.endpoint, api="v2", prefix=unique_prefix, timeout=1) as discovery):
+        registration = discovery.register("svc", host(1), ttl=2).wait(10)
+        seen = statuses(registration)
+        other = direct(etcd)
+        try:
+            proxy.cut()
+            wait_until(lambda: other.get(registration.key) is None, 10.0,
+                       message="the key to expire")
+            proxy.restore()
+            wait_until(lambda: seen.items[-1] is RegistrationStatus.REGISTERED
+                       and RegistrationStatus.LOST in seen.items, 15.0,
+                       message="LOST then REGISTERED")
+            wait_until(lambda: other.get(registration.key) is not None, 5.0,
+                       message="the key back")
+        finally:
+            other.close()
+
+
+def test_hosts_resync_when_the_watch_fell_out_of_etcds_history(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """A watcher cut off while > 1,000 events happen gets "event index cleared" when it
+    comes back: it re-reads and emits the difference (a host gone, a host come)."""
+    with (TcpProxy(etcd.client_port) as proxy,
+          Discovery(proxy.endpoint, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+          Discovery(etcd.endpoint, api="v2", prefix=unique_prefix) as writer):
+        gone = writer.register("svc", host(1), ttl=30).wait(10)
+        sets = Recorder()
+        watcher.hosts("svc").subscribe(sets.on_next)
+        wait_until(lambda: sets.items and gone.uuid in sets.items[-1], 10.0,
+                   message="the first host")
+        proxy.cut()
+        gone.dispose()
+        came = writer.register("svc", host(2), ttl=30).wait(10)
+        churn = direct(etcd)
+        try:
+            for n in range(1010):
+                churn.put(f"{unique_prefix}/churn", str(n).encode())
+        finally:
+            churn.close()
+        proxy.restore()
+        wait_until(lambda: set(sets.items[-1]) == {came.uuid}, 15.0, message="the resync")
+        came.dispose()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes | str]:
+    folder = tmp_path_factory.mktemp("pki-v2")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("rx-discovery-client")
+    files = {"ca": ca.cert_pem, "cert": server.cert_chain_pems[0],
+             "key": server.private_key_pem}
+    paths: dict[str, bytes | str] = {}
+    for name, blob in files.items():
+        blob.write_to_path(str(folder / f"{name}.pem"))
+        paths[name] = str(folder / f"{name}.pem")
+    paths.update(ca_pem=ca.cert_pem.bytes(), client_cert=client.cert_chain_pems[0].bytes(),
+                 client_key=client.private_key_pem.bytes())
+    return paths
+
+
+def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
+                                                  unique_prefix: str) -> None:
+    tls = TLSFiles(str(pki["cert"]), str(pki["key"]), str(pki["ca"]))
+    with EmbeddedEtcd(name="v2-mtls", tls=tls) as server:
+        with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
+                       ca_cert=pki["ca_pem"], client_cert=pki["client_cert"],
+                       client_key=pki["client_key"]) as discovery:  # type: ignore[arg-type]
+            registration = discovery.register("svc", host(1), ttl=5).wait(10)
+            assert [h.uuid for h in discovery.get("svc").all()] == [registration.uuid]
+        # no client certificate: refused for good, and health says so
+        with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
+                       ca_cert=pki["ca_pem"]) as refused:  # type: ignore[arg-type]
+            health = Recorder()
+            refused.store.health.subscribe(health.on_next)
+            with pytest.raises(StoreError) as caught:
+                refused.store.get(f"{unique_prefix}/x")
+            assert caught.value.permanent
+            assert health.items[-1].state is HealthState.DENIED
+
+
+@pytest.fixture(scope="module")
+def v2_auth() -> Iterator[EmbeddedEtcd]:
+    """An etcd with v2 authentication on: user ``svc`` may use /services* only; the guest
+    role (anonymous requests) may do nothing."""
+    with EmbeddedEtcd(name="v2-auth") as server:
+        url, root = server.endpoint, (ROOT, ROOT_PASSWORD)
+        for method, path, body, auth in (
+                ("PUT", "/v2/auth/users/root", {"user": ROOT, "password": ROOT_PASSWORD}, None),
+                ("PUT", "/v2/auth/enable", None, None),
+                ("PUT", "/v2/auth/roles/guest", {"role": "guest", "revoke": {"kv": {
+                    "read": ["/*"], "write": ["/*"]}}}, root),
+                ("PUT", "/v2/auth/roles/discovery", {"role": "discovery", "permissions": {
+                    "kv": {"read": ["/services/*", "/services_infos/*"],
+                           "write": ["/services/*", "/services_infos/*"]}}}, root),
+                ("PUT", "/v2/auth/users/svc", {"user": SVC, "password": SVC_PASSWORD,
+                                               "roles": ["discovery"]}, root)):
+            answer = httpx.request(method, url + path, json=body, auth=auth)
+            assert answer.status_code < 300, (path, answer.text)
+        yield server
+
+
+def test_basic_auth(v2_auth: EmbeddedEtcd) -> None:
+    with Discovery(v2_auth.endpoint, api="v2", user=SVC, password=SVC_PASSWORD) as discovery:
+        registration = discovery.register("svc", host(1), ttl=5).wait(10)
+        assert [h.uuid for h in discovery.get("svc").all()] == [registration.uuid]
+    settings = Settings(endpoints=(parse_endpoint(v2_auth.endpoint),), api="v2")
+    for wrong in (dataclasses.replace(settings, user=SVC, password="not-" + SVC_PASSWORD),
+                  settings):  # a wrong password; none at all (the guest role may do nothing)
+        with EtcdV2Store(wrong) as store:
+            health = Recorder()
+            store.health.subscribe(health.on_next)
+            with pytest.raises(AuthenticationFailed) as caught:
+                store.get("/services/svc")
+            assert SVC_PASSWORD not in str(caught.value)
+            assert health.items[-1].state is HealthState.DENIED
+            assert SVC_PASSWORD not in str(health.items[-1])
