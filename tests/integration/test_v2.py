@@ -4,6 +4,10 @@ history moved past a watcher, TLS with in-memory PEM, basic auth, health."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +16,7 @@ import trustme
 from helpers import Recorder, wait_until
 
 from rx_discovery import Discovery, Host, RegistrationStatus
-from rx_discovery._errors import AuthenticationFailed, StoreError
+from rx_discovery._errors import AuthenticationFailed, StoreError, StoreUnavailable
 from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcd, TLSFiles
 from rx_discovery.health import HealthState
@@ -183,3 +187,53 @@ def test_basic_auth(v2_auth: EmbeddedEtcd) -> None:
             assert SVC_PASSWORD not in str(caught.value)
             assert health.items[-1].state is HealthState.DENIED
             assert SVC_PASSWORD not in str(health.items[-1])
+
+
+def test_cli_api_v2_lists_v2_hosts(etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    store = direct(etcd)
+    try:
+        store.put(f"{unique_prefix}/services/gosvc/u1",
+                  b'{"name":"go.dev","service_name":"gosvc","ports":{"http":"80"},"uuid":"u1"}')
+    finally:
+        store.close()
+    env = {**os.environ, "ETCD_HOSTS": etcd.endpoint, "ETCD_PREFIX": unique_prefix}
+    listed = {}
+    for api in ("v2", "v3"):
+        done = subprocess.run([sys.executable, "-m", "rx_discovery", "ls", "--json", "--api", api],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        listed[api] = [s["name"] for s in json.loads(done.stdout)["services"]]
+    assert listed == {"v2": ["gosvc"], "v3": []}  # two stores inside one etcd
+
+
+def test_a_frozen_member_ends_the_watch_as_unavailable(unique_prefix: str) -> None:
+    """An idle long poll is closed after max(10 s, 2x timeout) and the member is asked for
+    /version: a frozen one fails the watch (the sync then reopens it, failing over)."""
+    with EmbeddedEtcd(name="v2-frozen") as server:
+        store = EtcdV2Store(Settings(endpoints=(parse_endpoint(server.endpoint),), timeout=1))
+        errors = Recorder()
+        try:
+            store.watch(f"{unique_prefix}/", 0).subscribe(on_error=errors.on_next)
+            server.pause()
+            wait_until(lambda: errors.items, 3 * 11.0, message="the watch to fail")
+            assert isinstance(errors.items[0], StoreUnavailable)
+        finally:
+            server.resume()
+            store.close()
+
+
+def test_streams_resume_after_a_restart(unique_prefix: str) -> None:
+    with (EmbeddedEtcd(name="v2-restart") as server,
+          Discovery(server.endpoint, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+          Discovery(server.endpoint, api="v2", prefix=unique_prefix, timeout=1) as writer):
+        sets, new = Recorder(), Recorder()
+        watcher.hosts("svc").subscribe(sets.on_next)
+        watcher.subscribe_new("svc").subscribe(new.on_next)
+        first = writer.register("svc", host(1), ttl=10).wait(10)
+        wait_until(lambda: [h.uuid for h in new.items] == [first.uuid], 10.0,
+                   message="the first host")
+        server.restart()
+        second = writer.register("svc", host(2), ttl=10).wait(15)
+        wait_until(lambda: [h.uuid for h in new.items] == [first.uuid, second.uuid], 15.0,
+                   message="the host registered after the restart, once")
+        assert set(sets.items[-1]) == {first.uuid, second.uuid}
