@@ -8,9 +8,11 @@ replaced by its v2 counterpart below, with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -53,6 +55,10 @@ def compact() -> Callable[[int], None]:
         raise AssertionError("v2 has no compaction")
 
     return unsupported
+
+
+async def _tasks() -> set[asyncio.Task[Any]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
 
 
 def roll_history(store: EtcdV2Store, prefix: str, events: int = _HISTORY + 10) -> None:
@@ -210,6 +216,29 @@ class TestStoreContractV2(StoreContract):
             return not any(name.startswith("rx-discovery-v2-watch ") for name in names)
 
         wait_until(delivery_threads_gone, 2.0, message="the watch thread to end")
+        loop = store._watches._loop  # the long poll itself is cancelled, not left to time out
+        assert loop is not None
+
+        def polls() -> int:
+            return len(asyncio.run_coroutine_threadsafe(_tasks(), loop).result(2.0))
+
+        wait_until(lambda: polls() == 0, 2.0, message="the long poll to be cancelled")
+
+    def test_a_put_racing_a_revoke_leaves_no_key(self, store: EtcdV2Store, prefix: str) -> None:
+        lease = store.grant(30)
+        real_call = store._http.call
+
+        def revoke_during_the_put(operation: str, *args: Any, **kwargs: Any) -> Any:
+            answer = real_call(operation, *args, **kwargs)
+            if operation == "put" and args[0] == "PUT":
+                store.revoke(lease.id)  # as dispose() on another thread
+            return answer
+
+        store._http.call = revoke_during_the_put  # type: ignore[method-assign]
+        with pytest.raises(LeaseNotFound):
+            store.put(f"{prefix}/k", b"v", lease=lease.id)
+        store._http.call = real_call  # type: ignore[method-assign]
+        assert store.get(f"{prefix}/k") is None
 
     def test_a_dead_endpoint_fails_over(self, etcd: EmbeddedEtcd, prefix: str) -> None:
         dead = "http://127.0.0.1:1"  # nothing listens there

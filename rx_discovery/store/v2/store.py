@@ -136,6 +136,9 @@ class EtcdV2Store:
             if entry is not None:
                 entry.keys.add(key)
                 self._lease_of[key] = lease
+        if lease and entry is None:  # revoked while we wrote: the key must not outlive it
+            self._http.call("put", "DELETE", key, missing_ok=True)
+            raise LeaseNotFound(f"put: lease {lease:x} was revoked meanwhile")
         return int(answer.body["node"]["modifiedIndex"])
 
     def delete(self, key: str) -> int:
@@ -167,7 +170,9 @@ class EtcdV2Store:
         """
         entry = self._live_lease(lease, "keepalive")
         params = {"ttl": str(entry.ttl), "refresh": "true", "prevExist": "true"}
-        for key in sorted(entry.keys):
+        with self._lock:
+            keys = sorted(entry.keys)
+        for key in keys:
             answer = self._http.call("keepalive", "PUT", key, params=params, missing_ok=True)
             if answer.error_code == KEY_NOT_FOUND:
                 self._drop(lease)
