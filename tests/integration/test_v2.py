@@ -237,3 +237,14 @@ def test_streams_resume_after_a_restart(unique_prefix: str) -> None:
         wait_until(lambda: [h.uuid for h in new.items] == [first.uuid, second.uuid], 15.0,
                    message="the host registered after the restart, once")
         assert set(sets.items[-1]) == {first.uuid, second.uuid}
+
+
+def test_an_etcd_without_v2_is_reported_not_retried_in_silence(unique_prefix: str) -> None:
+    with (EmbeddedEtcd(name="v2-off", extra_args=["--enable-v2=false"]) as server,
+          Discovery(server.endpoint, api="v2", prefix=unique_prefix) as discovery):
+        health = Recorder()
+        discovery.store.health.subscribe(health.on_next)
+        with pytest.raises(StoreError) as caught:
+            discovery.get("svc").all()
+        assert caught.value.permanent and "--enable-v2=true" in str(caught.value)
+        assert health.items[-1].state is HealthState.DENIED

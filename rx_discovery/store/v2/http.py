@@ -30,7 +30,8 @@ from rx_discovery._errors import (
 from rx_discovery.config import Endpoint, Settings
 from rx_discovery.health import HealthTracker
 
-__all__ = ["KEY_NOT_FOUND", "Answer", "TlsRefused", "V2Http", "keys_path", "tls_failure"]
+__all__ = ["KEY_NOT_FOUND", "Answer", "TlsRefused", "V2Disabled", "V2Http", "keys_path",
+           "tls_failure"]
 
 KEY_NOT_FOUND = 100
 """etcd v2 error code: the key does not exist."""
@@ -42,6 +43,12 @@ _CLEARED_RANGE = re.compile(r"\[(\d+)/(\d+)\]")  # "the requested history has be
 class TlsRefused(StoreError):
     """The TLS handshake failed (a certificate not trusted, either way, or TLS against plain
     text): a configuration error that retrying will not fix."""
+
+    permanent = True
+
+
+class V2Disabled(StoreError):
+    """The endpoint answers HTTP but not etcd's v2 API (not enabled, or etcd 3.6+)."""
 
     permanent = True
 
@@ -87,6 +94,9 @@ def decode(response: httpx.Response) -> Answer:
     try:
         body = response.json()
     except ValueError:
+        if response.status_code == 404:  # Go's "404 page not found": no /v2 handler at all
+            raise V2Disabled("this etcd does not serve the v2 API: start etcd 3.5 with "
+                             "--enable-v2=true (etcd 3.6 has no v2 API)") from None
         raise StoreUnavailable(f"HTTP {response.status_code}: not an etcd v2 answer") from None
     if not isinstance(body, dict):
         raise StoreUnavailable(f"HTTP {response.status_code}: not an etcd v2 answer")
@@ -227,6 +237,9 @@ class V2Http:
                 self.failed(endpoint)
                 self.health.failed(f"{operation}: {last}", endpoint.url)
                 continue
+            except V2Disabled as exc:
+                self.health.denied(str(exc), endpoint.url)
+                raise
             except StoreUnavailable as exc:
                 last = str(exc)
                 self.failed(endpoint)

@@ -24,7 +24,7 @@ from reactivex import abc
 
 from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
 from rx_discovery.store import EventType, WatchEvent, WatchResponse
-from rx_discovery.store.v2.http import V2Http, decode, error_of, keys_path, tls_failure
+from rx_discovery.store.v2.http import V2Disabled, V2Http, decode, error_of, keys_path, tls_failure
 
 __all__ = ["WatchLoop", "directory_of", "watch_event"]
 
@@ -205,6 +205,9 @@ class Watch:
             except httpx.ReadTimeout:
                 await self._probe(client, endpoint.url)  # nothing happened: still there?
                 continue
+            except V2Disabled as exc:
+                http.health.denied(str(exc), endpoint.url)
+                raise
             except (httpx.HTTPError, StoreUnavailable) as exc:
                 refused = tls_failure(exc, "watch")
                 if refused is not None:
