@@ -248,3 +248,27 @@ def test_an_etcd_without_v2_is_reported_not_retried_in_silence(unique_prefix: st
             discovery.get("svc").all()
         assert caught.value.permanent and "--enable-v2=true" in str(caught.value)
         assert health.items[-1].state is HealthState.DENIED
+
+
+def test_a_cut_watcher_resumes_without_losing_or_repeating(etcd: EmbeddedEtcd,
+                                                          unique_prefix: str) -> None:
+    with (TcpProxy(etcd.client_port) as proxy,
+          Discovery(proxy.endpoint, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+          Discovery(etcd.endpoint, api="v2", prefix=unique_prefix) as writer):
+        new, down = Recorder(), Recorder()
+        sets = Recorder()
+        watcher.hosts("svc").subscribe(sets.on_next)
+        watcher.subscribe_new("svc").subscribe(new.on_next)
+        watcher.subscribe_down("svc").subscribe(down.on_next)
+        wait_until(lambda: sets.items, 10.0, message="the first state")
+        proxy.cut()
+        came = [writer.register("svc", host(n), ttl=30).wait(10) for n in range(3)]
+        came[0].dispose()  # came and went during the gap
+        proxy.restore()
+        wait_until(lambda: len(new.items) == 3 and len(down.items) == 1, 15.0,
+                   message="the gap's events")
+        assert sorted(h.uuid for h in new.items) == sorted(r.uuid for r in came)
+        assert down.items == [came[0].uuid]
+        marker = writer.register("svc", host(9), ttl=30).wait(10)
+        wait_until(lambda: len(new.items) == 4, 10.0, message="a later host")
+        assert new.items[-1].uuid == marker.uuid and len(down.items) == 1
