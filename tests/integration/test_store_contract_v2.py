@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import wait_until
-from store_contract import DEADLINE, StoreContract
+from store_contract import DEADLINE, Recorder, StoreContract
 
 from rx_discovery._errors import (
     LeaseNotFound,
@@ -141,6 +141,27 @@ class TestStoreContractV2(StoreContract):
                              "fails (etcd keeps the last 1,000 events)")
     def test_watch_from_a_compacted_revision_fails(self) -> None:
         pass
+
+    def test_exact_watch_sees_its_key_alone(self, store: EtcdV2Store, prefix: str) -> None:
+        """The contract's (on branches whose contract has it), without a key ``svc/y`` beside
+        the key ``svc`` (v2 is a tree)."""
+        start = store.get_prefix(f"{prefix}/").revision + 1
+        exact, every = Recorder(), Recorder()
+        for recorder, only in ((exact, True), (every, False)):
+            recorder.subscription = store.watch(f"{prefix}/svc", start, exact=only).subscribe(
+                on_next=recorder.on_next, on_error=recorder.on_error)
+        try:
+            for key in ("svc-x", "svc", "sv", "svc"):
+                store.put(f"{prefix}/{key}", b"v")
+            store.delete(f"{prefix}/svc")
+            wait_until(lambda: len(every.events) == 4, DEADLINE, message="the prefix watch")
+            wait_until(lambda: len(exact.events) == 3, DEADLINE, message="the exact watch")
+            assert exact.changes() == [(EventType.PUT, f"{prefix}/svc")] * 2 + [
+                (EventType.DELETE, f"{prefix}/svc")]
+            assert exact.error is None
+        finally:
+            exact.dispose()
+            every.dispose()
 
     # -- v2 only ---------------------------------------------------------------------------
 

@@ -90,3 +90,9 @@ def test_http_errors(status: int, code: int, kind: type[StoreError], permanent: 
 def test_settings_choose_the_api() -> None:
     assert Settings.from_env({"ETCD_API": "v2"}).api == "v2"
     assert Settings.from_env({}).api == "v3"
+
+
+def test_an_exact_watch_takes_its_key_alone() -> None:
+    assert watch_event(answer("set", key="/services_infos/s"), "/services_infos/s", True)
+    for other in ("/services_infos/s-x", "/services_infos/s/y"):
+        assert watch_event(answer("set", key=other), "/services_infos/s", True) is None

@@ -211,9 +211,11 @@ class EtcdV2Store:
 
     # -- watch --------------------------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int) -> reactivex.Observable[WatchResponse]:
+    def watch(self, prefix: str, start_revision: int, *, exact: bool = False
+              ) -> reactivex.Observable[WatchResponse]:
         """Changes under ``prefix`` from index ``start_revision`` on (0: from now), one event
-        per response, by long polls of the directory holding the prefix.
+        per response, by long polls of the directory holding the prefix; with ``exact``, the
+        changes of the key ``prefix`` alone, by long polls of that key.
 
         Emits an empty response (progress) for an event of that directory outside the prefix.
         Fails with :class:`~rx_discovery.RevisionCompacted` when ``start_revision`` is older
@@ -224,7 +226,7 @@ class EtcdV2Store:
         """
         def subscribe(observer: abc.ObserverBase[WatchResponse],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            watch = Watch(self._http, self._watches, prefix, start_revision, observer)
+            watch = Watch(self._http, self._watches, prefix, start_revision, observer, exact)
             with self._lock:
                 self._active.add(watch)
             watch.start()

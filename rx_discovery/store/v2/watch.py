@@ -45,9 +45,10 @@ def directory_of(prefix: str) -> str:
     return prefix[:prefix.rfind("/")] if "/" in prefix else ""
 
 
-def watch_event(body: dict[str, Any], prefix: str) -> WatchEvent | None:
+def watch_event(body: dict[str, Any], prefix: str, exact: bool = False) -> WatchEvent | None:
     """The :class:`WatchEvent` of one v2 watch answer, None when it concerns no key under
-    ``prefix`` (another key of the watched directory, a directory created).
+    ``prefix`` (or, when ``exact``, not the key ``prefix`` itself): another key of the watched
+    directory, a directory created.
 
     Raises:
         RevisionCompacted: a directory holding the prefix's keys was deleted or expired: its
@@ -62,7 +63,7 @@ def watch_event(body: dict[str, Any], prefix: str) -> WatchEvent | None:
                                    or prefix.startswith(key + "/")):
             raise RevisionCompacted(index)
         return None
-    if not key.startswith(prefix):
+    if key != prefix if exact else not key.startswith(prefix):
         return None
     created = int(node.get("createdIndex", index))
     if action in _DELETES:
@@ -125,15 +126,17 @@ class Watch:
         loop: where the poll task runs.
         prefix: keys starting with it are delivered.
         start: the first index wanted (0: from now on).
+        exact: deliver the key ``prefix`` alone (its own path is polled).
         observer: receives the responses, on this subscription's delivery thread.
     """
 
     def __init__(self, http: V2Http, loop: WatchLoop, prefix: str, start: int,
-                 observer: abc.ObserverBase[WatchResponse]) -> None:
+                 observer: abc.ObserverBase[WatchResponse], exact: bool = False) -> None:
         self._http = http
         self._loop = loop
         self._prefix = prefix
-        self._directory = directory_of(prefix)
+        self._exact = exact
+        self._directory = prefix if exact else directory_of(prefix)
         self._index = start
         self._observer = observer
         self._inbox: queue.SimpleQueue[WatchResponse | StoreError | None] = queue.SimpleQueue()
@@ -225,7 +228,7 @@ class Watch:
             http.health.connected(endpoint.url)
             if not answer.body.get("node"):  # etcd closed the poll without an event
                 raise StoreUnavailable("watch: the poll ended without an event")
-            event = watch_event(answer.body, self._prefix)
+            event = watch_event(answer.body, self._prefix, self._exact)
             index = int(answer.body["node"].get("modifiedIndex", 0))
             self._index = index + 1
             if event is None:
