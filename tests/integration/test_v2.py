@@ -172,10 +172,12 @@ def v2_auth() -> Iterator[EmbeddedEtcd]:
         yield server
 
 
-def test_basic_auth(v2_auth: EmbeddedEtcd) -> None:
+def test_basic_auth(v2_auth: EmbeddedEtcd, caplog: pytest.LogCaptureFixture) -> None:
     with Discovery(v2_auth.endpoint, api="v2", user=SVC, password=SVC_PASSWORD) as discovery:
         registration = discovery.register("svc", host(1), ttl=5).wait(10)
         assert [h.uuid for h in discovery.get("svc").all()] == [registration.uuid]
+    assert "basic auth over plain HTTP" in caplog.text
+    assert SVC_PASSWORD not in caplog.text
     settings = Settings(endpoints=(parse_endpoint(v2_auth.endpoint),), api="v2")
     for wrong in (dataclasses.replace(settings, user=SVC, password="not-" + SVC_PASSWORD),
                   settings):  # a wrong password; none at all (the guest role may do nothing)

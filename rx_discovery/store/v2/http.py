@@ -9,6 +9,7 @@ etcd's error code and message, never a header (the basic auth header holds the p
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 import threading
@@ -33,6 +34,8 @@ from rx_discovery.health import HealthTracker
 
 __all__ = ["KEY_NOT_FOUND", "Answer", "TlsRefused", "V2Disabled", "V2Http", "keys_path",
            "tls_failure"]
+
+log = logging.getLogger(__name__)
 
 KEY_NOT_FOUND = 100
 """etcd v2 error code: the key does not exist."""
@@ -159,6 +162,10 @@ class V2Http:
         self._async: httpx.AsyncClient | None = None
         self._tls: ssl.SSLContext | bool | None = None
         self.closed = False
+        if settings.user is not None and not settings.tls:
+            # allowed, as the Go package allows it (v3 refuses it: gRPC would not send it)
+            log.warning("etcd v2 basic auth over plain HTTP: the password crosses the network "
+                        "readable; use https:// endpoints")
 
     @property
     def timeout(self) -> float:
