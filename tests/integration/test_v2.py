@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -274,3 +275,26 @@ def test_a_cut_watcher_resumes_without_losing_or_repeating(etcd: EmbeddedEtcd,
         marker = writer.register("svc", host(9), ttl=30).wait(10)
         wait_until(lambda: len(new.items) == 4, 10.0, message="a later host")
         assert new.items[-1].uuid == marker.uuid and len(down.items) == 1
+
+
+def test_close_deletes_the_keys_and_ends_every_thread(etcd: EmbeddedEtcd,
+                                                     unique_prefix: str) -> None:
+    def v2_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("rx-discovery-v2")}
+
+    before = v2_threads()  # of stores other tests left open
+    discovery = Discovery(etcd.endpoint, api="v2", prefix=unique_prefix)
+    registrations = [discovery.register("svc", host(n), ttl=30) for n in range(3)]
+    for registration in registrations:
+        registration.wait(10)
+    sets = Recorder()
+    discovery.hosts("svc").subscribe(sets.on_next)
+    wait_until(lambda: sets.items and len(sets.items[-1]) == 3, 10.0, message="3 hosts")
+    assert v2_threads() - before
+    discovery.close()
+    other = direct(etcd)
+    try:
+        assert [other.get(r.key) for r in registrations] == [None] * 3  # at once, not a TTL
+    finally:
+        other.close()
+    wait_until(lambda: not v2_threads() - before, 5.0, message="the v2 threads to end")
