@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from helpers import Recorder, wait_until
 
-from rx_discovery import Discovery, Host
+from rx_discovery import Discovery, Host, ServiceNotFound
 from rx_discovery.model import Service
 from rx_discovery.registration import prepare_host, service_document
 
@@ -219,3 +220,17 @@ def test_python_newcomer_credentials_are_adopted_by_go(go, v2, service_name):
     peer.next_event("credentials", timeout=10.0, user="new", password="new-pw")
     service = v2.store.get(v2.keyspace.service_key(service_name))
     assert service is not None and Service.from_json(service.value).user == "new"
+
+
+# -- v3 ------------------------------------------------------------------------------------
+
+
+def test_on_v3_go_and_python_do_not_meet(go, v2, etcd, service_name):
+    """etcd keeps v2 and v3 data apart: why api="v2" exists."""
+    go.register(service_name, "go.dev", "8080")
+    assert len(v2.get(service_name).all()) == 1
+    with Discovery(etcd.endpoint) as v3:
+        with pytest.raises(ServiceNotFound):
+            v3.get(service_name).all()
+        v3.register(service_name, Host(hostname="py.dev", ports={"http": "1"}), ttl=5).wait(10)
+        assert [h["name"] for h in go.get(service_name)["all"]] == ["go.dev"]
