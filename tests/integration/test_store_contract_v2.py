@@ -227,6 +227,12 @@ class TestStoreContractV2(StoreContract):
         kv = store.get(f"{prefix}/k")
         assert kv is not None and kv.value == value
 
+    def test_a_value_that_is_not_text_is_refused_before_any_io(self, store: EtcdV2Store,
+                                                                prefix: str) -> None:
+        with pytest.raises(ValueError, match="not UTF-8"):
+            store.put(f"{prefix}/k", b"\xff\xfe")
+        assert store.get(f"{prefix}/k") is None
+
     def test_dispose_cancels_the_poll_at_once(self, store: EtcdV2Store, prefix: str) -> None:
         before = {t.name for t in threading.enumerate()}
         recorder = self.watch(store, f"{prefix}/", 0)

@@ -123,12 +123,17 @@ class EtcdV2Store:
 
         Raises:
             LeaseNotFound: ``lease`` expired or was revoked.
+            ValueError: ``value`` is not UTF-8 (v2 stores text), before any I/O.
             StoreUnavailable, AuthenticationFailed...: as :meth:`get_prefix`.
         """
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"put {key}: etcd's v2 API stores text; the value is not "
+                             "UTF-8") from None
         params: dict[str, str] = {}
         if lease:
             params["ttl"] = str(self._live_lease(lease, "put").ttl)
-        text = value.decode("utf-8", "surrogateescape")
         answer = self._http.call("put", "PUT", key, params=params, form={"value": text})
         with self._lock:
             self._detach(key)

@@ -75,6 +75,14 @@ def watch_event(body: dict[str, Any], prefix: str, exact: bool = False) -> Watch
     return WatchEvent(EventType.PUT, key, value, index, created, 1 if created == index else 0)
 
 
+def _run(loop: asyncio.AbstractEventLoop) -> None:
+    """The watch thread: run ``loop`` until stopped, then close it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 class WatchLoop:
     """The event-loop thread running a store's long polls, started on first use."""
 
@@ -91,7 +99,7 @@ class WatchLoop:
                 raise StoreUnavailable("watch: the store is closed")
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, daemon=True,
+                threading.Thread(target=_run, args=(self._loop,), daemon=True,
                                  name="rx-discovery-v2-watches").start()
             return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
