@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,7 +20,7 @@ from helpers import Recorder, wait_until
 from rx_discovery import Discovery, Host, RegistrationStatus
 from rx_discovery._errors import AuthenticationFailed, StoreError, StoreUnavailable
 from rx_discovery.config import Settings, parse_endpoint
-from rx_discovery.embedded import EmbeddedEtcd, TLSFiles
+from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles
 from rx_discovery.health import HealthState
 from rx_discovery.store.v2 import EtcdV2Store
 from rx_discovery.testing import TcpProxy
@@ -298,3 +299,30 @@ def test_close_deletes_the_keys_and_ends_every_thread(etcd: EmbeddedEtcd,
     finally:
         other.close()
     wait_until(lambda: not v2_threads() - before, 5.0, message="the v2 threads to end")
+
+
+def test_streams_and_registrations_fail_over_when_a_member_dies(unique_prefix: str) -> None:
+    """Three members; the watcher and registrar both start on m0, which is killed: calls and
+    long polls move to the next member, the registration keeps its key, streams go on."""
+    with EmbeddedEtcdCluster(3) as cluster:
+        endpoints = cluster.endpoints
+        with (Discovery(endpoints, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+              Discovery(endpoints, api="v2", prefix=unique_prefix, timeout=1) as writer):
+            new = Recorder()
+            watcher.subscribe_new("svc").subscribe(new.on_next)
+            kept = writer.register("svc", host(1), ttl=5).wait(10)
+            seen = statuses(kept)
+            wait_until(lambda: len(new.items) == 1, 10.0, message="the first host")
+            cluster.members[0].kill()
+            later = writer.register("svc", host(2), ttl=5).wait(15)
+            wait_until(lambda: [h.uuid for h in new.items] == [kept.uuid, later.uuid], 15.0,
+                       message="the host registered after the kill, once")
+            survivor = EtcdV2Store(Settings(endpoints=tuple(
+                parse_endpoint(e) for e in endpoints[1:])))
+            try:
+                for _ in range(3):  # over a TTL: the first registration was kept alive
+                    assert survivor.get(kept.key) is not None
+                    time.sleep(2)
+            finally:
+                survivor.close()
+            assert RegistrationStatus.LOST not in seen.items
