@@ -227,6 +227,20 @@ class TestStoreContractV2(StoreContract):
         kv = store.get(f"{prefix}/k")
         assert kv is not None and kv.value == value
 
+    def test_more_watches_than_httpxs_default_pool(self, etcd: EmbeddedEtcd,
+                                                    prefix: str) -> None:
+        """Each watch holds a connection for its long poll: 150 idle watches (httpx pools 100
+        by default, and a poll waiting for a connection fails after the call timeout) must
+        all be served."""
+        with v2_store(etcd.endpoint, timeout=1.0) as store:
+            start = store.get_prefix(f"{prefix}/").revision + 1
+            recorders = [self.watch(store, f"{prefix}/", start) for _ in range(150)]
+            time.sleep(2.0)  # idle for longer than the timeout: a too small pool fails polls
+            store.put(f"{prefix}/k", b"v")
+            wait_until(lambda: all(r.events for r in recorders), 3 * DEADLINE,
+                       message="every watch to see the put")
+            assert not any(r.error for r in recorders)
+
     def test_a_value_that_is_not_text_is_refused_before_any_io(self, store: EtcdV2Store,
                                                                 prefix: str) -> None:
         with pytest.raises(ValueError, match="not UTF-8"):

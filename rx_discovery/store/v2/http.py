@@ -209,7 +209,10 @@ class V2Http:
             if self.closed:
                 raise StoreUnavailable("the store is closed")
             if self._async is None:
-                self._async = httpx.AsyncClient(**self._options())
+                # each watch holds a connection for its long poll: httpx's pool of 100 would
+                # starve the 101st watch (its poll fails after the timeout, for ever)
+                self._async = httpx.AsyncClient(
+                    **self._options(), limits=httpx.Limits(max_connections=None))
             return self._async
 
     def call(self, operation: str, method: str, key: str,
