@@ -142,6 +142,18 @@ def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
                        client_key=pki["client_key"]) as discovery:  # type: ignore[arg-type]
             registration = discovery.register("svc", host(1), ttl=5).wait(10)
             assert [h.uuid for h in discovery.get("svc").all()] == [registration.uuid]
+        # TLS material makes it TLS, whatever the scheme written (as on v3)
+        plain_scheme = server.endpoint.replace("https://", "http://")
+        with Discovery(plain_scheme, api="v2", prefix=unique_prefix, ca_cert=pki["ca_pem"],
+                       client_cert=pki["client_cert"],
+                       client_key=pki["client_key"]) as discovery:  # type: ignore[arg-type]
+            assert discovery.get("svc").service().name == "svc"  # the service key, read
+        # PEM that is not PEM: refused for good before any connection
+        with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
+                       ca_cert=b"not a certificate") as broken:
+            with pytest.raises(StoreError) as caught:
+                broken.store.get(f"{unique_prefix}/x")
+            assert caught.value.permanent
         # no client certificate: refused for good, and health says so
         with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
                        ca_cert=pki["ca_pem"]) as refused:  # type: ignore[arg-type]

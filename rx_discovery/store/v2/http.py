@@ -183,28 +183,38 @@ class V2Http:
             if endpoints[self._current % len(endpoints)] == endpoint:
                 self._current = (self._current + 1) % len(endpoints)
 
+    def base_url(self, endpoint: Endpoint) -> str:
+        """``http(s)://host:port`` of ``endpoint``: https whenever TLS material is set, as
+        the v3 store uses TLS then, whatever the scheme written."""
+        return f"{'https' if self._settings.tls else 'http'}://{endpoint.netloc}"
+
     def _options(self) -> dict[str, Any]:
-        """Client options: TLS (built once; ConfigError-free: bad PEM is a StoreError)."""
+        """Client options: TLS (built once; bad PEM material is a permanent error)."""
         if self._tls is None:
             try:
                 self._tls = _ssl_context(self._settings)
             except (ssl.SSLError, OSError, ValueError) as exc:
-                raise StoreError(f"TLS setup failed ({type(exc).__name__})") from None
+                error = TlsRefused(f"TLS setup failed: the CA or client certificate/key is "
+                                   f"not usable PEM ({type(exc).__name__})")
+                self.health.denied(str(error))
+                raise error from None
         auth = None
         if self._settings.user is not None and self._settings.password is not None:
             auth = httpx.BasicAuth(self._settings.user, self._settings.password)
         return {"verify": self._tls, "auth": auth, "timeout": self._settings.timeout}
 
     def client(self) -> httpx.Client:
+        options = self._options()  # outside the lock: a failure is reported on health
         with self._lock:
             if self.closed:
                 raise StoreUnavailable("the store is closed")
             if self._sync is None:
-                self._sync = httpx.Client(**self._options())
+                self._sync = httpx.Client(**options)
             return self._sync
 
     def async_client(self) -> httpx.AsyncClient:
         """The client of watch long polls (used on the store's event-loop thread only)."""
+        options = self._options()
         with self._lock:
             if self.closed:
                 raise StoreUnavailable("the store is closed")
@@ -212,7 +222,7 @@ class V2Http:
                 # each watch holds a connection for its long poll: httpx's pool of 100 would
                 # starve the 101st watch (its poll fails after the timeout, for ever)
                 self._async = httpx.AsyncClient(
-                    **self._options(), limits=httpx.Limits(max_connections=None))
+                    **options, limits=httpx.Limits(max_connections=None))
             return self._async
 
     def call(self, operation: str, method: str, key: str,
@@ -233,8 +243,8 @@ class V2Http:
         for _ in self._settings.endpoints:
             endpoint = self.endpoint()
             try:
-                response = client.request(method, endpoint.url + path, params=params,
-                                          data=form)
+                response = client.request(method, self.base_url(endpoint) + path,
+                                          params=params, data=form)
                 answer = decode(response)
             except httpx.HTTPError as exc:
                 refused = tls_failure(exc, operation)

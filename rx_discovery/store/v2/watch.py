@@ -210,11 +210,11 @@ class Watch:
             if self._index:
                 params["waitIndex"] = str(self._index)
             try:
-                response = await client.get(endpoint.url + keys_path(self._directory),
-                                            params=params, timeout=timeout)
+                url = http.base_url(endpoint) + keys_path(self._directory)
+                response = await client.get(url, params=params, timeout=timeout)
                 answer = decode(response)
             except httpx.ReadTimeout:
-                await self._probe(client, endpoint.url)  # nothing happened: still there?
+                await self._probe(client, http.base_url(endpoint))  # idle: still there?
                 continue
             except V2Disabled as exc:
                 http.health.denied(str(exc), endpoint.url)
