@@ -23,6 +23,7 @@ import httpx
 from reactivex import abc
 
 from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
+from rx_discovery.config import Endpoint
 from rx_discovery.store import EventType, WatchEvent, WatchResponse
 from rx_discovery.store.v2.http import V2Disabled, V2Http, decode, error_of, keys_path, tls_failure
 
@@ -214,7 +215,7 @@ class Watch:
                 response = await client.get(url, params=params, timeout=timeout)
                 answer = decode(response)
             except httpx.ReadTimeout:
-                await self._probe(client, http.base_url(endpoint))  # idle: still there?
+                await self._probe(client, endpoint)  # idle: is it still there?
                 continue
             except V2Disabled as exc:
                 http.health.denied(str(exc), endpoint.url)
@@ -232,6 +233,9 @@ class Watch:
                 error = error_of(answer, "watch")
                 if error.permanent:
                     http.health.denied(str(error), endpoint.url)
+                elif isinstance(error, StoreUnavailable):  # e.g. no leader: try another
+                    http.failed(endpoint)
+                    http.health.failed(str(error), endpoint.url)
                 raise error
             http.health.connected(endpoint.url)
             if not answer.body.get("node"):  # etcd closed the poll without an event
@@ -243,16 +247,17 @@ class Watch:
                 return WatchResponse(revision=index, events=())
             return WatchResponse(revision=index, events=(event,))
 
-    async def _probe(self, client: httpx.AsyncClient, url: str) -> None:
+    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
         """After an idle poll: the member must answer a cheap request within the timeout.
 
         Raises:
             StoreUnavailable: it did not (frozen, cut off): the sync reopens elsewhere.
         """
+        url = self._http.base_url(endpoint)
         try:
             response = await client.get(url + "/version")
         except httpx.HTTPError as exc:
-            self._http.failed(self._http.endpoint())
+            self._http.failed(endpoint)
             reason = f"watch: member silent ({type(exc).__name__})"
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason) from None
