@@ -245,6 +245,7 @@ def test_streams_resume_after_a_restart(unique_prefix: str) -> None:
         sets, new = Recorder(), Recorder()
         watcher.hosts("svc").subscribe(sets.on_next)
         watcher.subscribe_new("svc").subscribe(new.on_next)
+        wait_until(lambda: sets.items, 10.0, message="the first state")  # then it is new
         first = writer.register("svc", host(1), ttl=10).wait(10)
         wait_until(lambda: [h.uuid for h in new.items] == [first.uuid], 10.0,
                    message="the first host")
@@ -320,8 +321,10 @@ def test_streams_and_registrations_fail_over_when_a_member_dies(unique_prefix: s
         endpoints = cluster.endpoints
         with (Discovery(endpoints, api="v2", prefix=unique_prefix, timeout=1) as watcher,
               Discovery(endpoints, api="v2", prefix=unique_prefix, timeout=1) as writer):
-            new = Recorder()
+            new, sets = Recorder(), Recorder()
+            watcher.hosts("svc").subscribe(sets.on_next)
             watcher.subscribe_new("svc").subscribe(new.on_next)
+            wait_until(lambda: sets.items, 10.0, message="the first state")  # then it is new
             kept = writer.register("svc", host(1), ttl=5).wait(10)
             seen = statuses(kept)
             wait_until(lambda: len(new.items) == 1, 10.0, message="the first host")
