@@ -192,12 +192,13 @@ class TestStoreContractV2(StoreContract):
         start = store.get_prefix(f"{prefix}/").revision + 1
         recorder = self.watch(store, f"{prefix}/", start)
         lease = store.grant(2)
-        store.put(f"{prefix}/k", b"v", lease=lease.id)
+        written = store.put(f"{prefix}/k", b"v", lease=lease.id)
         deadline = time.monotonic() + 4.5  # over twice the TTL
         while time.monotonic() < deadline:
             assert store.keepalive(lease.id) == 2
             time.sleep(0.5)
         assert store.get(f"{prefix}/k") is not None
+        assert store.get_prefix(f"{prefix}/").revision > written  # refreshes advance the index
         store.put(f"{prefix}/marker", b"m")
         wait_until(lambda: len(recorder.events) >= 2, DEADLINE, message="the marker")
         assert recorder.changes() == [(EventType.PUT, f"{prefix}/k"),
@@ -217,6 +218,14 @@ class TestStoreContractV2(StoreContract):
             store.keepalive(lease.id)
         with pytest.raises(LeaseNotFound):  # the lease is gone for good
             store.put(f"{prefix}/k", b"v", lease=lease.id)
+
+    def test_keys_starting_with_an_underscore_are_hidden_from_listings(
+            self, store: EtcdV2Store, prefix: str) -> None:
+        store.put(f"{prefix}/d/_hidden", b"h")
+        store.put(f"{prefix}/d/shown", b"s")
+        assert [kv.key for kv in store.get_prefix(f"{prefix}/d/").items] == [f"{prefix}/d/shown"]
+        kv = store.get(f"{prefix}/d/_hidden")
+        assert kv is not None and kv.value == b"h"
 
     def test_values_are_stored_byte_for_byte(self, store: EtcdV2Store, prefix: str,
                                              etcd: EmbeddedEtcd) -> None:
