@@ -193,6 +193,9 @@ def test_basic_auth(v2_auth: EmbeddedEtcd, caplog: pytest.LogCaptureFixture) -> 
     assert "basic auth over plain HTTP" in caplog.text
     assert SVC_PASSWORD not in caplog.text
     settings = Settings(endpoints=(parse_endpoint(v2_auth.endpoint),), api="v2")
+    allowed = dataclasses.replace(settings, user=SVC, password=SVC_PASSWORD)
+    with EtcdV2Store(allowed) as store, pytest.raises(AuthenticationFailed):
+        store.put("/elsewhere/x", b"v")  # no permission there: v2 answers 401 too
     for wrong in (dataclasses.replace(settings, user=SVC, password="not-" + SVC_PASSWORD),
                   settings):  # a wrong password; none at all (the guest role may do nothing)
         with EtcdV2Store(wrong) as store:
