@@ -19,13 +19,13 @@ import reactivex
 from reactivex import abc, operators
 from reactivex.scheduler import EventLoopScheduler
 
-from rx_discovery._errors import MalformedValue
+from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
 from rx_discovery._shelf import Shelf
-from rx_discovery.config import Settings
+from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, validate_service_name
@@ -65,6 +65,8 @@ class Discovery:
         ca_cert, client_cert, client_key: TLS material, file paths or PEM bytes.
         user, password: etcd authentication (the server needs TLS for it).
         timeout: deadline of one etcd call, in seconds.
+        api: "v3" (default), or "v2": etcd's v2 keys API, to share services with the Go
+            etcd-discovery package (``ETCD_API`` for :meth:`from_env`).
         scheduler: times keepalives, backoff and retries (default: one timer thread).
         store: use this store instead of etcd (see :meth:`in_memory`).
 
@@ -75,17 +77,25 @@ class Discovery:
     def __init__(self, endpoints: str | Sequence[str] | None = None, *, prefix: str = "",
                  ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None,
                  client_key: str | bytes | None = None, user: str | None = None,
-                 password: str | None = None, timeout: float = 5.0,
+                 password: str | None = None, timeout: float = 5.0, api: Api = "v3",
                  scheduler: abc.SchedulerBase | None = None, store: Store | None = None,
                  settings: Settings | None = None) -> None:
         if settings is None:
             settings = Settings.build(endpoints, prefix=prefix, ca_cert=ca_cert,
                                       client_cert=client_cert, client_key=client_key,
-                                      user=user, password=password, timeout=timeout)
+                                      user=user, password=password, timeout=timeout,
+                                      api=api)
         self.settings = settings
         self.keyspace = Keyspace(settings.prefix)
         self._owned: list[Callable[[], None]] = []
-        if store is None:
+        if store is None and settings.api == "v2":
+            try:
+                from rx_discovery.store.v2 import EtcdV2Store
+            except ImportError as missing:
+                raise ConfigError("api='v2' needs httpx: pip install 'rx-discovery[v2]'"
+                                  ) from missing
+            store = EtcdV2Store(settings)
+        elif store is None:
             from rx_discovery.store.etcd import EtcdStore
 
             store = EtcdStore(settings)

@@ -421,6 +421,7 @@ class EmbeddedEtcd(_Started):
             "--initial-cluster", self._initial_cluster,
             "--listen-metrics-urls", self.metrics_url,
             "--log-level", "error",
+            "--enable-v2=true",  # the v2 keys API of Go etcd-discovery (etcd 3.5; 3.6 has none)
         ]
         if self._cluster_token:
             command += ["--initial-cluster-token", self._cluster_token]

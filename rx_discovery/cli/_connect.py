@@ -44,7 +44,8 @@ def _settings(args: argparse.Namespace, endpoint: str | None = None) -> Settings
     prefix = args.prefix if args.prefix is not None else settings.prefix
     if any(ch.isspace() for ch in prefix):
         raise ConfigError("--prefix must not contain whitespace")
-    return dataclasses.replace(settings, prefix=prefix, timeout=args.timeout)
+    api = getattr(args, "api", None) or settings.api
+    return dataclasses.replace(settings, prefix=prefix, timeout=args.timeout, api=api)
 
 
 def _not_etcd(error: BaseException) -> bool:

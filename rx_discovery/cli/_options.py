@@ -65,6 +65,9 @@ def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
                             "else http://127.0.0.1:2379)")
     group.add_argument("--prefix", default=default(None),
                        help="keyspace prefix, e.g. /prod (default: ETCD_PREFIX, else none)")
+    group.add_argument("--api", choices=("v3", "v2"), default=default(None),
+                       help="etcd API: v3, or v2 to share services with Go etcd-discovery "
+                            "(default: ETCD_API, else v3)")
     group.add_argument("--timeout", type=_positive, metavar="SECONDS", default=default(5.0),
                        help="deadline of one etcd call (default: 5)")
     group.add_argument("-v", "--verbose", action="store_true", default=default(False),
