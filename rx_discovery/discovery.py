@@ -43,6 +43,7 @@ __all__ = ["Discovery"]
 log = logging.getLogger("rx_discovery")
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class Discovery:
@@ -258,27 +259,7 @@ class Discovery:
 
     def _expand(self, service: str, scheduler: abc.SchedulerBase | None,
                 expand: Callable[[Change[Host]], Iterable[T]]) -> reactivex.Observable[T]:
-        """The items ``expand`` derives from each change, emitted synchronously on the thread
-        of the change. (``flat_map`` would build an Observable per change and subscriber:
-        ~50x the cost per subscriber per event.) An observer that raises on one item still
-        gets the others."""
-        changes = self.changes(service, scheduler=scheduler)
-
-        def subscribe(observer: abc.ObserverBase[T],
-                      _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            emit = observer.on_next
-
-            def on_next(change: Change[Host]) -> None:
-                for item in expand(change):
-                    try:
-                        emit(item)
-                    except Exception:  # user code: log, and go on with the next item
-                        log.exception("%s: an observer raised; it keeps its subscription",
-                                      service)
-
-            return changes.subscribe(on_next, observer.on_error, observer.on_completed)
-
-        return reactivex.create(subscribe)
+        return _expanded(self.changes(service, scheduler=scheduler), expand, service)
 
     def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                  ) -> reactivex.Observable[Service]:
@@ -286,10 +267,8 @@ class Discovery:
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
         subscriber of the service."""
-        stream: reactivex.Observable[Service] = self._service_sync(
-            validate_service_name(service)).observe(scheduler, wait=True).pipe(
-            operators.flat_map(_values))
-        return stream
+        name = validate_service_name(service)
+        return _expanded(self._service_sync(name).observe(scheduler, wait=True), _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
@@ -412,6 +391,31 @@ class Discovery:
         if self._closed:
             shared.close()  # its subscribers fail at once
         return shared
+
+
+def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],
+              service: str) -> reactivex.Observable[T]:
+    """The items ``expand`` derives from each change, emitted synchronously on the thread of
+    the change. (``flat_map`` would build an Observable per change and subscriber: ~50x the
+    cost per subscriber per event; and it turns an exception raised by the observer into
+    ``on_error``, ending the stream.) An observer that raises on one item is logged, still
+    gets the others and keeps its subscription."""
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        emit = observer.on_next
+
+        def on_next(change: Change[V]) -> None:
+            for item in expand(change):
+                try:
+                    emit(item)
+                except Exception:  # user code: log, and go on with the next item
+                    log.exception("%s: an observer raised; it keeps its subscription",
+                                  service)
+
+        return changes.subscribe(on_next, observer.on_error, observer.on_completed)
+
+    return reactivex.create(subscribe)
 
 
 def _events(change: Change[Host]) -> list[HostEvent]:

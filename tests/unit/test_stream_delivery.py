@@ -14,7 +14,7 @@ from reactivex import operators
 from reactivex.testing import TestScheduler
 from test_streams_marble import at, uuids
 
-from rx_discovery import Discovery, HostSet, StoreUnavailable
+from rx_discovery import Credentials, Discovery, HostSet, Service, StoreUnavailable
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
@@ -114,6 +114,37 @@ def test_an_observer_that_raises_on_one_host_still_gets_the_others(
     at(scheduler, 1, lambda: setattr(store, "reads_fail", False))
     scheduler.advance_to(5)
     assert got == ["uuid-1", "uuid-2", "uuid-3"]
+
+
+def test_a_raising_services_or_credentials_observer_keeps_its_subscription(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    store = discovery.store
+
+    def service(user: str) -> bytes:
+        return Service(name="api", critical=False, public=True, hostname="h", user=user,
+                       password="p").to_json().encode()
+
+    store.put("/services_infos/api", service("a"))
+    users: list[str] = []
+    names: list[str] = []
+    errors: list[Exception] = []
+
+    def on_credentials(credentials: Credentials) -> None:
+        users.append(credentials.user)
+        raise RuntimeError("user bug")
+
+    def on_service(document: Service) -> None:
+        names.append(document.user)
+        raise RuntimeError("user bug")
+
+    discovery.credentials("api").subscribe(on_credentials, errors.append)
+    discovery.services("api").subscribe(on_service, errors.append)
+    for n, user in enumerate("bc", start=1):
+        at(scheduler, n, lambda user=user: store.put("/services_infos/api", service(user)))
+    scheduler.advance_to(5)
+    assert users == ["a", "b", "c"]
+    assert names == ["a", "b", "c"]
+    assert errors == []
 
 
 def test_an_observer_may_subscribe_to_another_service_inside_on_next(
