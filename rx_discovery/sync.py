@@ -139,6 +139,9 @@ class PrefixSync(Generic[T]):
         # watches are cheap to reopen: retry soon (jittered, so clients do not stampede), and
         # at most 0.5 s apart, so a stream resumes within ~1 s of etcd coming back
         self._backoff = Backoff(initial=0.05, maximum=0.5)
+        # a permanent refusal (a permission, a login) heals only when someone fixes it: retry
+        # slowly, as a refused login is (1 s doubling to 60 s), not every 0.5 s for ever
+        self._slow_backoff = Backoff(initial=1.0, maximum=60.0)
 
     @property
     def loaded(self) -> bool:
@@ -212,6 +215,7 @@ class PrefixSync(Generic[T]):
             change = _diff(self._items, state, snapshot.revision, first, resync=True)
             self._items, self._revision, self._loaded = state, snapshot.revision, True
             self._backoff.reset()
+            self._slow_backoff.reset()
             self._open_watch()  # recovery first: publishing enqueues only, but stay safe
             if first or not change.empty:
                 if not first:
@@ -239,10 +243,11 @@ class PrefixSync(Generic[T]):
             with self._lock:
                 if token is not self._token:
                     return
-                if self._backoff.attempt:
+                if self._backoff.attempt or self._slow_backoff.attempt:
                     log.info("%s: watch resumed from revision %d", self._name,
                              self._revision + 1)
                     self._backoff.reset()
+                    self._slow_backoff.reset()
                 if not response.events:  # progress notification: nothing changed up to here
                     self._revision = max(self._revision, response.revision)
                     return
@@ -312,8 +317,11 @@ class PrefixSync(Generic[T]):
     def _retry(self, action: Callable[[], None], error: Exception, what: str) -> None:
         if self._stopped:
             return
-        delay = self._backoff.next()
-        level = logging.INFO if self._backoff.attempt == 1 else logging.DEBUG
+        permanent = getattr(error, "permanent", False)
+        backoff = self._slow_backoff if permanent else self._backoff
+        delay = backoff.next()
+        level = ((logging.WARNING if permanent else logging.INFO) if backoff.attempt == 1
+                 else logging.DEBUG)
         log.log(level, "%s: %s failed (%s: %s); retrying in %.2fs", self._name, what,
                 type(error).__name__, error, delay)
         self._pending.disposable = self._runtime.after(delay, action)

@@ -14,7 +14,14 @@ from reactivex import operators
 from reactivex.testing import TestScheduler
 from test_streams_marble import at, uuids
 
-from rx_discovery import Credentials, Discovery, HostSet, Service, StoreUnavailable
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    HostSet,
+    PermissionDenied,
+    Service,
+    StoreUnavailable,
+)
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
@@ -423,3 +430,31 @@ def test_a_malformed_value_is_reported_once_however_often_it_is_read(
         at(scheduler, time, compacted_gap)
     scheduler.advance_to(10)
     assert [p.key for p in problems.items] == ["/services/api/bad"]
+
+
+class DeniedStore(MemoryStore):
+    """Reads of the hosts of ``api`` are refused (etcd RBAC) while ``denied``; counts them."""
+
+    denied = True
+    reads = 0
+
+    def get_prefix(self, prefix: str) -> Any:
+        if prefix == "/services/api/":
+            self.reads += 1
+            if self.denied:
+                raise PermissionDenied("permission denied")
+        return super().get_prefix(prefix)
+
+
+def test_a_permanent_error_is_retried_slowly_and_heals_once_allowed(
+        scheduler: TestScheduler) -> None:
+    store = DeniedStore(scheduler)
+    put(store, 1)
+    sets = record(Discovery(store=store).hosts("api"), scheduler)
+    scheduler.advance_to(120)
+    # retried (a permission granted later heals), but not every 0.5 s for ever: ~1 s doubling
+    # to 60 s, as a refused login (about 240 reads at the transient pace)
+    assert 3 <= store.reads <= 10
+    store.denied = False
+    scheduler.advance_to(181)
+    assert [(uuids(s)) for s in sets.items] == [["uuid-1"]]
