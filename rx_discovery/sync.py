@@ -145,7 +145,7 @@ class PrefixSync(Generic[T]):
 
     @property
     def loaded(self) -> bool:
-        """True once the first state was read (and enqueued)."""
+        """True once the first state was read and enqueued."""
         return self._loaded
 
     def start(self, block: bool = False) -> None:
@@ -213,7 +213,7 @@ class PrefixSync(Generic[T]):
             first = not self._loaded
             state = Map(items)
             change = _diff(self._items, state, snapshot.revision, first, resync=True)
-            self._items, self._revision, self._loaded = state, snapshot.revision, True
+            self._items, self._revision = state, snapshot.revision
             self._backoff.reset()
             self._slow_backoff.reset()
             self._open_watch()  # recovery first: publishing enqueues only, but stay safe
@@ -222,6 +222,9 @@ class PrefixSync(Generic[T]):
                     log.info("%s: resynced at revision %d (%d added, %d removed)", self._name,
                              snapshot.revision, len(change.added), len(change.removed or ()))
                 self._publish(change)
+            # only now: a subscriber that sees ``loaded`` (without this lock) must find the
+            # first state enqueued already, not have it come later as unseen hosts
+            self._loaded = True
 
     # --- watch --------------------------------------------------------------------------
 

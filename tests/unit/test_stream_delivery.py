@@ -458,3 +458,48 @@ def test_a_permanent_error_is_retried_slowly_and_heals_once_allowed(
     store.denied = False
     scheduler.advance_to(181)
     assert [(uuids(s)) for s in sets.items] == [["uuid-1"]]
+
+
+class PausedWatchStore(MemoryStore):
+    """The first watch pauses (``opening`` set) until ``resume`` is set, which the next read
+    does (a joiner that reads first waits for the paused one: it must not dead-lock)."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.opening, self.resume = threading.Event(), threading.Event()
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.opening.is_set():
+            self.resume.set()
+        return super().get_prefix(prefix)
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any) -> Any:
+        if not self.opening.is_set():
+            self.opening.set()
+            assert self.resume.wait(5)
+        return super().watch(prefix, start_revision, **kwargs)
+
+
+def test_joining_while_the_first_read_opens_its_watch_sees_no_existing_host_as_new(
+        scheduler: TestScheduler) -> None:
+    store = PausedWatchStore(scheduler)
+    put(store, 1)
+    discovery = Discovery(store=store)
+    first = threading.Thread(target=lambda: discovery.hosts("api").subscribe(), daemon=True)
+    first.start()  # reads the hosts, then opens the watch (paused) before publishing them
+    assert store.opening.wait(5)
+    news: list[str] = []
+    sets: list[list[str]] = []
+
+    def join() -> None:  # while the first subscriber's watch is being opened
+        discovery.subscribe_new("api").subscribe(lambda host: news.append(host.uuid))
+        discovery.hosts("api").subscribe(lambda hosts: sets.append(uuids(hosts)))
+        store.resume.set()
+
+    on_other_thread(join)
+    first.join(5)
+    assert not first.is_alive()
+    at(scheduler, 1, lambda: put(store, 2))
+    scheduler.advance_to(2)
+    assert news == ["uuid-2"]  # uuid-1 was there before subscribe() returned: not new
+    assert sets == [["uuid-1"], ["uuid-1", "uuid-2"]]
