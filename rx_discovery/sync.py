@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from immutables import Map
-from reactivex.disposable import SerialDisposable
+from reactivex.disposable import SerialDisposable, SingleAssignmentDisposable
 
 from rx_discovery._errors import MalformedValue, RevisionCompacted
 from rx_discovery._runtime import Backoff, Runtime
@@ -159,7 +159,7 @@ class PrefixSync(Generic[T]):
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
-        self._pending.disposable = self._runtime.run(self._first_load)
+        self._later(0, self._first_load)
 
     def ensure_loaded(self) -> None:
         """Read the first state now, on the caller's thread, unless it was read already.
@@ -313,7 +313,7 @@ class PrefixSync(Generic[T]):
         if isinstance(error, RevisionCompacted):
             log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
                      self._name, self._revision + 1, error.compact_revision)
-            self._pending.disposable = self._runtime.run(self._resync)
+            self._later(0, self._resync)
         else:
             self._retry(self._open_watch, error, "watch")
 
@@ -327,7 +327,15 @@ class PrefixSync(Generic[T]):
                  else logging.DEBUG)
         log.log(level, "%s: %s failed (%s: %s); retrying in %.2fs", self._name, what,
                 type(error).__name__, error, delay)
-        self._pending.disposable = self._runtime.after(delay, action)
+        self._later(delay, action)
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        """Run ``action`` on the I/O scheduler after ``delay``, cancelling what was pending.
+        Recorded as pending *before* it is scheduled: a worker may run it, fail and schedule
+        its retry before ``after`` returns, and recording it then would cancel that retry."""
+        slot = SingleAssignmentDisposable()
+        self._pending.disposable = slot
+        slot.disposable = self._runtime.after(delay, action)  # disposed at once if replaced
 
     # --- decoding -----------------------------------------------------------------------
 

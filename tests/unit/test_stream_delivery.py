@@ -11,6 +11,7 @@ from typing import Any
 
 import reactivex
 from reactivex import operators
+from reactivex.scheduler import ImmediateScheduler
 from reactivex.testing import TestScheduler
 from test_streams_marble import at, uuids
 
@@ -22,8 +23,10 @@ from rx_discovery import (
     Service,
     StoreUnavailable,
 )
+from rx_discovery._runtime import Runtime
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
+from rx_discovery.sync import Change, Codec, PrefixSync
 from rx_discovery.testing import make_host, record
 
 
@@ -503,3 +506,22 @@ def test_joining_while_the_first_read_opens_its_watch_sees_no_existing_host_as_n
     scheduler.advance_to(2)
     assert news == ["uuid-2"]  # uuid-1 was there before subscribe() returned: not new
     assert sets == [["uuid-1"], ["uuid-1", "uuid-2"]]
+
+
+def test_a_background_read_that_fails_at_once_is_still_retried(
+        scheduler: TestScheduler) -> None:
+    # An I/O worker may run the first background read, fail (etcd refuses connections at
+    # once) and schedule its retry before start() has recorded the read as pending: recording
+    # it then cancelled the retry, and the stream never loaded (1 of 8 streams on etcd).
+    # ImmediateScheduler runs the read inside start(), which makes that order certain.
+    store = MemoryStore(scheduler)
+    put(store, 1)
+    store.disconnect()
+    changes: list[Change[Any]] = []
+    sync: PrefixSync[Any] = PrefixSync(
+        store, "/services/api/", Codec(lambda key: key, lambda _key, value: value),
+        Runtime(scheduler, ImmediateScheduler()), changes.append, lambda _: None, "api")
+    sync.start()
+    store.reconnect()
+    scheduler.advance_to(10)
+    assert [sorted(c.items) for c in changes] == [["/services/api/uuid-1"]]
