@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.scheduler import EventLoopScheduler
+from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
 from rx_discovery._errors import MalformedValue
 from rx_discovery._keeper import LeaseKeeper
@@ -87,13 +87,16 @@ class Discovery:
         # a TestScheduler drives it all; etcd calls block, so they get a thread pool.
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
+        delivery: abc.SchedulerBase | None = None
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
             self._owned += [loop.dispose, pool.shutdown]
-            io, default_timer = pool, loop
+            # what background reads found goes to observers on a thread of its own (rare:
+            # a first read after a failure, a resync after compaction), not on a pool worker
+            io, default_timer, delivery = pool, loop, NewThreadScheduler()
         self.store = store
-        self._runtime = Runtime(scheduler or default_timer or io, io)
+        self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -201,7 +204,8 @@ class Discovery:
         comes as a change that adds every host in it (``initial`` False), since any of them
         may have registered after you subscribed.
 
-        Emits on the store's watch thread (or the thread that read), one change at a time,
+        Emits on the store's watch thread (or the subscriber's thread for the first read; on
+        etcd, a thread of its own for a read retried in the background), one change at a time,
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
         return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)

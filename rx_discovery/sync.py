@@ -10,8 +10,10 @@ Thread: changes are *enqueued* (``publish``, ``report``) under the sync's lock, 
 watch thread (etcd: the watch reader thread; memory: the store's scheduler), on the I/O
 scheduler (background reads) or on a subscriber's thread (a first read at subscribe time);
 never two at once, in revision order. ``flush`` is called after the lock is released, so user
-observers never run under it. Recovery (the next watch, a retry) is always in place before
-``flush`` runs, so an observer that raises or blocks cannot stop the sync.
+observers never run under it; after a background read it is handed off (``Runtime.hand_off``),
+so that an observer that blocks never holds an I/O worker. Recovery (the next watch, a retry)
+is always in place before ``flush`` runs, so an observer that raises or blocks cannot stop the
+sync.
 """
 
 from __future__ import annotations
@@ -198,7 +200,12 @@ class PrefixSync(Generic[T]):
                 raise
             self._retry(self._first_load if first else self._resync, error, "read")
         finally:
-            self._flush()  # outside the lock: user code; the watch or retry is in place
+            # outside the lock: user code; the watch or retry is in place. In the background
+            # (an I/O worker) hand it off: a blocking observer must not hold the worker
+            if retry:
+                self._runtime.hand_off(self._flush)
+            else:
+                self._flush()
 
     def _read(self, first: bool) -> None:
         snapshot = self._store.get_prefix(self._prefix)

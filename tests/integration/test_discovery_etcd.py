@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import etcd3
 import pytest
@@ -382,3 +383,31 @@ def test_catalog_lists_every_service_and_skips_malformed_values(
     assert list(discovery.catalog("db")) == ["db"]
     api.dispose()
     assert len(discovery.catalog()["api"].host_set()) == 0
+
+
+def test_observers_blocking_on_background_loads_do_not_starve_registrations() -> None:
+    # Streams subscribed while etcd is down read their first state in the background; their
+    # observers (user code) must not run on the I/O pool that registrations and keepalives
+    # need: eight of them blocking there left no worker, and a registration never happened.
+    server = EmbeddedEtcd(name="busy-observers")
+    release = threading.Event()
+    blocked: set[int] = set()
+
+    def blocking(n: int) -> Callable[[object], None]:
+        def on_next(_: object) -> None:
+            blocked.add(n)
+            release.wait(60)  # a slow observer (say, one that calls each new host)
+        return on_next
+
+    with Discovery(server.endpoint, timeout=2) as discovery:
+        try:
+            for n in range(8):
+                discovery.hosts(f"svc-{n}").subscribe(blocking(n))
+            with server:
+                wait_until(lambda: len(blocked) == 8, timeout=30,
+                           message=f"every observer got its first set and blocks {blocked}")
+                registration = discovery.register("mine", host(1), ttl=2)
+                registration.wait(20)
+                assert discovery.get("mine").first().uuid == registration.uuid
+        finally:
+            release.set()
