@@ -150,14 +150,18 @@ class SharedSync(Generic[T]):
             inner.dispose()
             observer.on_error(RuntimeError(CLOSED_MESSAGE))
             return Disposable()
-        if start is not None:
-            start.start(block=wait)
-        elif wait and not sync.loaded:
-            try:
-                sync.ensure_loaded()
-            except Exception as error:  # the background read goes on
-                log.info("%s: first read failed at subscribe (%s: %s)", self._label,
-                         type(error).__name__, error)
+        try:
+            if start is not None:
+                start.start(block=wait)
+            elif wait and not sync.loaded:
+                try:
+                    sync.ensure_loaded()
+                except Exception as error:  # the background read goes on
+                    log.info("%s: first read failed at subscribe (%s: %s)", self._label,
+                             type(error).__name__, error)
+        except BaseException:  # interrupted (Ctrl-C): nobody will hold this subscription
+            self._unsubscribe(joiner, inner)
+            raise
         with self._lock:
             joiner.after_return = True  # a first value enqueued from now on is unseen state
         subject.flush()  # the replay, if another thread has not delivered it already

@@ -9,6 +9,7 @@ import gc
 import threading
 from typing import Any
 
+import pytest
 import reactivex
 from reactivex import operators
 from reactivex.scheduler import ImmediateScheduler
@@ -525,3 +526,31 @@ def test_a_background_read_that_fails_at_once_is_still_retried(
     store.reconnect()
     scheduler.advance_to(10)
     assert [sorted(c.items) for c in changes] == [["/services/api/uuid-1"]]
+
+
+class InterruptedReadStore(MemoryStore):
+    """The next read is interrupted (Ctrl-C in a notebook while subscribe() waits for etcd)."""
+
+    interrupt = True
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return super().get_prefix(prefix)
+
+
+def test_a_subscribe_interrupted_during_its_first_read_leaves_nothing_running(
+        scheduler: TestScheduler) -> None:
+    store = InterruptedReadStore(scheduler)
+    discovery = Discovery(store=store)
+    interrupted: list[object] = []
+    with pytest.raises(KeyboardInterrupt):
+        discovery.hosts("api").subscribe(interrupted.append)
+    scheduler.advance_to(1)
+    assert store.watch_count == 0  # no watch left behind for a subscription nobody holds
+    sets = record(discovery.hosts("api"), scheduler)  # the next subscriber starts afresh
+    at(scheduler, 2, lambda: put(store, 1))
+    scheduler.advance_to(3)
+    assert [uuids(s) for s in sets.items] == [[], ["uuid-1"]]
+    assert interrupted == []  # the interrupted observer gets nothing
