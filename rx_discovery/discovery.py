@@ -407,15 +407,11 @@ def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change
 
     def subscribe(observer: abc.ObserverBase[T],
                   _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-        emit = observer.on_next
+        emit = _guarded(observer, service)
 
         def on_next(change: Change[V]) -> None:
             for item in expand(change):
-                try:
-                    emit(item)
-                except Exception:  # user code: log, and go on with the next item
-                    log.exception("%s: an observer raised; it keeps its subscription",
-                                  service)
+                emit(item)  # one that raises is logged: go on with the next item
 
         return changes.subscribe(on_next, observer.on_error, observer.on_completed)
 
@@ -453,4 +449,31 @@ def _credentials_of(service: Service) -> Credentials:
 
 def _deliver(stream: reactivex.Observable[T], observe_on: abc.SchedulerBase | None
              ) -> reactivex.Observable[T]:
-    return stream if observe_on is None else stream.pipe(operators.observe_on(observe_on))
+    """``stream`` delivered on ``observe_on`` (when given), where an observer that raises is
+    logged and keeps its subscription, as on the watch thread: the exception must not end
+    the subscription nor escape into that scheduler (an EventLoopScheduler's thread dies of
+    it, and with it every stream delivered there)."""
+    if observe_on is None:
+        return stream
+    moved = stream.pipe(operators.observe_on(observe_on))
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        return moved.subscribe(_guarded(observer, "observe_on"), observer.on_error,
+                               observer.on_completed)
+
+    return reactivex.create(subscribe)
+
+
+def _guarded(observer: abc.ObserverBase[T], label: str) -> Callable[[T], None]:
+    """``observer.on_next``, logging what it raises (user code) instead of letting it end
+    the subscription or escape into the library's thread or the user's scheduler."""
+    emit = observer.on_next
+
+    def on_next(value: T) -> None:
+        try:
+            emit(value)
+        except Exception:
+            log.exception("%s: an observer raised; it keeps its subscription", label)
+
+    return on_next

@@ -417,6 +417,28 @@ def test_observe_on_delivers_on_the_given_scheduler(
     assert all(r.items for r in recorders.values())
 
 
+def test_an_observer_that_raises_on_the_observe_on_scheduler_keeps_its_subscription(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # The exception used to escape into the observe_on scheduler: it ended the
+    # subscription and stopped that scheduler (an EventLoopScheduler's thread died, and
+    # with it every other stream delivered there).
+    elsewhere = TestScheduler()
+    got: list[str] = []
+
+    def explode(host: Any) -> None:
+        got.append(host.uuid)
+        raise RuntimeError("user bug")
+
+    discovery.subscribe_new("api", observe_on=elsewhere).subscribe(explode)
+    others = record(discovery.subscribe_new("api", observe_on=elsewhere), elsewhere)
+    for n in (1, 2):
+        at(scheduler, n, lambda n=n: put(discovery.store, n))
+        scheduler.advance_to(n)
+        elsewhere.advance_to(n)
+    assert got == ["uuid-1", "uuid-2"]
+    assert [h.uuid for h in others.items] == ["uuid-1", "uuid-2"]
+
+
 def test_a_malformed_value_is_reported_once_however_often_it_is_read(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     store: Any = discovery.store  # mutant: re-reported on every re-read (sync.py ~306)
