@@ -156,24 +156,25 @@ class PrefixSync(Generic[T]):
         background), else in the background."""
         if block and not self._stopped:
             try:
-                self._load(first=True, retry=False)
+                self._load(first=True, retry=False, hand_off=False)
                 return
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
         self._later(0, self._first_load)
 
-    def ensure_loaded(self) -> None:
+    def ensure_loaded(self, hand_off: bool = False) -> None:
         """Read the first state now, on the caller's thread, unless it was read already.
 
         A registration calls it before writing its key, so that its own put reaches every
-        stream of the service as a change, and a failure to read is its own error.
+        stream of the service as a change, and a failure to read is its own error; it runs
+        on an I/O worker, so it asks to ``hand_off`` the deliveries (as background reads do).
 
         Raises:
             StoreError: the read failed (the background load keeps retrying).
         """
         if not self._loaded and not self._stopped:
-            self._load(first=True, retry=False)
+            self._load(first=True, retry=False, hand_off=hand_off)
 
     def stop(self) -> None:
         """Cancel the watch and any pending retry. Nothing is published afterwards."""
@@ -190,7 +191,7 @@ class PrefixSync(Generic[T]):
     def _resync(self) -> None:
         self._load(first=False)
 
-    def _load(self, first: bool, retry: bool = True) -> None:
+    def _load(self, first: bool, retry: bool = True, hand_off: bool = True) -> None:
         if self._stopped:
             return
         try:
@@ -200,9 +201,9 @@ class PrefixSync(Generic[T]):
                 raise
             self._retry(self._first_load if first else self._resync, error, "read")
         finally:
-            # outside the lock: user code; the watch or retry is in place. In the background
-            # (an I/O worker) hand it off: a blocking observer must not hold the worker
-            if retry:
+            # outside the lock: user code; the watch or retry is in place. On an I/O worker
+            # hand it off: a blocking observer must not hold the worker
+            if hand_off:
                 self._runtime.hand_off(self._flush)
             else:
                 self._flush()

@@ -576,3 +576,23 @@ def test_a_subscribe_interrupted_during_its_first_read_leaves_nothing_running(
     scheduler.advance_to(3)
     assert [uuids(s) for s in sets.items] == [[], ["uuid-1"]]
     assert interrupted == []  # the interrupted observer gets nothing
+
+
+def test_a_registration_that_loads_the_hosts_runs_no_observer_on_its_io_worker(
+        scheduler: TestScheduler) -> None:
+    # A registration reads its service's hosts first (ensure_loaded) on an I/O worker; when
+    # that read is the stream's first (etcd was down when the stream was subscribed), the
+    # observers' deliveries must be handed off, as after a background read.
+    delivery = TestScheduler()  # stands for etcd's delivery threads
+    store = ReadFailingStore(scheduler)
+    put(store, 1)
+    store.reads_fail = True
+    discovery = Discovery(store=store)
+    discovery._runtime = Runtime(scheduler, scheduler, delivery)
+    got: list[list[str]] = []
+    discovery.hosts("api").subscribe(lambda hosts: got.append(uuids(hosts)))
+    store.reads_fail = False
+    discovery._hosts_sync("api").ensure_loaded()  # as a registration does, on its worker
+    assert got == []
+    delivery.advance_to(1)
+    assert got == [["uuid-1"]]
