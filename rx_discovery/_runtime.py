@@ -1,8 +1,10 @@
 """Where background work runs: a time scheduler for delays and an I/O scheduler for calls.
 
 Store calls block (network round trips with a deadline), so they never run on the timer
-thread nor on a store's watch thread: timers hop to the I/O scheduler. On the memory store
-both are the store's scheduler (a ``TestScheduler`` in marble tests), so everything runs in
+thread nor on a store's watch thread: timers hop to the I/O scheduler. User code that work
+on the I/O scheduler has to deliver is handed off (:meth:`Runtime.hand_off`), so that an
+observer that blocks never holds a worker that keepalives need. On the memory store all of
+them are the store's scheduler (a ``TestScheduler`` in marble tests), so everything runs in
 virtual time.
 """
 
