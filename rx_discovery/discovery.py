@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.scheduler import EventLoopScheduler
+from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
 from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
@@ -50,6 +50,7 @@ __all__ = ["Discovery"]
 log = logging.getLogger("rx_discovery")
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class Discovery:
@@ -103,13 +104,16 @@ class Discovery:
         # a TestScheduler drives it all; etcd calls block, so they get a thread pool.
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
+        delivery: abc.SchedulerBase | None = None
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
             self._owned += [loop.dispose, pool.shutdown]
-            io, default_timer = pool, loop
+            # what background reads found goes to observers on a thread of its own (rare:
+            # a first read after a failure, a resync after compaction), not on a pool worker
+            io, default_timer, delivery = pool, loop, NewThreadScheduler()
         self.store = store
-        self._runtime = Runtime(scheduler or default_timer or io, io)
+        self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -222,7 +226,8 @@ class Discovery:
         comes as a change that adds every host in it (``initial`` False), since any of them
         may have registered after you subscribed.
 
-        Emits on the store's watch thread (or the thread that read), one change at a time,
+        Emits on the store's watch thread (or the subscriber's thread for the first read; on
+        etcd, a thread of its own for a read retried in the background), one change at a time,
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
         return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)
@@ -280,27 +285,7 @@ class Discovery:
 
     def _expand(self, service: str, scheduler: abc.SchedulerBase | None,
                 expand: Callable[[Change[Host]], Iterable[T]]) -> reactivex.Observable[T]:
-        """The items ``expand`` derives from each change, emitted synchronously on the thread
-        of the change. (``flat_map`` would build an Observable per change and subscriber:
-        ~50x the cost per subscriber per event.) An observer that raises on one item still
-        gets the others."""
-        changes = self.changes(service, scheduler=scheduler)
-
-        def subscribe(observer: abc.ObserverBase[T],
-                      _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            emit = observer.on_next
-
-            def on_next(change: Change[Host]) -> None:
-                for item in expand(change):
-                    try:
-                        emit(item)
-                    except Exception:  # user code: log, and go on with the next item
-                        log.exception("%s: an observer raised; it keeps its subscription",
-                                      service)
-
-            return changes.subscribe(on_next, observer.on_error, observer.on_completed)
-
-        return reactivex.create(subscribe)
+        return _expanded(self.changes(service, scheduler=scheduler), expand, service)
 
     def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                  ) -> reactivex.Observable[Service]:
@@ -308,10 +293,8 @@ class Discovery:
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
         subscriber of the service."""
-        stream: reactivex.Observable[Service] = self._service_sync(
-            validate_service_name(service)).observe(scheduler, wait=True).pipe(
-            operators.flat_map(_values))
-        return stream
+        name = validate_service_name(service)
+        return _expanded(self._service_sync(name).observe(scheduler, wait=True), _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
@@ -455,6 +438,27 @@ class Discovery:
         return shared
 
 
+def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],
+              service: str) -> reactivex.Observable[T]:
+    """The items ``expand`` derives from each change, emitted synchronously on the thread of
+    the change. (``flat_map`` would build an Observable per change and subscriber: ~50x the
+    cost per subscriber per event; and it turns an exception raised by the observer into
+    ``on_error``, ending the stream.) An observer that raises on one item is logged, still
+    gets the others and keeps its subscription."""
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        emit = _guarded(observer, service)
+
+        def on_next(change: Change[V]) -> None:
+            for item in expand(change):
+                emit(item)  # one that raises is logged: go on with the next item
+
+        return changes.subscribe(on_next, observer.on_error, observer.on_completed)
+
+    return reactivex.create(subscribe)
+
+
 def _events(change: Change[Host]) -> list[HostEvent]:
     """The events of a change; none for a first snapshot (nothing happened, it was there)."""
     if change.initial:
@@ -486,4 +490,31 @@ def _credentials_of(service: Service) -> Credentials:
 
 def _deliver(stream: reactivex.Observable[T], observe_on: abc.SchedulerBase | None
              ) -> reactivex.Observable[T]:
-    return stream if observe_on is None else stream.pipe(operators.observe_on(observe_on))
+    """``stream`` delivered on ``observe_on`` (when given), where an observer that raises is
+    logged and keeps its subscription, as on the watch thread: the exception must not end
+    the subscription nor escape into that scheduler (an EventLoopScheduler's thread dies of
+    it, and with it every stream delivered there)."""
+    if observe_on is None:
+        return stream
+    moved = stream.pipe(operators.observe_on(observe_on))
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        return moved.subscribe(_guarded(observer, "observe_on"), observer.on_error,
+                               observer.on_completed)
+
+    return reactivex.create(subscribe)
+
+
+def _guarded(observer: abc.ObserverBase[T], label: str) -> Callable[[T], None]:
+    """``observer.on_next``, logging what it raises (user code) instead of letting it end
+    the subscription or escape into the library's thread or the user's scheduler."""
+    emit = observer.on_next
+
+    def on_next(value: T) -> None:
+        try:
+            emit(value)
+        except Exception:
+            log.exception("%s: an observer raised; it keeps its subscription", label)
+
+    return on_next
