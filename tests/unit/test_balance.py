@@ -276,3 +276,19 @@ def test_picker_operator_follows_the_sets(scheduler: TestScheduler,
 def test_picker_operator_rejects_an_unknown_policy() -> None:
     with pytest.raises(ValueError, match="policy"):
         picker("sticky")
+
+
+# --- review: defects found by breaking the balancer ----------------------------------------
+
+def test_picker_operator_reads_the_callers_in_flight_dict_even_when_it_starts_empty(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # the caller's counts live in its own dict, empty before the first call: the picker must
+    # read that dict, not a copy taken (or a new one made) while it was empty
+    in_flight: dict[str, int] = {}
+    pickers = record(discovery.hosts("api").pipe(picker("least_requests", in_flight)),
+                     scheduler)
+    registered(scheduler, discovery, 1, 2)
+    in_flight["uuid-1"] = 50
+    latest = pickers.items[-1]
+    assert len(latest) == 2
+    assert collections.Counter(latest.pick().uuid for _ in range(200)) == {"uuid-2": 200}
