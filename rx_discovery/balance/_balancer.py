@@ -24,10 +24,12 @@ class Balancer:
     It subscribes to the service's ``hosts()`` stream once and keeps the latest set, so a pick
     does no I/O: about a microsecond or less (see the README's benchmark). Picks are
     thread-safe. A host reported failed (:meth:`report`, or an exception in :meth:`call`) is
-    ejected: left out of picks for ``eject_base`` seconds, doubling with each failure in a
-    row up to ``eject_max``, then it comes back by itself; a success forgets its streak. A host
-    whose key goes is dropped at once. Every host is never ejected: when all are, picks are
-    made among all of them (a failing host is better than none).
+    ejected: left out of picks for ``eject_base`` seconds, doubling with each ejection in a
+    row up to ``eject_max`` (failures reported while it is ejected, such as the other calls
+    in flight when it went down, do not count), then it comes back by itself; a success
+    forgets its streak. A host whose key goes is dropped at once. Every host is never
+    ejected: when all are, picks are made among all of them (a failing host is better than
+    none).
 
     Create it with :meth:`Discovery.balancer <rx_discovery.Discovery.balancer>`.
 

@@ -280,6 +280,30 @@ def test_picker_operator_rejects_an_unknown_policy() -> None:
 
 # --- review: defects found by breaking the balancer ----------------------------------------
 
+def test_concurrent_failures_of_one_outage_eject_once_not_exponentially(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # eight calls in flight to one host all fail when it dies: that is one failure of the
+    # host (one ejection of eject_base), not eight in a row (2**7 s, capped at eject_max)
+    registered(scheduler, discovery, 1, 2)
+    balancer = discovery.balancer("api", scheduler=scheduler, eject_base=1, eject_max=60)
+    scheduler.advance_by(1)
+    host = balancer.hosts["uuid-1"]  # type: ignore[index]
+    start = scheduler.clock
+    for _ in range(8):
+        balancer.report(host, ok=False)
+    assert balancer.ejected == {"uuid-1"}
+    scheduler.advance_to(start + 1.0)
+    assert balancer.ejected == frozenset()
+    # failing again once it is back is the second ejection in a row: 2 s
+    began = scheduler.clock
+    for _ in range(3):
+        balancer.report(host, ok=False)
+    scheduler.advance_to(began + 1.9)
+    assert balancer.ejected == {"uuid-1"}
+    scheduler.advance_to(began + 2.0)
+    assert balancer.ejected == frozenset()
+
+
 def test_picker_operator_reads_the_callers_in_flight_dict_even_when_it_starts_empty(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     # the caller's counts live in its own dict, empty before the first call: the picker must
