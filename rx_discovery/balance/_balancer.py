@@ -158,7 +158,8 @@ class Balancer:
     def call(self) -> Call:
         """A context manager around one call: picks a host (``with b.call() as host:``),
         counts it in flight (for ``least_requests``), and reports a failure if the block
-        raises, a success otherwise. Raises what :meth:`pick` raises."""
+        raises an ``Exception``, a success otherwise (a cancellation or ``KeyboardInterrupt``
+        reports nothing). Raises what :meth:`pick` raises."""
         return Call(self)
 
     def started(self, host: Host) -> None:
@@ -249,4 +250,8 @@ class Call:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self.host is not None:
-            self._balancer.finished(self.host, ok=exc_type is None)
+            # a cancellation, Ctrl-C or exit (not an Exception) says nothing about the host:
+            # counted out, not reported
+            ok = None if exc_type is not None and not issubclass(exc_type, Exception) else \
+                exc_type is None
+            self._balancer.finished(self.host, ok=ok)

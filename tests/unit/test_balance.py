@@ -304,6 +304,39 @@ def test_concurrent_failures_of_one_outage_eject_once_not_exponentially(
     assert balancer.ejected == frozenset()
 
 
+def test_a_cancelled_call_neither_ejects_its_host_nor_stays_in_flight(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # cancelling an asyncio task (or Ctrl-C) inside `with balancer.call()` says nothing about
+    # the host: it must be counted out, not reported failed
+    import asyncio
+
+    registered(scheduler, discovery, 1, 2)
+    balancer = discovery.balancer("api", "least_requests", scheduler=scheduler)
+    scheduler.advance_by(1)
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def call() -> None:
+            with balancer.call():
+                entered.set()
+                await asyncio.Event().wait()   # a response that never comes
+
+        task = asyncio.get_running_loop().create_task(call())
+        await entered.wait()
+        assert sum(balancer.in_flight.values()) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert balancer.in_flight == {}
+    assert balancer.ejected == frozenset()
+    with pytest.raises(KeyboardInterrupt), balancer.call():
+        raise KeyboardInterrupt
+    assert balancer.in_flight == {} and balancer.ejected == frozenset()
+
+
 def test_picker_operator_reads_the_callers_in_flight_dict_even_when_it_starts_empty(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     # the caller's counts live in its own dict, empty before the first call: the picker must
