@@ -162,8 +162,11 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
         if service is None:
             return await self.transport.handle_async_request(request)
         balancer = self.router.balancer(service)
-        if not balancer.ready:
-            await anyio.to_thread.run_sync(balancer.wait_ready, balancer.wait)
+        if not balancer.ready and not await anyio.to_thread.run_sync(balancer.wait_ready,
+                                                                     balancer.wait):
+            # fail here: the pick below would wait for the set again, on the loop
+            raise httpx.ConnectError(f"service {service!r}: no host set arrived within "
+                                     f"{balancer.wait:g} s", request=request)
         attempts = self._start(request, service, balancer)
         loop = self._loop(request, attempts)
         prepared = next(loop)

@@ -332,3 +332,39 @@ def test_a_target_never_shows_the_credentials(discovery: Discovery) -> None:
     target = Router(discovery).target(node(1, user="u", password="s3cret"), "http")
     assert target.authorization is not None
     assert "s3cret" not in repr(target) and target.authorization not in repr(target)
+
+
+def test_the_async_transport_never_blocks_the_loop_when_no_host_set_comes(
+        discovery: Discovery, backends: Hosts) -> None:
+    # etcd is unreachable and stays so: the request must fail after the wait, and the loop
+    # must run all along (the pick after the threaded wait must not wait again on the loop)
+    import time
+
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    wait = 1.5
+
+    async def main() -> float:
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(httpx.ConnectError, match="api"):
+                await http.get("http://api/")
+        count = len(gaps)
+        while len(gaps) < count + 2:   # the tick after the request ends measures its gap
+            await asyncio.sleep(0.01)
+        ticker.cancel()
+        return max(gaps)
+
+    # a loop blocked by the pick would show one gap of the whole wait
+    assert asyncio.run(main()) < wait / 2
