@@ -145,7 +145,8 @@ class DiscoveryTransport(_Common, httpx.BaseTransport):
 class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
     """:class:`DiscoveryTransport` for ``httpx.AsyncClient``: the same rules, the same
     options (the default transport is ``httpx.AsyncHTTPTransport(**options)``). The first
-    request to a service waits for its first host set on a worker thread, not on the loop."""
+    request to a service reads its hosts and waits for their first set on a worker thread,
+    not on the loop."""
 
     def __init__(self, discovery: Discovery, *,
                  transport: httpx.AsyncBaseTransport | None = None,
@@ -161,7 +162,11 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
         service = self._service_of(request)
         if service is None:
             return await self.transport.handle_async_request(request)
-        balancer = self.router.balancer(service)
+        # the first request to a service subscribes to its hosts, which reads them from
+        # etcd: on a worker thread, not the loop
+        balancer = self.router.existing_balancer(service)
+        if balancer is None:
+            balancer = await anyio.to_thread.run_sync(self.router.balancer, service)
         if not balancer.ready and not await anyio.to_thread.run_sync(balancer.wait_ready,
                                                                      balancer.wait):
             # fail here: the pick below would wait for the set again, on the loop

@@ -137,8 +137,14 @@ class Router:
             return None
         return hostname
 
+    def existing_balancer(self, service: str) -> Balancer | None:
+        """The balancer of ``service`` if a request created it already (no I/O)."""
+        return self._balancers.get(service)
+
     def balancer(self, service: str) -> Balancer:
-        """The balancer of ``service``, created on its first request."""
+        """The balancer of ``service``, created on its first request: that subscribes to
+        its hosts, which reads them from etcd on this thread (an async caller runs this on a
+        worker thread)."""
         balancer = self._balancers.get(service)
         if balancer is not None:
             return balancer
