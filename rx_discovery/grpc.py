@@ -37,6 +37,7 @@ from typing import Any, Literal
 import grpc
 import grpc.aio
 from reactivex import abc
+from reactivex.disposable import SerialDisposable
 from reactivex.scheduler import EventLoopScheduler, TimeoutScheduler
 
 from rx_discovery._errors import NoHostFound
@@ -91,7 +92,15 @@ class _Follower:
         def on_hosts(hosts: HostSet) -> None:
             on_addresses(self._addresses(hosts))
 
-        return self._hosts.subscribe(on_hosts)
+        def start(*_: Any) -> None:
+            subscription.disposable = self._hosts.subscribe(on_hosts)
+
+        # subscribing reads the hosts from etcd at once: on the channel's thread, not the
+        # caller's (an aio channel is created on the event loop). Disposed before it ran,
+        # the serial disposable disposes the subscription as soon as it is made.
+        subscription = SerialDisposable()
+        self._thread.schedule(start)
+        return subscription
 
     def _addresses(self, hosts: HostSet) -> tuple[Address, ...]:
         if self._shard is not None:

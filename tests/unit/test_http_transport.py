@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import slow_reads
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Discovery, Host
@@ -383,21 +384,14 @@ def test_the_async_transport_never_blocks_the_loop_when_no_host_set_comes(
 
 
 def test_the_first_async_request_does_not_read_etcd_on_the_loop(
-        discovery: Discovery, backends: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+        discovery: Discovery, backends: Hosts) -> None:
     # etcd answers, slowly: the first request's subscription reads the hosts at once, and
     # that read must not run on the event loop
-    import time
 
     store = discovery.store
     store.put("/services/api/uuid-1", node(1, service_name="api").to_json().encode())
     slow = 1.5
-    read = store.get_prefix
-
-    def slow_read(prefix: str) -> Any:
-        time.sleep(slow)
-        return read(prefix)
-
-    monkeypatch.setattr(store, "get_prefix", slow_read)
+    slow_reads(store, slow)   # this test's own store: nothing to undo
 
     async def main() -> tuple[Any, float]:
         transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
