@@ -90,8 +90,10 @@ def transport(ctx: Context, result: BenchResult) -> None:
         plain.get(fixed)
         ours.get(service)
     samples: dict[str, list[int]] = {"ours": [], "raw": []}
-    for _ in range(requests):  # one of each in turn: load spikes hit both sides alike
-        for side, client, url in (("raw", plain, fixed), ("ours", ours, service)):
+    sides = (("raw", plain, fixed), ("ours", ours, service))
+    for turn in range(requests):  # one of each in turn: load spikes hit both sides alike;
+        # which goes first alternates, so that neither side always follows the other
+        for side, client, url in (sides if turn % 2 else sides[::-1]):
             begin = now_ns()
             client.get(url)
             samples[side].append(now_ns() - begin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Collection
 from types import TracebackType
 
@@ -66,7 +67,9 @@ class Balancer:
         self._ready = threading.Event()
         self._closed = False
         self._ejections = Ejections(scheduler, eject_base, eject_max, self._refresh)
-        self._subscription = hosts.subscribe(self._on_hosts, self._on_end, self._on_end)
+        self._subscription = _follow(self, hosts)
+        # a balancer dropped without close() releases the service's watch when collected
+        weakref.finalize(self, self._subscription.dispose)
 
     # --- state --------------------------------------------------------------------------
 
@@ -179,7 +182,8 @@ class Balancer:
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop following the service (disposes the subscription; idempotent)."""
+        """Stop following the service (disposes the subscription; idempotent). A balancer
+        dropped without it releases its subscription when it is garbage-collected."""
         with self._lock:
             self._closed = True
             self._candidates = ()
@@ -231,6 +235,24 @@ class Balancer:
             ordered = [hosts[uuid] for uuid in sorted(hosts)]
             live = tuple(host for host in ordered if host.uuid not in ejected)
             self._candidates = live or tuple(ordered)
+
+
+def _follow(balancer: Balancer, hosts: reactivex.Observable[HostSet]) -> abc.DisposableBase:
+    """Subscribe ``balancer`` to ``hosts`` through a weak reference: the subscription alone
+    does not keep it alive."""
+    ref = weakref.ref(balancer)
+
+    def on_hosts(value: HostSet) -> None:
+        target = ref()
+        if target is not None:
+            target._on_hosts(value)
+
+    def on_end(*_: object) -> None:
+        target = ref()
+        if target is not None:
+            target._on_end()
+
+    return hosts.subscribe(on_hosts, on_end, on_end)
 
 
 class Call:

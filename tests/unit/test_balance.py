@@ -349,3 +349,26 @@ def test_picker_operator_reads_the_callers_in_flight_dict_even_when_it_starts_em
     latest = pickers.items[-1]
     assert len(latest) == 2
     assert collections.Counter(latest.pick().uuid for _ in range(200)) == {"uuid-2": 200}
+
+
+def test_a_balancer_dropped_without_close_releases_its_watch(scheduler: TestScheduler,
+                                                             discovery: Discovery) -> None:
+    # a balancer nobody holds any more (a forgotten close) must not keep the service's watch
+    # open for ever: the subscription alone must not keep it alive
+    import gc
+    import weakref
+
+    store = discovery.store
+    for n in (1, 2):   # written as by other processes: no registration here watches "api"
+        store.put(f"/services/api/uuid-{n}", make_host(n, service_name="api").to_json().encode())
+    before = store.watch_count  # type: ignore[attr-defined]
+    balancer = discovery.balancer("api", scheduler=scheduler)
+    scheduler.advance_by(1)
+    assert balancer.pick().uuid in {"uuid-1", "uuid-2"}
+    assert store.watch_count == before + 1  # type: ignore[attr-defined]
+    dropped = weakref.ref(balancer)
+    del balancer
+    gc.collect()
+    scheduler.advance_by(1)
+    assert dropped() is None
+    assert store.watch_count == before  # type: ignore[attr-defined]
