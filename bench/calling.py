@@ -124,7 +124,8 @@ def transport(ctx: Context, result: BenchResult) -> None:
     result.add("the same on a mock transport (no network)", "us", min(mocked["ours"]) / 1e3,
                min(mocked["raw"]) / 1e3)
     result.notes.append(
-        f"{requests} sequential GETs per side, one of each in turn; the server is "
+        f"{requests} sequential GETs per side, one of each in turn (which goes first "
+        "alternates); the server is "
         "ThreadingHTTPServer in its own process (keep-alive); ours goes through "
         "DiscoveryTransport to the one registered host (round_robin). The mock row is the "
         "transport's own work (pick, rewrite, count) without a network: fastest of 7 rounds.")
