@@ -145,8 +145,8 @@ class DiscoveryTransport(_Common, httpx.BaseTransport):
 class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
     """:class:`DiscoveryTransport` for ``httpx.AsyncClient``: the same rules, the same
     options (the default transport is ``httpx.AsyncHTTPTransport(**options)``). The first
-    request to a service reads its hosts and waits for their first set on a worker thread,
-    not on the loop."""
+    request to a service reads its hosts on a worker thread and waits for their first set
+    without blocking the loop."""
 
     def __init__(self, discovery: Discovery, *,
                  transport: httpx.AsyncBaseTransport | None = None,
@@ -167,8 +167,7 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
         balancer = self.router.existing_balancer(service)
         if balancer is None:
             balancer = await anyio.to_thread.run_sync(self.router.balancer, service)
-        if not balancer.ready and not await anyio.to_thread.run_sync(balancer.wait_ready,
-                                                                     balancer.wait):
+        if not await _first_set(balancer):
             # fail here: the pick below would wait for the set again, on the loop
             raise httpx.ConnectError(f"service {service!r}: no host set arrived within "
                                      f"{balancer.wait:g} s", request=request)
@@ -190,6 +189,24 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self.router.close()
         await self.transport.aclose()
+
+
+async def _first_set(balancer: Balancer) -> bool:
+    """Whether the balancer's first host set came within its wait, without blocking the loop
+    nor taking a worker thread per request (anyio lends 40 at a time: many requests while
+    etcd is down would queue for them, several waits in turn). The flag is set on the watch
+    thread, so this polls it, more slowly as the wait goes on."""
+    if balancer.ready:
+        return True
+    deadline = anyio.current_time() + balancer.wait
+    interval = 0.002
+    while not balancer.ready:
+        left = deadline - anyio.current_time()
+        if left <= 0:
+            return False
+        await anyio.sleep(min(interval, left))
+        interval = min(interval * 2, 0.05)
+    return True
 
 
 class _CountedStream(httpx.SyncByteStream):

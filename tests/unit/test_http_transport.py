@@ -402,3 +402,26 @@ def test_the_first_async_request_does_not_read_etcd_on_the_loop(
     response, gap = asyncio.run(main())
     assert response.text == "10.0.0.1:8080"
     assert gap < slow / 2   # a read on the loop would show one gap of the whole read
+
+
+def test_many_async_requests_while_etcd_is_down_fail_after_the_wait_not_in_turns(
+        discovery: Discovery, backends: Hosts) -> None:
+    # 200 requests at once while etcd is down: each must fail after about `wait`, not queue
+    # for the worker threads (anyio lends 40 at a time: 5 rounds of `wait`)
+    import time
+
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    wait = 1.0
+
+    async def main() -> tuple[list[object], float]:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(http.get("http://api/") for _ in range(200)),
+                                            return_exceptions=True)
+            return outcomes, time.monotonic() - started
+
+    outcomes, took = asyncio.run(main())
+    assert all(isinstance(outcome, httpx.ConnectError) for outcome in outcomes)
+    assert took < 3 * wait, took
