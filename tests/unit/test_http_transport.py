@@ -425,3 +425,41 @@ def test_many_async_requests_while_etcd_is_down_fail_after_the_wait_not_in_turns
     outcomes, took = asyncio.run(main())
     assert all(isinstance(outcome, httpx.ConnectError) for outcome in outcomes)
     assert took < 3 * wait, took
+
+
+def test_a_cancelled_async_request_is_counted_out_and_ejects_nothing(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    discovery.register("api", node(1), ttl=5)
+    discovery.register("api", node(2), ttl=5)
+
+    async def main() -> tuple[dict[str, int], frozenset[str]]:
+        sent = asyncio.Event()
+
+        async def never_answers(request: httpx.Request) -> httpx.Response:
+            sent.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(
+            never_answers), policy="least_requests", balancer_options={"scheduler": scheduler})
+        balancer = transport.router.balancer("api")
+        scheduler.advance_by(1)
+        async with httpx.AsyncClient(transport=transport) as http:
+            task = asyncio.get_running_loop().create_task(http.get("http://api/"))
+            await sent.wait()
+            assert sum(balancer.in_flight.values()) == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return balancer.in_flight, balancer.ejected
+
+    assert asyncio.run(main()) == ({}, frozenset())
+
+
+def test_a_streamed_response_closed_unread_is_counted_out(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), policy="least_requests")
+    balancer = http._transport.router.balancer("api")  # type: ignore[attr-defined]
+    with http.stream("GET", "http://api/stream"):
+        assert balancer.in_flight == {"uuid-1": 1}
+    assert balancer.in_flight == {} and balancer.ejected == frozenset()
