@@ -69,7 +69,8 @@ class Balancer:
         self._ejections = Ejections(scheduler, eject_base, eject_max, self._refresh)
         self._subscription = _follow(self, hosts)
         # a balancer dropped without close() releases the service's watch when collected
-        weakref.finalize(self, self._subscription.dispose)
+        # (not at interpreter exit: the Discovery's own shutdown handles its watches then)
+        weakref.finalize(self, self._subscription.dispose).atexit = False
 
     # --- state --------------------------------------------------------------------------
 
