@@ -173,3 +173,29 @@ def test_calls_in_flight_on_a_sigkilled_server(
         assert set(outcomes) <= {"b1", "b2"}, outcomes
     else:       # those on b0 failed (one not sent yet by the kill would have been retried)
         assert set(outcomes) <= {"b1", "b2", "UNAVAILABLE"}, outcomes
+
+
+def test_multicallables_of_one_method_keep_their_own_serializers(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
+    # two stubs may call the same method with different (de)serializers: each must get its
+    # own, not the one of whichever was called first on the underlying channel
+    with DiscoveryChannel(discovery, SERVICE) as channel:
+        backend_factory(1, "--grpc")
+        raw = channel.unary_unary(METHOD)
+        text = channel.unary_unary(METHOD, response_deserializer=lambda data: data.decode())
+        assert raw(b"", timeout=10) == b"b0"
+        assert text(b"", timeout=10) == "b0"
+
+
+def test_aio_multicallables_of_one_method_keep_their_own_serializers(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
+    backend_factory(1, "--grpc")
+
+    async def main() -> tuple[Any, Any]:
+        async with AioDiscoveryChannel(discovery, SERVICE) as channel:
+            raw = channel.unary_unary(METHOD)
+            text = channel.unary_unary(METHOD,
+                                       response_deserializer=lambda data: data.decode())
+            return await raw(b"", timeout=10), await text(b"", timeout=10)
+
+    assert asyncio.run(main()) == (b"b0", "b0")
