@@ -463,3 +463,41 @@ def test_a_streamed_response_closed_unread_is_counted_out(
     with http.stream("GET", "http://api/stream"):
         assert balancer.in_flight == {"uuid-1": 1}
     assert balancer.in_flight == {} and balancer.ejected == frozenset()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_the_first_request_fails_within_the_wait_when_etcd_does_not_answer(
+        discovery: Discovery, backends: Hosts, flavour: str) -> None:
+    # etcd unreachable without refusing (a lost route): its read takes the call timeout, then
+    # fails. The documented bound of a request waiting for the first host set is `wait`,
+    # counted from the request, not `wait` after that read
+    import time
+
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    slow_reads(discovery.store, 2.0)
+    wait = 2.0
+
+    def sync() -> object:
+        transport = DiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                       balancer_options={"wait": wait})
+        with httpx.Client(transport=transport) as http:
+            try:
+                return http.get("http://api/")
+            except httpx.ConnectError as error:
+                return error
+
+    async def run_async() -> object:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            try:
+                return await http.get("http://api/")
+            except httpx.ConnectError as error:
+                return error
+
+    started = time.monotonic()
+    outcome = sync() if flavour == "sync" else asyncio.run(run_async())
+    took = time.monotonic() - started
+    assert isinstance(outcome, httpx.ConnectError), outcome
+    assert f"within {wait:g} s" in str(outcome)
+    assert took < wait + 1.0, took   # the read and then a whole wait: 2 * wait
