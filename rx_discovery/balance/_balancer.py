@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Collection
 from types import TracebackType
 
@@ -24,10 +25,12 @@ class Balancer:
     It subscribes to the service's ``hosts()`` stream once and keeps the latest set, so a pick
     does no I/O: about a microsecond or less (see the README's benchmark). Picks are
     thread-safe. A host reported failed (:meth:`report`, or an exception in :meth:`call`) is
-    ejected: left out of picks for ``eject_base`` seconds, doubling with each failure in a
-    row up to ``eject_max``, then it comes back by itself; a success forgets its streak. A host
-    whose key goes is dropped at once. Every host is never ejected: when all are, picks are
-    made among all of them (a failing host is better than none).
+    ejected: left out of picks for ``eject_base`` seconds, doubling with each ejection in a
+    row up to ``eject_max`` (failures reported while it is ejected, such as the other calls
+    in flight when it went down, do not count), then it comes back by itself; a success
+    forgets its streak. A host whose key goes is dropped at once. Every host is never
+    ejected: when all are, picks are made among all of them (a failing host is better than
+    none).
 
     Create it with :meth:`Discovery.balancer <rx_discovery.Discovery.balancer>`.
 
@@ -64,7 +67,10 @@ class Balancer:
         self._ready = threading.Event()
         self._closed = False
         self._ejections = Ejections(scheduler, eject_base, eject_max, self._refresh)
-        self._subscription = hosts.subscribe(self._on_hosts, self._on_end, self._on_end)
+        self._subscription = _follow(self, hosts)
+        # a balancer dropped without close() releases the service's watch when collected
+        # (not at interpreter exit: the Discovery's own shutdown handles its watches then)
+        weakref.finalize(self, self._subscription.dispose).atexit = False
 
     # --- state --------------------------------------------------------------------------
 
@@ -156,7 +162,8 @@ class Balancer:
     def call(self) -> Call:
         """A context manager around one call: picks a host (``with b.call() as host:``),
         counts it in flight (for ``least_requests``), and reports a failure if the block
-        raises, a success otherwise. Raises what :meth:`pick` raises."""
+        raises an ``Exception``, a success otherwise (a cancellation or ``KeyboardInterrupt``
+        reports nothing). Raises what :meth:`pick` raises."""
         return Call(self)
 
     def started(self, host: Host) -> None:
@@ -176,7 +183,8 @@ class Balancer:
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop following the service (disposes the subscription; idempotent)."""
+        """Stop following the service (disposes the subscription; idempotent). A balancer
+        dropped without it releases its subscription when it is garbage-collected."""
         with self._lock:
             self._closed = True
             self._candidates = ()
@@ -230,6 +238,24 @@ class Balancer:
             self._candidates = live or tuple(ordered)
 
 
+def _follow(balancer: Balancer, hosts: reactivex.Observable[HostSet]) -> abc.DisposableBase:
+    """Subscribe ``balancer`` to ``hosts`` through a weak reference: the subscription alone
+    does not keep it alive."""
+    ref = weakref.ref(balancer)
+
+    def on_hosts(value: HostSet) -> None:
+        target = ref()
+        if target is not None:
+            target._on_hosts(value)
+
+    def on_end(*_: object) -> None:
+        target = ref()
+        if target is not None:
+            target._on_end()
+
+    return hosts.subscribe(on_hosts, on_end, on_end)
+
+
 class Call:
     """One call through a :class:`Balancer` (see :meth:`Balancer.call`)."""
 
@@ -247,4 +273,8 @@ class Call:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self.host is not None:
-            self._balancer.finished(self.host, ok=exc_type is None)
+            # a cancellation, Ctrl-C or exit (not an Exception) says nothing about the host:
+            # counted out, not reported
+            ok = None if exc_type is not None and not issubclass(exc_type, Exception) else \
+                exc_type is None
+            self._balancer.finished(self.host, ok=ok)
