@@ -336,3 +336,60 @@ def test_a_permanent_error_of_a_write_withdrawn_in_flight_does_not_report_failed
     assert registration.current_status is S.WITHDRAWN
     assert S.FAILED not in [s for _, s in statuses_of(statuses)]
     assert store.get(registration.key) is None
+
+
+# --- health probes --------------------------------------------------------------------------------
+
+def test_poll_checks_at_once_then_every_interval_and_emits_changes_only(
+        scheduler: TestScheduler) -> None:
+    from rx_discovery.lifecycle import poll
+
+    answers = iter([False, False, True, True, OSError("refused"), True, True])
+    calls: list[float] = []
+
+    def check() -> bool:
+        calls.append(scheduler.clock)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    recorder = record(poll(check, 2.0, scheduler=scheduler), scheduler)
+    scheduler.advance_to(12.5)
+    assert [(t, n.value) for t, n in recorder.messages] == [
+        (0, False), (4, True), (8, False), (10, True)]  # a check that raises is False
+    assert calls == [0, 2, 4, 6, 8, 10, 12]
+    recorder.subscription.dispose()
+    scheduler.advance_to(30)
+    assert len(calls) == 7  # disposing stops the polling
+
+
+def test_a_polled_health_gates_a_registration_in_virtual_time(scheduler: TestScheduler) -> None:
+    from rx_discovery.lifecycle import poll
+
+    discovery = Discovery.in_memory(scheduler)
+    up = {"value": False}
+    registration = discovery.register("api", make_host(1), ttl=30,
+                                      healthy=poll(lambda: up["value"], 0.5,
+                                                   scheduler=scheduler))
+    at(scheduler, 3, lambda: up.update(value=True))
+    at(scheduler, 10, lambda: up.update(value=False))
+    scheduler.advance_to(2.9)
+    assert discovery.store.get(registration.key) is None
+    scheduler.advance_to(3.6)
+    assert registration.ready
+    scheduler.advance_to(10.6)  # the next poll (<= 0.5 s) withdraws it at once
+    assert discovery.store.get(registration.key) is None
+    assert registration.current_status is S.WITHDRAWN
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"url": "ftp://x"}, "url"), ({"url": "http://x", "interval": 0}, "interval"),
+    ({"url": "http://x", "interval": float("inf")}, "interval"),
+    ({"url": "http://x", "timeout": -1}, "timeout"),
+])
+def test_http_probe_refuses_bad_arguments(kwargs: dict[str, Any], field: str) -> None:
+    from rx_discovery.lifecycle import http_probe
+
+    with pytest.raises(ValueError, match=field):
+        http_probe(**kwargs)
