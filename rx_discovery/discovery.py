@@ -19,6 +19,7 @@ import reactivex
 from reactivex import abc, operators
 from reactivex.scheduler import EventLoopScheduler
 
+from rx_discovery import metrics
 from rx_discovery._errors import MalformedValue
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
@@ -484,6 +485,8 @@ class Discovery:
                 flush()
                 diagnostics.flush()
 
+            if not exact:  # a service's hosts
+                publish = metrics.counting_hosts(service, publish)
             return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
                               publish, diagnostics.enqueue, label, flush_all, exact=exact)
 

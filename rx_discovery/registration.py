@@ -44,6 +44,7 @@ import reactivex
 from reactivex import abc, operators
 from reactivex.disposable import Disposable, SerialDisposable, SingleAssignmentDisposable
 
+from rx_discovery import metrics
 from rx_discovery._errors import (
     LeaseNotFound,
     RegistrationError,
@@ -637,6 +638,7 @@ class Registration(abc.DisposableBase):
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
         self._state = status
+        metrics.registration_status(self, status)
         if reason is not None:
             self._reason = reason
         self._status.enqueue(status)
