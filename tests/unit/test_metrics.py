@@ -167,3 +167,30 @@ def test_without_opentelemetry_everything_is_a_no_op() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok") and "otel extra" in result.stdout
+
+
+def test_the_readme_prometheus_recipe_exports_the_instruments() -> None:
+    """The README's recipe: OpenTelemetry's Prometheus reader on the global registry."""
+    exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
+    from prometheus_client import REGISTRY, generate_latest
+
+    prometheus = exporter.PrometheusMetricReader()
+    provider = MeterProvider(metric_readers=[prometheus])
+    metrics.configure(provider)
+    try:
+        scheduler = TestScheduler()
+        discovery = Discovery.in_memory(scheduler)
+        discovery.hosts("api").subscribe()
+        registration = discovery.register("api", make_host(1))
+        balancer = discovery.balancer("api")
+        scheduler.advance_to(1)
+        balancer.pick()
+        text = generate_latest(REGISTRY).decode()
+    finally:
+        metrics.configure(None)
+        provider.shutdown()  # unregisters its collector
+    lines = text.splitlines()
+    assert any(line.startswith("rx_discovery_balancer_picks") and registration.uuid in line
+               and line.endswith(" 1.0") for line in lines), text
+    assert any(line.startswith("rx_discovery_hosts") and 'service="api"' in line
+               and line.endswith(" 1.0") for line in lines), text

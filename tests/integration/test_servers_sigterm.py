@@ -1,7 +1,8 @@
-"""rx_discovery.asgi with real uvicorn processes (issue 15): two backends register on startup;
-SIGTERM one while a client keeps calling through rx_discovery.http.DiscoveryTransport (with no
-retry: a request that reaches a stopped backend fails): zero failed requests, the terminated
-backend deregistered at once and answered through its drain, then exited."""
+"""Real servers receiving SIGTERM under load (issue 15): rx_discovery.asgi with uvicorn, and the
+README's gunicorn recipe. Two backends register; SIGTERM one while a client keeps calling
+through rx_discovery.http.DiscoveryTransport (with no retry: a request that reaches a stopped
+backend fails): zero failed requests, the terminated backend deregistered at once and answered
+through its drain, then exited."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,10 +25,8 @@ from rx_discovery import Discovery, DiscoveryError
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.http import DiscoveryTransport
 
-pytest.importorskip("uvicorn")
-pytest.importorskip("starlette")
-
 DRAIN = 2.0
+HERE = Path(__file__).parent
 
 
 def free_port() -> int:
@@ -35,15 +35,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_backend(etcd: EmbeddedEtcd, prefix: str, name: str) -> subprocess.Popen[bytes]:
+def uvicorn(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port",
+            str(port), "--log-level", "warning"]
+
+
+def gunicorn(_port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(HERE / "gunicorn_conf.py"),
+            "wsgi_app:app"]
+
+
+def start_backend(etcd: EmbeddedEtcd, prefix: str, name: str,
+                  command: Callable[[int], list[str]]) -> subprocess.Popen[bytes]:
     port = free_port()
     env = {**os.environ, "ETCD_HOST": etcd.endpoint, "ETCD_PREFIX": prefix,
            "BACKEND_NAME": name, "BACKEND_PORT": str(port), "BACKEND_DRAIN": str(DRAIN),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                          os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port",
-         str(port), "--log-level", "warning"], env=env)
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(command(port), env=env)
 
 
 def ports(discovery: Discovery) -> set[str]:
@@ -53,9 +61,14 @@ def ports(discovery: Discovery) -> set[str]:
         return set()
 
 
-def test_sigterm_to_a_uvicorn_backend_costs_no_request(etcd: EmbeddedEtcd,
-                                                       unique_prefix: str) -> None:
-    backends = {name: start_backend(etcd, unique_prefix, name) for name in ("a", "b")}
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_sigterm_to_a_backend_costs_no_request(etcd: EmbeddedEtcd, unique_prefix: str,
+                                               server: str) -> None:
+    pytest.importorskip(server)
+    if server == "uvicorn":
+        pytest.importorskip("starlette")
+    command = uvicorn if server == "uvicorn" else gunicorn
+    backends = {name: start_backend(etcd, unique_prefix, name, command) for name in ("a", "b")}
     discovery = Discovery(etcd.endpoint, prefix=unique_prefix)
     client = httpx.Client(transport=DiscoveryTransport(discovery, retries=0), timeout=5.0)
     answers: list[tuple[float, str]] = []
