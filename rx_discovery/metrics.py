@@ -28,6 +28,7 @@ balancer's picker is not even wrapped).
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -94,6 +95,7 @@ class _Instruments:
 
 _on: _Instruments | None = None if _otel is None else _Instruments(None)
 _lost_at: weakref.WeakKeyDictionary[Registration, float] = weakref.WeakKeyDictionary()
+_lost_lock = threading.Lock()  # registrations change status on many threads
 
 
 def enabled() -> bool:
@@ -138,9 +140,11 @@ def registration_status(registration: Registration, status: RegistrationStatus) 
     service = registration.service
     _on.status.add(1, {"service": service, "status": status.name})
     if status.name == "LOST":
-        _lost_at.setdefault(registration, registration._runtime.now())
+        with _lost_lock:
+            _lost_at.setdefault(registration, registration._runtime.now())
     elif status.name in ("REGISTERED", "WITHDRAWN", "DISPOSED"):
-        lost = _lost_at.pop(registration, None)
+        with _lost_lock:
+            lost = _lost_at.pop(registration, None)
         if lost is not None and status.name == "REGISTERED":
             _on.reregister.record(registration._runtime.now() - lost, {"service": service})
 

@@ -431,6 +431,7 @@ class Registration(abc.DisposableBase):
         self._gate_applying = False  # an _apply_gate task runs or is scheduled
         self._gate_aborted = False  # a write in flight revoked its lease: the gate closed
         self._health_failure = ""  # the health observable failed: withdrawn for good
+        self._withdrawing = 0  # thread id of a withdrawal revoking its lease (dispose waits)
         self._fork_generation = fork_generation()
         self._state = (RegistrationStatus.REGISTERING if healthy is None
                        else RegistrationStatus.WITHDRAWN)
@@ -554,8 +555,8 @@ class Registration(abc.DisposableBase):
                 return
             self._stopped = True
             finished = True
-            if self._in_flight and self._in_flight != threading.get_ident():
-                finished = self._lock.wait_for(lambda: not self._in_flight, timeout)
+            if self._writing():
+                finished = self._lock.wait_for(lambda: not self._writing(), timeout)
             lease, self._lease = self._lease, 0
             keeping, self._keeping = self._keeping, None
         if not finished:
@@ -821,6 +822,12 @@ class Registration(abc.DisposableBase):
 
     # --- readiness gating (register(..., healthy=)) -------------------------------------
 
+    def _writing(self) -> bool:
+        """Under the lock: a registration write or a withdrawal's revoke runs on another
+        thread (dispose waits for it: the key must be gone when dispose returns)."""
+        me = threading.get_ident()
+        return (self._in_flight not in (0, me)) or (self._withdrawing not in (0, me))
+
     def _follow_health(self, healthy: abc.ObservableBase[bool]) -> None:
         """Subscribe to the health observable (on the caller's thread, holding no lock: the
         observable is user code and may emit at once)."""
@@ -886,10 +893,16 @@ class Registration(abc.DisposableBase):
             keeping, self._keeping = self._keeping, None
             self._registering = True  # deletions of our key are ours; no healing
             self._pending.disposable = Disposable()  # a retry or keepalive step scheduled
-        if keeping is not None:
-            keeping.dispose()
-        if lease:
-            self._revoke(lease, "on withdrawal")
+            self._withdrawing = threading.get_ident()
+        try:
+            if keeping is not None:
+                keeping.dispose()
+            if lease:
+                self._revoke(lease, "on withdrawal")
+        finally:
+            with self._lock:
+                self._withdrawing = 0
+                self._lock.notify_all()
         log.info("%s: withdrawn (%s)", self._label, reason)
         with self._lock:
             if self._disposed:

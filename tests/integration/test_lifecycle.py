@@ -149,6 +149,24 @@ def test_sigterm_removes_the_key_at_once_serves_through_the_drain_then_runs_the_
             process.wait()
 
 
+def test_a_second_signal_during_the_drain_runs_the_previous_handler_at_once(
+        etcd: EmbeddedEtcd, unique_prefix: str, discovery: Discovery) -> None:
+    drain = 30.0
+    process, lines = start("drain", etcd.endpoint, unique_prefix, str(drain))
+    try:
+        lines.first("ready")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: not _hosts(discovery), 10.0, 0.01, "the key removed")
+        process.send_signal(signal.SIGTERM)  # an impatient operator
+        assert process.wait(10) == -signal.SIGTERM
+        assert time.monotonic() - sent < drain
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 # --- fork ---------------------------------------------------------------------------------------
 
 def test_forked_workers_get_a_clear_error_and_work_with_a_discovery_of_their_own(

@@ -393,3 +393,42 @@ def test_http_probe_refuses_bad_arguments(kwargs: dict[str, Any], field: str) ->
 
     with pytest.raises(ValueError, match=field):
         http_probe(**kwargs)
+
+
+def test_dispose_during_a_withdrawal_returns_once_the_key_is_gone(
+        scheduler: TestScheduler) -> None:
+    """dispose() from another thread while a withdrawal's revoke is in flight: it must wait
+    for it (the key is gone before dispose returns), as it waits for a registration write."""
+
+    class SlowRevoke(PutHook):
+        during_revoke: Any = None
+
+        def revoke(self, lease: int) -> None:
+            hook, self.during_revoke = self.during_revoke, None
+            if hook is not None:
+                hook()
+            super().revoke(lease)
+
+    store = SlowRevoke(scheduler)
+    healthy, registration = gated(store)
+    at(scheduler, 1, lambda: healthy.on_next(True))
+    scheduler.advance_to(5)
+    assert registration.ready
+    after_dispose: list[object] = []
+
+    def dispose() -> None:
+        registration.dispose()
+        after_dispose.append(store.get(registration.key))
+
+    disposer = threading.Thread(target=dispose, daemon=True)
+
+    def dispose_meanwhile() -> None:
+        disposer.start()
+        wait_until(lambda: registration._stopped, message="dispose() started")
+        disposer.join(0.3)  # returned already (the bug), or waits for this revoke
+
+    store.during_revoke = dispose_meanwhile
+    at(scheduler, 10, lambda: healthy.on_next(False))
+    scheduler.advance_to(11)
+    disposer.join(10)
+    assert after_dispose == [None]
