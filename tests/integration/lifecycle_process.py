@@ -7,9 +7,10 @@ reads, one line each).
         every 0.05 s until the process ends.
     lifecycle_process.py fork ENDPOINT PREFIX WORKERS
         registers "parent", forks WORKERS workers (os.fork, and one more through
-        multiprocessing's fork start method); each uses the parent's Discovery (prints the
-        error), closes it, then registers "worker-N" with a Discovery of its own and prints
-        "worker N registered" then exits; the parent prints "parent STATUS COUNT" after.
+        multiprocessing's fork start method); each uses the parent's Discovery and disposes
+        the parent's registration (prints each error), closes the Discovery, then registers
+        "worker-N" with a Discovery of its own and prints "worker N registered", then exits;
+        the parent prints "parent STATUS COUNT" after.
     lifecycle_process.py reaper
         starts an EmbeddedEtcd, forks a child that sleeps; prints "etcd PID DIR CHILD", then
         sleeps (the test SIGKILLs it).
@@ -24,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from rx_discovery import Discovery, Host
+from rx_discovery import Discovery, Host, Registration
 
 
 def say(*words: object) -> None:
@@ -52,12 +53,14 @@ def drain(endpoint: str, prefix: str, seconds: str, *flags: str) -> None:
         time.sleep(0.05)
 
 
-def worker(endpoint: str, prefix: str, parent: Discovery, n: int) -> None:
-    try:
-        parent.get("api").all()
-        say("worker", n, "used the parent's Discovery without error")
-    except Exception as error:
-        say("worker", n, "error", type(error).__name__, str(error).replace("\n", " "))
+def worker(endpoint: str, prefix: str, parent: Discovery, registration: Registration,
+           n: int) -> None:
+    for use in (lambda: parent.get("api").all(), registration.dispose):
+        try:
+            use()
+            say("worker", n, "used the parent's Discovery without error")
+        except Exception as error:
+            say("worker", n, "error", type(error).__name__, str(error).replace("\n", " "))
     parent.close()  # does nothing in a child: the parent's registration must survive
     with Discovery(endpoint, prefix=prefix) as own:
         own.register("api", Host(hostname=f"worker-{n}", ports={"http": "1"})).wait(20)
@@ -73,12 +76,13 @@ def fork(endpoint: str, prefix: str, workers: str) -> None:
         pid = os.fork()
         if pid == 0:
             try:
-                worker(endpoint, prefix, discovery, n)
+                worker(endpoint, prefix, discovery, registration, n)
             finally:
                 os._exit(0)
         pids.append(pid)
     context = multiprocessing.get_context("fork")
-    process = context.Process(target=worker, args=(endpoint, prefix, discovery, len(pids)))
+    process = context.Process(target=worker, args=(endpoint, prefix, discovery, registration,
+                                                    len(pids)))
     process.start()
     for pid in pids:
         os.waitpid(pid, 0)

@@ -176,7 +176,8 @@ def test_forked_workers_get_a_clear_error_and_work_with_a_discovery_of_their_own
     lines._thread.join(10)
     text = [line for _, line in lines.items]
     errors = [line for line in text if " error " in line]
-    assert len(errors) == 3, text  # two os.fork workers and one multiprocessing worker
+    assert len(errors) == 6, text  # a query and a dispose, in two os.fork workers and one
+    # multiprocessing worker
     for line in errors:
         assert "UsedAfterFork" in line and "post_fork" in line and "after fork" in line
     assert sorted(line for line in text if line.endswith("registered")) == [
