@@ -73,6 +73,14 @@ def gated(store: PutHook) -> tuple[Subject[bool], Any]:
     return healthy, registration
 
 
+def due(scheduler: TestScheduler, at_time: float) -> bool:
+    """An action is scheduled at ``at_time`` (e.g. a drain's end, scheduled by another
+    thread): advancing the clock before it is would move its deadline."""
+    with scheduler._lock:
+        return any(scheduler.to_seconds(item.duetime) == at_time and not item.is_cancelled()
+                   for item, _ in scheduler._queue.items)
+
+
 def statuses_of(recorder: Any) -> list[tuple[float, RegistrationStatus]]:
     return [(round(t, 3), n.value) for t, n in recorder.messages if n.kind == "N"]
 
@@ -255,7 +263,8 @@ def test_dispose_with_drain_removes_the_key_at_once_then_returns_after_the_drain
     assert registration.ready
     disposer = threading.Thread(target=lambda: registration.dispose(drain=2.0), daemon=True)
     disposer.start()
-    wait_until(lambda: registration.current_status is S.DISPOSED, message="disposed")
+    wait_until(lambda: due(scheduler, 12.0), message="the drain started")
+    assert registration.current_status is S.DISPOSED
     assert store.get(registration.key) is None  # removed at once...
     scheduler.advance_to(11.9)
     disposer.join(0.2)
@@ -276,8 +285,8 @@ def test_close_with_drain_removes_every_key_then_waits_once(scheduler: TestSched
     assert all(r.ready for r in registrations)
     closer = threading.Thread(target=lambda: discovery.close(drain=3.0), daemon=True)
     closer.start()
-    wait_until(lambda: all(r.current_status is S.DISPOSED for r in registrations),
-               message="all disposed")
+    wait_until(lambda: due(scheduler, 13.0), message="the drain started")
+    assert all(r.current_status is S.DISPOSED for r in registrations)
     assert not store.keys("/services/")
     scheduler.advance_to(12.9)
     closer.join(0.2)
