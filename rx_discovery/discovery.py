@@ -19,8 +19,10 @@ import reactivex
 from reactivex import abc, operators
 from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
+from rx_discovery import metrics
 from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
+from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -128,6 +130,7 @@ class Discovery:
         self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
         self._diagnostics: SerialSubject[Diagnostic] = SerialSubject("diagnostics")
         self._closed = False
+        self._fork_generation = fork_generation()
 
     # --- construction -------------------------------------------------------------------
 
@@ -170,11 +173,26 @@ class Discovery:
                  else ",".join(e.url for e in self.settings.endpoints))
         return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, *, drain: float = 0.0) -> None:
         """Dispose every registration (revoking their leases, waiting up to ``timeout``
         seconds in all for the writes in flight), complete every stream, release the client.
         Idempotent. A stream subscribed afterwards fails at once with
-        ``RuntimeError("this Discovery is closed")``."""
+        ``RuntimeError("this Discovery is closed")``.
+
+        ``drain``: after the keys are removed, wait this many seconds (on the Discovery's
+        timer) before closing the streams and the client, so that clients move away while
+        the process still serves (see :meth:`Registration.dispose`); only when there were
+        registrations to remove.
+
+        In a process forked after the Discovery was made this does nothing (the client
+        belongs to the parent; grpcio is not fork-safe).
+
+        Raises:
+            ValueError: ``drain`` is not a finite number >= 0.
+        """
+        seconds = validate_drain(drain)
+        if self._fork_generation != fork_generation():
+            return  # the parent's: nothing of it may be touched here
         with self._lock:
             if self._closed:
                 return
@@ -187,12 +205,28 @@ class Discovery:
         deadline = time.monotonic() + timeout
         for registration in registrations:  # then each waits for its write in flight
             registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
+        if registrations:
+            wait_on(self._runtime.timer, seconds)
         for sync in syncs:
             sync.close()
         self._diagnostics.on_completed()
         self.store.close()
         for release in self._owned:
             release()
+
+    def _check_fork(self) -> None:
+        """Raise :class:`~rx_discovery.lifecycle.UsedAfterFork` in a process forked after
+        this Discovery was made."""
+        check_fork(self._fork_generation, "this Discovery")
+
+    def _fork_guarded(self, stream: reactivex.Observable[T]) -> reactivex.Observable[T]:
+        """``stream``, failing with UsedAfterFork when subscribed in a forked child."""
+        def subscribe(observer: abc.ObserverBase[T],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            self._check_fork()
+            return stream.subscribe(observer, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
 
     # --- streams ------------------------------------------------------------------------
 
@@ -202,6 +236,7 @@ class Discovery:
         :class:`~rx_discovery.health.Health` at once, then every change (CONNECTING,
         CONNECTED, RECONNECTING, UNAVAILABLE, DENIED with a reason that never holds a secret,
         CLOSED). Emits on the thread that saw the change, outside every library lock."""
+        self._check_fork()
         return self.store.health
 
     @property
@@ -230,7 +265,9 @@ class Discovery:
         etcd, a thread of its own for a read retried in the background), one change at a time,
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
-        return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)
+        self._check_fork()
+        return self._fork_guarded(
+            self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True))
 
     def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
@@ -293,8 +330,10 @@ class Discovery:
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
         subscriber of the service."""
+        self._check_fork()
         name = validate_service_name(service)
-        return _expanded(self._service_sync(name).observe(scheduler, wait=True), _values, name)
+        return _expanded(self._fork_guarded(self._service_sync(name).observe(scheduler, wait=True)),
+                         _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
@@ -309,7 +348,8 @@ class Discovery:
     # --- registrations and queries ------------------------------------------------------
 
     def register(self, service: str, host: Host, ttl: float = 5.0, *,
-                 scheduler: abc.SchedulerBase | None = None) -> Registration:
+                 scheduler: abc.SchedulerBase | None = None,
+                 healthy: abc.ObservableBase[bool] | None = None) -> Registration:
         """Register ``host`` under ``service`` and keep it registered until disposed.
 
         Returns at once; the lease grant and puts happen in the background, retried with
@@ -321,13 +361,26 @@ class Discovery:
             host: the host; the Go package's defaults are filled in (see ``reg.host``).
             ttl: lease TTL in seconds (>= 1; etcd grants at least 2); keepalive every ttl/3.
             scheduler: times keepalives and backoff (default: the Discovery's).
+            healthy: readiness gating: an Observable of bool (e.g.
+                :func:`rx_discovery.lifecycle.http_probe`); the host is registered only while
+                its latest value is True. Nothing is written before the first True; on False
+                the lease is revoked at once (the key vanishes) and ``status`` is WITHDRAWN
+                (``reason`` says why) until True again. If it fails, the host is withdrawn
+                until disposed (``reason`` holds the error); if it completes, its last value
+                holds. Subscribed on this thread during ``register()``; its values are handled
+                on an I/O thread, never under a library lock.
 
         Raises:
             ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
                 service document) would not fit in one etcd request (1.5 MiB); before any
                 I/O, naming the field, never its value.
             RuntimeError: the Discovery is closed.
+            UsedAfterFork: this process was forked after the Discovery was made.
         """
+        self._check_fork()
+        if healthy is not None and not isinstance(healthy, abc.ObservableBase):
+            raise ValueError(f"healthy must be an Observable of bool (or None), got "
+                             f"{type(healthy).__name__}")
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
         stored = prepare_host(name, host)
@@ -342,7 +395,7 @@ class Discovery:
                                                              services))
         keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
-                                    group, keeper, on_disposed=self._forget)
+                                    group, keeper, on_disposed=self._forget, healthy=healthy)
         with self._lock:
             self._registrations.add(registration)
         registration.start()
@@ -377,6 +430,7 @@ class Discovery:
         Raises:
             ValueError: a bad service name or shard.
         """
+        self._check_fork()
         name = validate_service_name(service)
         if shard is not None and (not isinstance(shard, str) or not shard):
             raise ValueError("shard must be a non-empty string or None")
@@ -389,6 +443,7 @@ class Discovery:
         Raises:
             ValueError: a bad service name.
         """
+        self._check_fork()
         return read_catalog(self.store, self.keyspace,
                             None if service is None else validate_service_name(service))
 
@@ -424,6 +479,8 @@ class Discovery:
                 flush()
                 diagnostics.flush()
 
+            if not exact:  # a service's hosts
+                publish = metrics.counting_hosts(service, publish)
             return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
                               publish, diagnostics.enqueue, label, flush_all, exact=exact)
 

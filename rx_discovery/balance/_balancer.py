@@ -10,6 +10,7 @@ from types import TracebackType
 import reactivex
 from reactivex import abc
 
+from rx_discovery import metrics
 from rx_discovery._errors import NoHostFound, NoHostFoundOnShard
 from rx_discovery.balance._ejection import Ejections
 from rx_discovery.balance._pickers import make_picker
@@ -58,7 +59,7 @@ class Balancer:
             raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
         self.service, self.policy, self.shard = service, policy, shard
         self._in_flight: dict[str, int] = {}
-        self._choose = make_picker(policy, self._in_flight)
+        self._choose = metrics.counting_picks(service, make_picker(policy, self._in_flight))
         self.wait = float(wait)
         self._lock = threading.Lock()
         self._hosts: HostSet | None = None
@@ -157,6 +158,7 @@ class Balancer:
             return
         hosts = self._hosts
         if hosts is not None and host.uuid in hosts and self._ejections.fail(host.uuid):
+            metrics.host_ejected(self.service, host)
             self._refresh()
 
     def call(self) -> Call:
