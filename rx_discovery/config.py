@@ -49,6 +49,19 @@ class Endpoint:
         return f"{'https' if self.secure else 'http'}://{self.netloc}"
 
 
+def _shown(endpoint: str) -> str:
+    """``endpoint`` as an error message may quote it: without what may hold a secret (the
+    user:password before an ``@``, a query, a fragment)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    rest = rest.rpartition("@")[2]
+    for mark in "?#":
+        if mark in rest:
+            rest = rest.split(mark, 1)[0] + mark + "..."
+    return f"{scheme}{sep}{'...@' if '@' in endpoint else ''}{rest}"
+
+
 def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     """Parse ``http://host:port``, ``https://host:port`` or ``host:port`` (plain HTTP).
 
@@ -58,23 +71,24 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     raw = text.strip()
     if not raw:
         raise ConfigError(f"{source}: empty endpoint")
+    shown = _shown(raw)
     if "://" not in raw:
         raw = "http://" + raw
     try:
         parsed = urllib.parse.urlsplit(raw)
         port = parsed.port
     except ValueError:
-        raise ConfigError(f"{source}: invalid endpoint {text.strip()!r}") from None
+        raise ConfigError(f"{source}: invalid endpoint {shown!r}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port")
+        raise ConfigError(f"{source}: endpoint {shown!r} must be http(s)://host:port")
     if parsed.username or parsed.password:
         raise ConfigError(f"{source}: put credentials in user/password (ETCD_USER, "
                           "ETCD_PASSWORD), not in the endpoint URL")
     if port == 0:
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} has port 0")
+        raise ConfigError(f"{source}: endpoint {shown!r} has port 0")
     if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
         # etcd's gRPC API has no path: "http://host:2379/v3" would be used as host:port only.
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port, "
+        raise ConfigError(f"{source}: endpoint {shown!r} must be http(s)://host:port, "
                           "without a path")
     return Endpoint(parsed.hostname, 2379 if port is None else port, parsed.scheme == "https")
 

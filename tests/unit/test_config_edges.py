@@ -1,0 +1,26 @@
+"""Settings edge cases found in review (secrets in endpoint URLs, base64, duplicates)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rx_discovery import ConfigError
+from rx_discovery.config import Settings
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://user:hunter2@x:99999",        # port out of range
+    "http://user:hunter2@x:-1",
+    "grpc://user:hunter2@x:2379",         # not http(s)
+    "http://user:hunter2@:2379",          # no host
+    "http://user:hunter2@[::1:2379",      # unbalanced bracket
+    "http://x:2379/?password=hunter2",    # a query
+    "http://x:2379/#hunter2",
+])
+def test_an_endpoint_refused_for_any_reason_never_shows_its_credentials(endpoint: str) -> None:
+    for build in (lambda: Settings.from_env({"ETCD_HOSTS": endpoint}),
+                  lambda: Settings.build(endpoint)):
+        with pytest.raises(ConfigError) as caught:
+            build()
+        assert "hunter2" not in str(caught.value), str(caught.value)
+        assert "hunter2" not in repr(caught.value)
