@@ -11,7 +11,7 @@ import binascii
 import math
 import os
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -160,7 +160,7 @@ class Settings:
         elif not (isinstance(endpoints, (list, tuple))
                   and all(isinstance(e, str) for e in endpoints)):
             raise ConfigError("endpoints must be a string or a list of strings")
-        parsed = tuple(parse_endpoint(e) for e in endpoints if e.strip())
+        parsed = _unique(parse_endpoint(e) for e in endpoints if e.strip())
         return cls(endpoints=parsed, prefix=_prefix(prefix, "prefix"),
                    ca_cert=_pem(ca_cert, "ca_cert"), client_cert=_pem(client_cert, "client_cert"),
                    client_key=_pem(client_key, "client_key"), user=user or None,
@@ -179,7 +179,8 @@ class Settings:
         env = os.environ if environ is None else environ
         hosts_var = "ETCD_HOSTS" if env.get("ETCD_HOSTS") else "ETCD_HOST"
         raw_hosts = env.get(hosts_var) or DEFAULT_ENDPOINT
-        endpoints = tuple(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",") if h.strip())
+        endpoints = _unique(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",")
+                            if h.strip())
         if not endpoints:
             raise ConfigError(f"{hosts_var}: no endpoint in it")
         in_memory = parse_flag(env.get("ETCD_TLS_INMEMORY", ""), "ETCD_TLS_INMEMORY")
@@ -208,6 +209,12 @@ class Settings:
                    ca_cert=pem("ETCD_CACERT"), client_cert=pem("ETCD_TLS_CERT"),
                    client_key=pem("ETCD_TLS_KEY"), user=user, password=password,
                    api=api)  # type: ignore[arg-type]  # checked against Api above
+
+
+def _unique(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+    """``endpoints`` without repeats (python3-etcd3 keys its endpoints by host:port: a repeat
+    would open a channel that no call uses)."""
+    return tuple(dict.fromkeys(endpoints))
 
 
 def parse_flag(value: str, source: str) -> bool:

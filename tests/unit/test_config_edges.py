@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import textwrap
+
 import pytest
 
 from rx_discovery import ConfigError
@@ -24,3 +27,12 @@ def test_an_endpoint_refused_for_any_reason_never_shows_its_credentials(endpoint
             build()
         assert "hunter2" not in str(caught.value), str(caught.value)
         assert "hunter2" not in repr(caught.value)
+
+
+def test_duplicate_endpoints_are_one_member() -> None:
+    # python3-etcd3 keys its endpoints by host:port: a duplicate would be an endpoint the
+    # client never uses, whose channel is opened and never marked failed.
+    settings = Settings.from_env({"ETCD_HOSTS": "http://a:1,a:1, http://a:1/,http://b:2"})
+    assert [e.url for e in settings.endpoints] == ["http://a:1", "http://b:2"]
+    assert [e.url for e in Settings.build(["http://a:1", "http://a:1"]).endpoints] == [
+        "http://a:1"]

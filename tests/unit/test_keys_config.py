@@ -121,9 +121,9 @@ def test_discovery_construction_does_no_io_and_survives_no_server(
 
 
 def test_ipv6_endpoints_keep_their_brackets() -> None:
-    settings = Settings.from_env({"ETCD_HOSTS": "http://[::1]:2379,https://[fd00::2]:4001,[::1]"})
+    settings = Settings.from_env({"ETCD_HOSTS": "http://[::1]:2379,https://[fd00::2]:4001,[::2]"})
     assert [e.url for e in settings.endpoints] == [
-        "http://[::1]:2379", "https://[fd00::2]:4001", "http://[::1]:2379"]
+        "http://[::1]:2379", "https://[fd00::2]:4001", "http://[::2]:2379"]
     assert settings.endpoints[0].host == "::1"
     assert settings.endpoints[0].netloc == "[::1]:2379"  # the gRPC target
     assert Settings.build("http://10.0.0.1:1").endpoints[0].netloc == "10.0.0.1:1"
