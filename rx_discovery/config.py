@@ -194,7 +194,10 @@ class Settings:
                 return None
             if in_memory:
                 try:
-                    return base64.b64decode(value.strip(), validate=True)
+                    # line breaks skipped, as Go's decoder (the Go package's) does: `base64`
+                    # and `openssl base64` wrap their output
+                    return base64.b64decode(value.replace("\r", "").replace("\n", "").strip(),
+                                            validate=True)
                 except (binascii.Error, ValueError):
                     raise ConfigError(f"{var}: not valid base64 (ETCD_TLS_INMEMORY=true)") from None
             return _read_file(value, var)

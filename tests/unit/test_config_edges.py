@@ -29,6 +29,19 @@ def test_an_endpoint_refused_for_any_reason_never_shows_its_credentials(endpoint
         assert "hunter2" not in repr(caught.value)
 
 
+def test_tls_in_memory_accepts_base64_wrapped_in_lines_as_go_does() -> None:
+    # GNU base64 (and openssl base64) wrap at 76/64 columns; Go's base64.StdEncoding, which the
+    # Go package decodes ETCD_TLS_INMEMORY values with, skips \r and \n.
+    pem = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 300 + b"\n-----END CERTIFICATE-----\n"
+    encoded = base64.b64encode(pem).decode()
+    for newline in ("\n", "\r\n"):
+        wrapped = newline.join(textwrap.wrap(encoded, 76)) + newline
+        env = {"ETCD_TLS_INMEMORY": "true", "ETCD_CACERT": wrapped}
+        assert Settings.from_env(env).ca_cert == pem
+    with pytest.raises(ConfigError, match="ETCD_CACERT: not valid base64"):
+        Settings.from_env({"ETCD_TLS_INMEMORY": "true", "ETCD_CACERT": encoded[:40] + " x"})
+
+
 def test_duplicate_endpoints_are_one_member() -> None:
     # python3-etcd3 keys its endpoints by host:port: a duplicate would be an endpoint the
     # client never uses, whose channel is opened and never marked failed.
