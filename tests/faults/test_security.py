@@ -18,6 +18,7 @@ import base64
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -579,3 +580,31 @@ def test_without_a_ca_calls_and_keepalives_trust_the_same_roots(mtls: EmbeddedEt
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-1500:]
     assert done.stdout.strip() == "keepalive 10"
+
+
+def test_login_fails_over_from_a_member_that_is_down(auth: EmbeddedEtcd, pki: Pki,
+                                                     leaks: Leaks,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """python3-etcd3 logs in from its constructor, on an endpoint drawn at random, without
+    marking it failed when it does not answer: with auth on, a member down made every login
+    that drew it fail, again and again, while a live member was there. Here the draw always
+    picks the dead member: the login must fail over to the live one."""
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        dead = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(sys.modules["etcd3.client"].random, "choice", lambda labels: labels[0])
+    settings = Settings.build([dead, auth.endpoint], ca_cert=pki.ca, user="svc",
+                              password=SVC_PASSWORD, timeout=3)
+    with EtcdStore(settings) as store:
+        outcomes: list[str] = []
+        for _ in range(5):
+            try:
+                store.get("/services/login-failover/x")
+                outcomes.append("served")
+                break
+            except DiscoveryError as error:
+                outcomes.append(type(error).__name__)
+                leaks.error(error)
+        assert outcomes[-1] == "served", outcomes
+        assert len(outcomes) == 1, outcomes  # the failed-over login served the first call
+    leaks.check()

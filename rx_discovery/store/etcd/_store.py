@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import etcd3
 import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
@@ -24,7 +23,12 @@ from rx_discovery._errors import (
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import KeyValue, Lease, Snapshot, WatchResponse
-from rx_discovery.store.etcd._client import LoginGate, _revive_if_all_failed, make_endpoints
+from rx_discovery.store.etcd._client import (
+    LoginGate,
+    _revive_if_all_failed,
+    login,
+    make_endpoints,
+)
 from rx_discovery.store.etcd._codec import _encode, _key_value, _prefix_range
 from rx_discovery.store.etcd._errors import _NO_ENDPOINT, _public, _TokenExpired, _translate
 from rx_discovery.store.etcd._keepalive import _KeepAliveStream
@@ -318,9 +322,7 @@ class EtcdStore:
                     return self._client
             self._login.check()
             try:
-                client = etcd3.MultiEndpointEtcd3Client(
-                    endpoints=endpoints, timeout=self._settings.timeout, failover=True,
-                    user=self._settings.user, password=self._settings.password)
+                client = login(endpoints, self._settings)
             except Exception as exc:
                 error = _translate(exc, "login")
                 if error is not None and error.permanent:
