@@ -50,6 +50,7 @@ from rx_discovery.config import Settings
 from rx_discovery.embedded import EmbeddedEtcd, TLSFiles, etcd_binary
 from rx_discovery.health import HealthState
 from rx_discovery.store.etcd import EtcdStore
+from rx_discovery.testing import TcpProxy
 
 TOKEN_TTL = 2
 ROOT_PASSWORD = "root-Pw-5f2a91"
@@ -101,13 +102,13 @@ def mtls(pki: Pki) -> Iterator[EmbeddedEtcd]:
 
 
 def etcdctl(server: EmbeddedEtcd, pki: Pki, *args: str, user: str | None = None,
-            stdin: str | None = None) -> None:
+            stdin: str | None = None, check: bool = True) -> None:
     command = [etcd_binary("etcdctl"), "--endpoints", server.endpoint, "--cacert", pki.ca]
     if user:
         command += ["--user", user]
     done = subprocess.run(command + list(args), capture_output=True, text=True, input=stdin,
                           timeout=30, check=False)
-    assert done.returncode == 0, f"etcdctl {args[:2]} failed: {done.stderr[:300]}"
+    assert done.returncode == 0 or not check, f"etcdctl {args[:2]} failed: {done.stderr[:300]}"
 
 
 @pytest.fixture(scope="module")
@@ -607,4 +608,61 @@ def test_login_fails_over_from_a_member_that_is_down(auth: EmbeddedEtcd, pki: Pk
                 leaks.error(error)
         assert outcomes[-1] == "served", outcomes
         assert len(outcomes) == 1, outcomes  # the failed-over login served the first call
+    leaks.check()
+
+
+
+def test_a_watch_denied_by_rbac_does_not_log_in_again_on_every_retry(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """A stream whose read permission is revoked, then whose connection drops: the right
+    password, so logins succeed, but each reopening of the refused watch dropped the client
+    and logged in again (bcrypt on the server): a login storm through another door."""
+    grant = ("role", "grant-permission", "discovery", "read", "/rbac-storm/", "--prefix=true")
+    etcdctl(auth, pki, *grant, user=f"root:{ROOT_PASSWORD}")
+    with TcpProxy(address(auth.endpoint)[1]) as proxy:
+        try:
+            with Discovery(f"https://127.0.0.1:{proxy.port}", prefix="/rbac-storm",
+                           ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                           timeout=3) as discovery:
+                health = subscribe(discovery.health)
+                stream = subscribe(discovery.hosts("x"))
+                wait_until(lambda: stream.items, timeout=10)
+                etcdctl(auth, pki, "role", "revoke-permission", "discovery", "/rbac-storm/",
+                        "--prefix=true", user=f"root:{ROOT_PASSWORD}")
+                before = authenticate_rpcs(auth)
+                proxy.cut()  # the watch must be reopened, and is now refused
+                proxy.restore()
+                wait_until(lambda: states(health)[-1] is HealthState.DENIED, timeout=10)
+                time.sleep(5)  # the measured window: logins while the denial stands
+                logins = authenticate_rpcs(auth) - before
+                assert healthy_stream(stream)
+                assert logins <= 3, f"{logins:g} logins in 5 s for one denied stream"
+                leaks.show(*health.items)
+        finally:
+            etcdctl(auth, pki, "role", "revoke-permission", "discovery", "/rbac-storm/",
+                    "--prefix=true", user=f"root:{ROOT_PASSWORD}", check=False)
+    leaks.check()
+
+
+def test_a_watch_opened_with_an_expired_token_logs_in_again_and_delivers(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """etcd refuses a watch with an expired token as "permission denied", as it refuses a
+    missing permission: the store must still tell the two apart (log in again for the first)."""
+    settings = Settings.build(auth.endpoint, ca_cert=pki.ca, user="svc", password=SVC_PASSWORD,
+                              timeout=3)
+    with EtcdStore(settings) as store:
+        revision = store.get_prefix("/services/expired-watch/").revision
+        logins = len(leaks.tokens)
+        idle_until = time.monotonic() + TOKEN_TTL + 1.5  # the token, left idle, expires
+        wait_until(lambda: time.monotonic() > idle_until, timeout=TOKEN_TTL + 3)
+        events = subscribe(store.watch("/services/expired-watch/", revision + 1))
+        root = root_client(auth, pki)
+        try:
+            wait_until(lambda: len(leaks.tokens) > logins, timeout=10,
+                       message="the watch logged in again")
+            root.put("/services/expired-watch/a", b"1")
+            wait_until(lambda: events.items, timeout=10)
+        finally:
+            root.close()
+        assert healthy_stream(events), repr(events.error)
     leaks.check()

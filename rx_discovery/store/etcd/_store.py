@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import reactivex
+from etcd3.etcdrpc import rpc_pb2
 from reactivex import abc
 from reactivex.disposable import Disposable
 
@@ -336,7 +337,13 @@ class EtcdStore:
                 return client
 
     def _drop_client(self, stale: Any) -> None:
-        """Forget ``stale`` so that the next call builds (and logs in with) a new client."""
+        """Forget ``stale`` so that the next call builds (and logs in with) a new client,
+        unless its token is still good: a watch refused with "permission denied" (which is
+        what etcd answers for an expired token and for a missing permission alike) calls this
+        too, and a missing permission must not cost a login (bcrypt on the server) on every
+        retry of the watch."""
+        if _token_still_valid(stale, self._settings.timeout):
+            return
         with self._lock:
             if self._client is stale:
                 self._client = None
@@ -366,6 +373,19 @@ class EtcdStore:
     def _remove_watch(self, watch: _WatchSubscription) -> None:
         with self._lock:
             self._watches.discard(watch)
+
+
+def _token_still_valid(client: Any, timeout: float) -> bool:
+    """True when etcd still accepts ``client``'s auth token: an empty transaction needs a
+    valid token and no permission (etcd answers "invalid auth token" to an expired one)."""
+    if not client.metadata:
+        return False
+    try:
+        client.kvstub.Txn(rpc_pb2.TxnRequest(), timeout, credentials=client.call_credentials,
+                          metadata=client.metadata)
+    except Exception:  # expired, or not known: log in again
+        return False
+    return True
 
 
 def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:
