@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,10 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     if not raw:
         raise ConfigError(f"{source}: empty endpoint")
     shown = _shown(raw)
+    if any(ch.isspace() or not ch.isprintable() for ch in raw):
+        # urlsplit would drop tabs and newlines silently, and a space is no host
+        raise ConfigError(f"{source}: endpoint {shown!r} contains whitespace or control "
+                          "characters")
     if "://" not in raw:
         raw = "http://" + raw
     try:
@@ -90,7 +96,31 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
         # etcd's gRPC API has no path: "http://host:2379/v3" would be used as host:port only.
         raise ConfigError(f"{source}: endpoint {shown!r} must be http(s)://host:port, "
                           "without a path")
-    return Endpoint(parsed.hostname, 2379 if port is None else port, parsed.scheme == "https")
+    host = _dialable(parsed.hostname, bracketed="[" in parsed.netloc)
+    if host is None:
+        raise ConfigError(f"{source}: endpoint {shown!r} has no valid host name or address")
+    return Endpoint(host, 2379 if port is None else port, parsed.scheme == "https")
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+", re.IGNORECASE)
+
+
+def _dialable(host: str, bracketed: bool) -> str | None:
+    """``host`` as gRPC dials it: an IP address (IPv6 in brackets only), or a DNS name in
+    ASCII (an internationalised one in its IDNA form); None when it is neither."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if bracketed:
+        return host if isinstance(address, ipaddress.IPv6Address) else None
+    if address is not None:
+        return host
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ascii_host if _HOST_NAME.fullmatch(ascii_host) else None
 
 
 @dataclass(frozen=True)

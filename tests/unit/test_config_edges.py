@@ -49,3 +49,26 @@ def test_duplicate_endpoints_are_one_member() -> None:
     assert [e.url for e in settings.endpoints] == ["http://a:1", "http://b:2"]
     assert [e.url for e in Settings.build(["http://a:1", "http://a:1"]).endpoints] == [
         "http://a:1"]
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://a b:2379",        # a space: no such host, retried for ever as 'unavailable'
+    "http://a\tb:2379",       # urlsplit drops tabs and newlines: this became host "ab"
+    "http://a\nb:2379",
+    "http://a%20b:2379",      # percent-encoding has no meaning in a gRPC target
+    "http://[v1.x]:2379",     # an IPvFuture literal lost its brackets
+    "http://[127.0.0.1]:2379",
+    "http://a\x00b:2379",
+    "http://a/b:2379",
+])
+def test_a_host_that_cannot_be_dialled_is_refused_before_any_io(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="ETCD_HOSTS"):
+        Settings.from_env({"ETCD_HOSTS": endpoint})
+    with pytest.raises(ConfigError, match="endpoints"):
+        Settings.build([endpoint])
+
+
+def test_hosts_that_can_be_dialled() -> None:
+    hosts = "http://etcd-0.etcd_svc.local:1,http://[::ffff:127.0.0.1]:2,http://ëtcd:3,10.0.0.1:4"
+    assert [e.host for e in Settings.from_env({"ETCD_HOSTS": hosts}).endpoints] == [
+        "etcd-0.etcd_svc.local", "::ffff:127.0.0.1", "xn--tcd-ima", "10.0.0.1"]
