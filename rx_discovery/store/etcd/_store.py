@@ -342,6 +342,9 @@ class EtcdStore:
         what etcd answers for an expired token and for a missing permission alike) calls this
         too, and a missing permission must not cost a login (bcrypt on the server) on every
         retry of the watch."""
+        with self._lock:
+            if self._client is not stale:  # another caller dropped it already
+                return
         if _token_still_valid(stale, self._settings.timeout):
             return
         with self._lock:
