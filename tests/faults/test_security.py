@@ -666,3 +666,33 @@ def test_a_watch_opened_with_an_expired_token_logs_in_again_and_delivers(
             root.close()
         assert healthy_stream(events), repr(events.error)
     leaks.check()
+
+
+def test_credentials_given_before_auth_is_enabled_work_before_and_after(
+        pki: Pki, leaks: Leaks) -> None:
+    """Rolling out etcd auth: clients get their credentials first, then auth is enabled. etcd's
+    Go client ignores "authentication is not enabled" at login and logs in when a call says
+    "user name is empty"; python3-etcd3 raised, so every call was refused for good (DENIED) by
+    a server that would serve it."""
+    tls = TLSFiles(pki.cert, pki.key, pki.ca, client_cert_auth=False)
+    with EmbeddedEtcd(name="auth-later", tls=tls) as server:
+        etcdctl(server, pki, "user", "add", "root", "--new-user-password", ROOT_PASSWORD)
+        etcdctl(server, pki, "user", "grant-role", "root", "root")
+        etcdctl(server, pki, "user", "add", "svc", "--new-user-password", SVC_PASSWORD)
+        etcdctl(server, pki, "user", "grant-role", "svc", "root")
+        settings = Settings.build(server.endpoint, ca_cert=pki.ca, user="svc",
+                                  password=SVC_PASSWORD, timeout=3)
+        with EtcdStore(settings) as store:
+            health = subscribe(store.health)
+            store.put("/services/later/a", b"1")  # auth not enabled yet: served
+            events = subscribe(store.watch("/services/later/", store.get_prefix(
+                "/services/later/").revision + 1))
+            etcdctl(server, pki, "auth", "enable")
+            store.put("/services/later/b", b"2")  # auth enabled: a login, then served
+            assert store.get("/services/later/b") is not None
+            wait_until(lambda: events.items, timeout=10)
+            assert healthy_stream(events)
+            assert HealthState.DENIED not in states(health), health.items
+            assert leaks.tokens, "the store logged in once auth was enabled"
+            leaks.show(*health.items, store)
+    leaks.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import sys
 import threading
@@ -16,6 +17,8 @@ import grpc
 
 from rx_discovery._errors import StoreError
 from rx_discovery.config import Settings
+
+log = logging.getLogger(__name__)
 
 # python3-etcd3's client module (the package's name ``etcd3.client`` is a function)
 _etcd3_client = sys.modules["etcd3.client"]
@@ -86,6 +89,11 @@ def login(endpoints: list[Any], settings: Settings) -> Any:
         try:
             token = client.authstub.Authenticate(request, settings.timeout).token
         except grpc.RpcError as error:
+            if _auth_not_enabled(error):
+                # as etcd's Go client: go on without a token; once auth is enabled, a call
+                # refused with "user name is empty" makes the store log in
+                log.info("etcd authentication is not enabled: calls are made without a token")
+                return client
             if (attempt == len(endpoints) - 1 or not hasattr(error, "code")
                     or error.code() not in _LOGIN_FAILOVER_CODES):
                 raise
@@ -99,6 +107,14 @@ def login(endpoints: list[Any], settings: Settings) -> Any:
             _etcd3_client.EtcdTokenCallCredentials(token))
         return client
     raise AssertionError("unreachable")
+
+
+def _auth_not_enabled(error: grpc.RpcError) -> bool:
+    try:
+        return (error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and "authentication is not enabled" in (error.details() or ""))
+    except Exception:  # a non-Call RpcError
+        return False
 
 
 def _revive_if_all_failed(endpoints: list[Any]) -> None:
