@@ -500,7 +500,7 @@ def test_permission_denied_is_its_own_error_and_reported_on_health(
             store.put("/forbidden/k", b"v")
         # a call served elsewhere does not hide the denial
         store.get_prefix("/services/")
-        assert states(health)[-1] is HealthState.DENIED
+        assert states(health)[-1] is HealthState.DENIED, health.items
         # a watch of a forbidden prefix: refused again after a fresh login -> PermissionDenied
         denied = subscribe(store.watch("/forbidden/", 1))
         wait_until(lambda: denied.error is not None, timeout=10)
@@ -696,3 +696,48 @@ def test_credentials_given_before_auth_is_enabled_work_before_and_after(
             assert leaks.tokens, "the store logged in once auth was enabled"
             leaks.show(*health.items, store)
     leaks.check()
+
+
+def test_a_refused_login_stays_denied_while_old_watches_still_deliver(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """The password rotated while running: every call is refused (the login fails), yet the
+    watches opened before keep delivering. Each delivery cleared the denial: health flapped
+    DENIED/CONNECTED while nothing could log in."""
+    old, new = "flap-Pw-old-6d1e", "flap-Pw-new-0b93"
+    leaks.secrets.update((old, new))
+    root = f"root:{ROOT_PASSWORD}"
+    etcdctl(auth, pki, "user", "add", "flapper", "--new-user-password", old, user=root)
+    etcdctl(auth, pki, "user", "grant-role", "flapper", "discovery", user=root)
+    raw = root_client(auth, pki)
+    try:
+        settings = Settings.build(auth.endpoint, ca_cert=pki.ca, user="flapper", password=old,
+                                  timeout=3)
+        with EtcdStore(settings) as store:
+            health = subscribe(store.health)
+            revision = store.put("/services/flap/a", b"1")
+            events = subscribe(store.watch("/services/flap/", revision + 1))
+            etcdctl(auth, pki, "user", "passwd", "flapper", "--interactive=false", user=root,
+                    stdin=new + "\n")
+            wait_until(succeeds_not(lambda: store.get("/services/flap/a")),
+                       timeout=TOKEN_TTL + 10, message="the old password is refused")
+            assert store._health.current.state is HealthState.DENIED
+            raw.put("/services/flap/b", b"2")  # the watch opened before still delivers
+            wait_until(lambda: len(events.items) >= 1, timeout=10)
+            raw.put("/services/flap/c", b"3")
+            wait_until(lambda: len(events.items) >= 2, timeout=10)
+            assert store._health.current.state is HealthState.DENIED, store._health.current
+            leaks.show(*health.items)
+    finally:
+        raw.close()
+        etcdctl(auth, pki, "user", "delete", "flapper", user=root, check=False)
+    leaks.check()
+
+
+def succeeds_not(call: Any) -> Any:
+    def attempt() -> bool:
+        try:
+            call()
+        except AuthenticationFailed:
+            return True
+        return False
+    return attempt

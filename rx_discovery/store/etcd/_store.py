@@ -15,6 +15,7 @@ from reactivex import abc
 from reactivex.disposable import Disposable
 
 from rx_discovery._errors import (
+    AuthenticationFailed,
     LeaseNotFound,
     PermissionDenied,
     RequestTooLarge,
@@ -45,6 +46,8 @@ _T = TypeVar("_T")
 # are 20 round trips; a page of 500 values at etcd's 1.5 MiB limit is still a finite message.
 _PAGE = 500
 _READ_ATTEMPTS = 3
+# The health scope of a refused login: cleared by a call served, not by an old watch.
+_LOGIN_SCOPE = "(login)"
 
 
 class EtcdStore:
@@ -260,7 +263,7 @@ class EtcdStore:
             try:
                 client = self._get_client()
                 result = action(client)
-                self._served(scope)
+                self._served(scope, logged_in=True)
                 return result
             except Exception as exc:
                 error = _translate(exc, operation)
@@ -276,18 +279,27 @@ class EtcdStore:
             self._report(error, scope)
             raise error
 
-    def _served(self, scope: str = "") -> None:
-        """A call or stream was served: report it on health."""
+    def _served(self, scope: str = "", logged_in: bool = False) -> None:
+        """A call or stream was served: report it on health. Only a call made now
+        (``logged_in``) clears a refused login: a watch opened before the refusal (a password
+        rotated) goes on delivering while nothing can log in."""
         self._last_failure = ""
         self._health.connected(scope=scope)
+        if logged_in:
+            self._health.connected(scope=_LOGIN_SCOPE)
 
     def _report(self, error: StoreError, scope: str = "") -> None:
         """Report a failed call or stream on health: DENIED for a permanent error (for its
         scope, or the whole connection for a refused login or TLS), else RECONNECTING (then
         UNAVAILABLE). The reason is the error's message, which never holds a secret."""
         if error.permanent:
-            connection_wide = not isinstance(error, (PermissionDenied, RequestTooLarge))
-            self._health.denied(str(error), scope="" if connection_wide else scope)
+            if isinstance(error, (PermissionDenied, RequestTooLarge)):
+                pass  # its own key or prefix
+            elif isinstance(error, AuthenticationFailed):
+                scope = _LOGIN_SCOPE
+            else:
+                scope = ""  # the whole connection (TLS, not etcd)
+            self._health.denied(str(error), scope=scope)
         elif isinstance(error, StoreUnavailable) and not self._closed:
             self._health.failed(str(error))
 
