@@ -734,10 +734,5 @@ def test_a_refused_login_stays_denied_while_old_watches_still_deliver(
 
 
 def succeeds_not(call: Any) -> Any:
-    def attempt() -> bool:
-        try:
-            call()
-        except AuthenticationFailed:
-            return True
-        return False
-    return attempt
+    succeeded = succeeds(call)
+    return lambda: not succeeded()
