@@ -12,6 +12,8 @@ import ipaddress
 import math
 import os
 import re
+import ssl
+import tempfile
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Literal, get_args
 
 from rx_discovery._errors import ConfigError
 
-__all__ = ["Api", "DEFAULT_ENDPOINT", "Endpoint", "Settings", "parse_flag"]
+__all__ = ["Api", "DEFAULT_ENDPOINT", "Endpoint", "Settings", "load_cert_chain", "parse_flag"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 
@@ -162,6 +164,7 @@ class Settings:
             raise ConfigError("timeout must be a positive, finite number of seconds")
         if self.api not in get_args(Api):
             raise ConfigError(f"api must be one of {', '.join(get_args(Api))} (ETCD_API)")
+        _check_pem(self.ca_cert, self.client_cert, self.client_key)
         if self.api == "v3" and self.user is not None and not self.tls:
             # gRPC sends per-call credentials only over TLS: every call would fail, retried.
             raise ConfigError("etcd authentication (user/password) needs TLS: use https:// "
@@ -242,6 +245,54 @@ class Settings:
                    ca_cert=pem("ETCD_CACERT"), client_cert=pem("ETCD_TLS_CERT"),
                    client_key=pem("ETCD_TLS_KEY"), user=user, password=password,
                    api=api)  # type: ignore[arg-type]  # checked against Api above
+
+
+def _check_pem(ca_cert: bytes | None, client_cert: bytes | None,
+               client_key: bytes | None) -> None:
+    """Refuse TLS material that does not load (gRPC would fail every connection with
+    "Failed to create security handshaker", which looks like a network fault). Errors name the
+    setting, never its content.
+
+    Raises:
+        ConfigError: naming ca_cert, client_cert or client_key.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for value, name, var in ((ca_cert, "ca_cert", "ETCD_CACERT"),
+                             (client_cert, "client_cert", "ETCD_TLS_CERT")):
+        if value is None:
+            continue
+        try:
+            context.load_verify_locations(cadata=value.decode("ascii"))
+        except (ssl.SSLError, ValueError):  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{name} ({var}) is not a PEM certificate") from None
+    if client_cert is not None and client_key is not None:
+        try:
+            load_cert_chain(context, client_cert, client_key)
+        except (ssl.SSLError, ValueError, OSError):
+            raise ConfigError("client_key (ETCD_TLS_KEY) is not an unencrypted PEM private key "
+                              "of client_cert (ETCD_TLS_CERT)") from None
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a client certificate and its key from memory (an encrypted key is refused: no
+    prompt for its passphrase). The ssl module reads them from a path
+    only: an anonymous in-memory file where Linux has them, else a private temporary file
+    removed at once."""
+    pem = cert + b"\n" + key
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("rx-discovery-client-cert", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}", password="")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="rx-discovery-") as folder:
+        path = os.path.join(folder, "client.pem")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(pem)
+        context.load_cert_chain(path, password="")
 
 
 def _unique(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
