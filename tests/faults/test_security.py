@@ -736,3 +736,22 @@ def test_a_refused_login_stays_denied_while_old_watches_still_deliver(
 def succeeds_not(call: Any) -> Any:
     succeeded = succeeds(call)
     return lambda: not succeeded()
+
+
+@pytest.mark.xfail(strict=True, reason="a denial is scoped to its key or prefix and cleared "
+                   "only by a success there: nothing tells the store that the stream which "
+                   "asked was disposed (see the review report)")
+def test_a_denial_ends_when_the_stream_that_met_it_is_disposed(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """A stream on a prefix the user may not read: DENIED, rightly. Once that stream is
+    disposed nothing is denied any more, yet health stayed DENIED for good."""
+    with Discovery(auth.endpoint, prefix="/forbidden", ca_cert=pki.ca, user="svc",
+                   password=SVC_PASSWORD, timeout=3) as discovery:
+        stream = discovery.hosts("gone").subscribe(lambda _sets: None)
+        wait_until(lambda: discovery.store._health.current.state is HealthState.DENIED,
+                   timeout=10)
+        stream.dispose()
+        discovery.store.get("/services/allowed")  # served: nothing is denied any more
+        wait_until(lambda: discovery.store._health.current.state is HealthState.CONNECTED,
+                   timeout=10, message="health still DENIED after the stream was disposed")
+    leaks.check()
