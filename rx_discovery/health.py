@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import reactivex
-from reactivex import operators
+from reactivex import abc, operators
 
 from rx_discovery._serial import SerialSubject
 
@@ -93,8 +93,14 @@ class HealthTracker:
 
     @property
     def observable(self) -> reactivex.Observable[Health]:
-        """The current health at once, then every change."""
-        return self._subject.observe().pipe(operators.distinct_until_changed())
+        """The current health at once, then every change; after :meth:`closed`, CLOSED and
+        the completion."""
+        def current_or_live(_scheduler: abc.SchedulerBase | None) -> reactivex.Observable[Health]:
+            if self._current.state is HealthState.CLOSED:  # the subject replays no value then
+                return reactivex.just(self._current)
+            return self._subject.observe()
+
+        return reactivex.defer(current_or_live).pipe(operators.distinct_until_changed())
 
     def connected(self, endpoint: str = "", scope: str = "") -> None:
         """A call was served (on ``scope``: the key or prefix it concerned, "" for none).

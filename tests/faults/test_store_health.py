@@ -171,3 +171,56 @@ def test_etcd_down_from_the_start_is_connecting_then_unavailable() -> None:
                interval=0.2, message="UNAVAILABLE after failing for a while")
     assert states(health) == [HealthState.CONNECTING, HealthState.UNAVAILABLE]
     store.close()
+
+
+def test_a_grpc_server_without_etcds_services_is_denied() -> None:
+    """An HTTP/2 gRPC server that is not etcd (wrong port, another service): UNIMPLEMENTED for
+    calls, keepalives and watches alike, reported as a configuration error, not retried as
+    'unavailable'."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        store = store_on(f"http://127.0.0.1:{port}")
+        health = subscribe(store.health)
+        for call in (lambda: store.get("/k"), lambda: store.keepalive(1),
+                     lambda: store.grant(5)):
+            error = fails(call)
+            assert error.permanent and "not an etcd endpoint" in str(error), repr(error)
+        watch = subscribe(store.watch("/k/", 1))
+        wait_until(lambda: watch.error is not None, timeout=10)
+        assert getattr(watch.error, "permanent", False), repr(watch.error)
+        assert state(health) is HealthState.DENIED
+        assert "not an etcd endpoint" in health.items[-1].reason
+        store.close()
+    finally:
+        server.stop(None)
+
+
+
+@pytest.mark.xfail(strict=True, reason="health is emitted on the thread that saw the change, "
+                   "so a blocking observer holds a caller, a watch reader or the lease keeper "
+                   "(see the review report: deliver health on its own thread)")
+def test_a_health_observer_that_blocks_holds_no_library_thread(server: EmbeddedEtcd) -> None:
+    """A user's health observer doing slow work (an alert over HTTP that hangs) ran on the
+    thread that saw the change: here a call, which then blocked far beyond its timeout; the
+    same happens to a watch reader (its stream is not reopened meanwhile) and to the lease
+    keeper's thread (every keepalive of that TTL stops, and the leases expire)."""
+    import threading
+    import time
+
+    release = threading.Event()
+    store = store_on(server.endpoint)  # timeout 1 s
+    try:
+        store.health.subscribe(lambda health: health.state is HealthState.CONNECTED
+                               and release.wait(10))
+        started = time.monotonic()
+        store.get("/k")  # the first answer: CONNECTING -> CONNECTED
+        assert time.monotonic() - started < 1 + 2, "the call waited for a user's observer"
+    finally:
+        release.set()
+        store.close()
