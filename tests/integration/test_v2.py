@@ -18,7 +18,7 @@ import trustme
 from helpers import Recorder, wait_until
 
 from rx_discovery import Discovery, Host, RegistrationStatus
-from rx_discovery._errors import AuthenticationFailed, StoreError, StoreUnavailable
+from rx_discovery._errors import AuthenticationFailed, ConfigError, StoreError, StoreUnavailable
 from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles
 from rx_discovery.health import HealthState
@@ -148,12 +148,10 @@ def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
                        client_cert=pki["client_cert"],
                        client_key=pki["client_key"]) as discovery:  # type: ignore[arg-type]
             assert discovery.get("svc").service().name == "svc"  # the service key, read
-        # PEM that is not PEM: refused for good before any connection
-        with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
-                       ca_cert=b"not a certificate") as broken:
-            with pytest.raises(StoreError) as caught:
-                broken.store.get(f"{unique_prefix}/x")
-            assert caught.value.permanent
+        # PEM that is not PEM: refused when the settings are made, before any connection
+        with pytest.raises(ConfigError, match="ca_cert"):
+            Discovery(server.endpoint, api="v2", prefix=unique_prefix,
+                      ca_cert=b"not a certificate")
         # no client certificate: refused for good, and health says so
         with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
                        ca_cert=pki["ca_pem"]) as refused:  # type: ignore[arg-type]
