@@ -235,7 +235,9 @@ class Discovery:
         """The connection state of the store: the current
         :class:`~rx_discovery.health.Health` at once, then every change (CONNECTING,
         CONNECTED, RECONNECTING, UNAVAILABLE, DENIED with a reason that never holds a secret,
-        CLOSED). Emits on the thread that saw the change, outside every library lock."""
+        CLOSED). On etcd (v3 and v2) it emits on a health thread of the store's own, so an
+        observer that blocks holds no call, watch or keepalive; on the memory store, on the
+        thread that saw the change (its scheduler). Never under a library lock."""
         self._check_fork()
         return self.store.health
 

@@ -160,6 +160,7 @@ def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
             with pytest.raises(StoreError) as caught:
                 refused.store.get(f"{unique_prefix}/x")
             assert caught.value.permanent
+            refused.store._health._settle()  # health reaches observers on its own thread
             assert health.items[-1].state is HealthState.DENIED
 
 
@@ -202,6 +203,7 @@ def test_basic_auth(v2_auth: EmbeddedEtcd, caplog: pytest.LogCaptureFixture) -> 
             with pytest.raises(AuthenticationFailed) as caught:
                 store.get("/services/svc")
             assert SVC_PASSWORD not in str(caught.value)
+            store._health._settle()  # health reaches observers on its own thread
             assert health.items[-1].state is HealthState.DENIED
             assert SVC_PASSWORD not in str(health.items[-1])
 
@@ -265,6 +267,7 @@ def test_an_etcd_without_v2_is_reported_not_retried_in_silence(unique_prefix: st
         with pytest.raises(StoreError) as caught:
             discovery.get("svc").all()
         assert caught.value.permanent and "--enable-v2=true" in str(caught.value)
+        discovery.store._health._settle()  # health reaches observers on its own thread
         assert health.items[-1].state is HealthState.DENIED
 
 

@@ -75,7 +75,7 @@ class EtcdStore:
         self._keepalive = _KeepAliveStream(self, settings)
         self._watches: set[_WatchSubscription] = set()
         self._last_failure = ""  # why the last call could not reach etcd
-        self._health = HealthTracker("etcd")
+        self._health = HealthTracker("etcd", own_thread=True)
         self._login = LoginGate()
 
     def __repr__(self) -> str:
