@@ -614,11 +614,18 @@ class Registration(abc.DisposableBase):
                 "%s: %s; retrying in %.2fs", self._label, reason, delay)
         return delay, reason if permanent else None
 
-    def _retry_later(self, error: Exception, what: str, action: Callable[[], None]) -> None:
+    def _retry_later(self, error: Exception, what: str, action: Callable[[], None],
+                     lease: int = 0) -> None:
         """Try ``action`` again after the backoff ``error`` calls for; then report FAILED if
-        the error is permanent."""
+        the error is permanent. With ``lease``, ``action`` repairs the writes of that lease:
+        it is dropped once the registration is registering again (it would replace, in
+        ``_pending``, the retry of that registration)."""
+        if lease and self._stale(lease):
+            return
         delay, refused = self._failed(error, what)
         with self._lock:
+            if lease and self._stale(lease):
+                return
             if not self._disposed:
                 self._pending.disposable = self._runtime.after(delay, action)
         if refused is not None:
@@ -673,7 +680,7 @@ class Registration(abc.DisposableBase):
 
     def _write_service(self, lease: int, force: bool) -> None:
         """Ask the group to store our service document; REGISTERED once it is."""
-        if not self._disposed and lease == self._lease:
+        if not self._stale(lease):
             self._group.write_service(self, lease, service_document(self.service, self._host),
                                       force)
 
@@ -683,8 +690,8 @@ class Registration(abc.DisposableBase):
         written at ``revision`` after we asked; ``seen``: what another host wrote after that,
         as the watch already told. Adopt their credentials (Go: the last writer wins)."""
         with self._lock:
-            if self._disposed or lease != self._lease:
-                return  # disposed, or registering again with another lease
+            if self._stale(lease):
+                return  # disposed, or registering again (the lease may be gone)
             self._service_revision = max(self._service_revision, revision)
             changed = self._adopt(stored)
             if seen is not None:
@@ -701,10 +708,13 @@ class Registration(abc.DisposableBase):
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its
         lease stay, kept alive)."""
-        if self._disposed or lease != self._lease:
-            return
         self._retry_later(error, "service key write",
-                          lambda: self._write_service(lease, True))
+                          lambda: self._write_service(lease, True), lease)
+
+    def _stale(self, lease: int) -> bool:
+        """True when work for ``lease`` is moot: disposed, registering again (``lease`` is
+        lost even while it is still ``_lease``), or another lease holds the key."""
+        return self._disposed or self._registering or lease != self._lease
 
     def _on_keepalive(self, lease: int, error: Exception | None) -> None:
         """The outcome of a refresh of ``lease``, told by the keeper inside its batch: only
@@ -824,7 +834,7 @@ class Registration(abc.DisposableBase):
             except LeaseNotFound:
                 self._lost("the lease expired or was revoked")
             except Exception as error:
-                self._retry_later(error, "credential update", self._rewrite_host)
+                self._retry_later(error, "credential update", self._rewrite_host, lease)
             else:
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)

@@ -503,3 +503,63 @@ def test_refused_keepalives_report_failed_then_registered_when_they_work_again(
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
                               RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
     assert registration.ready and registration.reason == ""
+
+
+# --- review: an answer for the lost lease must not end the healing ----------------------------
+
+@pytest.mark.parametrize("outcome", ["fails", "succeeds"])
+def test_a_service_key_write_answered_after_the_lease_was_lost_does_not_end_the_healing(
+        scheduler: TestScheduler, outcome: str) -> None:
+    """The service key is being written (repairing its deletion) when the lease is lost and
+    the new grant fails. Before: the write's answer was taken for the lease being healed: a
+    success reported REGISTERED with no host key (for as long as grants failed); a failure
+    scheduled its own retry over the registration's retry (the SerialDisposable), so the host
+    key was never written again, while the status said REGISTERED."""
+    from rx_discovery import StoreUnavailable
+
+    class LostDuringServiceWrite(MemoryStore):
+        during_service_put: Any = None
+        fail_grants = False
+
+        def grant(self, ttl: int) -> Any:
+            if self.fail_grants:
+                raise StoreUnavailable("grant: connection refused")
+            return super().grant(ttl)
+
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            hook, self.during_service_put = (
+                (self.during_service_put, None) if key == SERVICE_KEY
+                else (None, self.during_service_put))
+            if hook is not None:
+                hook()
+                if outcome == "fails":
+                    raise StoreUnavailable("put: connection reset")
+            return super().put(key, value, lease)
+
+    store = LostDuringServiceWrite(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=5)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+    assert registration.ready
+
+    def lose_the_lease() -> None:
+        store.fail_grants = True
+        store.revoke(registration._lease)  # the host key goes...
+        run_due_now(scheduler)  # ...and the watch tells it while the service write is in flight
+
+    def delete_the_service_key() -> None:
+        store.during_service_put = lose_the_lease
+        store.delete(SERVICE_KEY)
+
+    at(scheduler, 10, delete_the_service_key)
+    at(scheduler, 20, lambda: setattr(store, "fail_grants", False))
+    scheduler.advance_to(15)
+    assert store.get(registration.key) is None
+    assert registration.current_status is RegistrationStatus.LOST
+    scheduler.advance_to(40)
+    assert store.get(registration.key) is not None
+    assert store.get(SERVICE_KEY) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
+    assert len(store.leases) == 1
