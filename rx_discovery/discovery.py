@@ -350,8 +350,13 @@ class Discovery:
         keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget)
-        with self._lock:
-            self._registrations.add(registration)
+        with self._lock:  # under the lock close() takes its list with: it sees us, or we it
+            closed = self._closed
+            if not closed:
+                self._registrations.add(registration)
+        if closed:
+            self._release(registration)
+            raise RuntimeError("this Discovery is closed")
         registration.start()
         return registration
 
@@ -375,6 +380,9 @@ class Discovery:
         """A registration was disposed: release what only it used."""
         with self._lock:
             self._registrations.discard(registration)
+        self._release(registration)
+
+    def _release(self, registration: Registration) -> None:
         self._groups.give_back(registration.service)
         self._keepers.give_back(registration._runtime.timer)
 

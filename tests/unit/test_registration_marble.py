@@ -563,3 +563,61 @@ def test_a_service_key_write_answered_after_the_lease_was_lost_does_not_end_the_
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
                               RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
     assert len(store.leases) == 1
+
+
+
+def test_a_register_that_races_close_is_refused_and_retries_nothing(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    """register() (on another thread) found the Discovery open, then close() took its list of
+    registrations before register() recorded the new one. Before: close() never disposed it,
+    so it kept retrying its grant on the closed store, for ever."""
+    grants: list[float] = []
+    store = discovery.store
+    grant = store.grant
+
+    def counted_grant(ttl: int) -> Any:
+        grants.append(scheduler.clock)
+        return grant(ttl)
+
+    store.grant = counted_grant  # type: ignore[method-assign]
+    old = discovery.register("api", make_host(1), ttl=5)
+    scheduler.advance_to(1)
+    grants.clear()
+    checked, listed = threading.Event(), threading.Event()
+    outcome: list[object] = []
+    take = discovery._keepers.take
+
+    def take_once_close_listed(*args: Any) -> Any:
+        checked.set()  # register() found the Discovery open...
+        assert listed.wait(10)  # ...and close() takes its list meanwhile
+        return take(*args)
+
+    discovery._keepers.take = take_once_close_listed  # type: ignore[method-assign]
+
+    def register() -> None:
+        try:
+            outcome.append(discovery.register("api", make_host(2), ttl=5))
+        except RuntimeError as error:
+            outcome.append(error)
+
+    registrar = threading.Thread(target=register, daemon=True)
+    registrar.start()
+    assert checked.wait(10)
+    cancel = old._cancel
+
+    def cancel_once_registered() -> None:  # close() has its list: let register() go on
+        listed.set()
+        registrar.join(10)
+        cancel()
+
+    old._cancel = cancel_once_registered  # type: ignore[method-assign]
+    discovery.close()
+    assert not registrar.is_alive()
+    scheduler.advance_to(100)
+    assert grants == []  # nothing started (nor retried) on the closed Discovery
+    assert len(outcome) == 1
+    if isinstance(outcome[0], RuntimeError):
+        assert "closed" in str(outcome[0])
+    else:
+        assert outcome[0].current_status is RegistrationStatus.DISPOSED  # type: ignore[attr-defined]
+    assert len(discovery._groups) == 0 and len(discovery._keepers) == 0
