@@ -412,6 +412,7 @@ class Registration(abc.DisposableBase):
         self._reason = ""
         self._disposed = False  # no more work (set first by dispose or Discovery.close)
         self._stopped = False  # dispose's steps are done or under way
+        self._stopper = 0  # the thread doing them (a dispose from its observers must not wait)
         self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
         self._slow = Backoff(initial=30.0, maximum=60.0)  # after a permanent error
         self._pending = SerialDisposable()
@@ -508,9 +509,12 @@ class Registration(abc.DisposableBase):
         to expire), which :func:`rx_discovery.testing.crash` uses."""
         self._cancel()
         with self._lock:
-            if self._stopped:
+            if self._stopped:  # another dispose (or close) is under way: it revokes, wait
+                if self._stopper != threading.get_ident():
+                    self._lock.wait_for(lambda: self._state is RegistrationStatus.DISPOSED,
+                                        timeout)
                 return
-            self._stopped = True
+            self._stopped, self._stopper = True, threading.get_ident()
             finished = True
             if self._in_flight and self._in_flight != threading.get_ident():
                 finished = self._lock.wait_for(lambda: not self._in_flight, timeout)
@@ -529,6 +533,7 @@ class Registration(abc.DisposableBase):
         log.info("%s: disposed", self._label)
         with self._lock:
             self._state = RegistrationStatus.DISPOSED
+            self._lock.notify_all()
             self._status.enqueue(RegistrationStatus.DISPOSED)
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()

@@ -621,3 +621,44 @@ def test_a_register_that_races_close_is_refused_and_retries_nothing(
     else:
         assert outcome[0].current_status is RegistrationStatus.DISPOSED  # type: ignore[attr-defined]
     assert len(discovery._groups) == 0 and len(discovery._keepers) == 0
+
+
+def _waits_in_stop(thread: threading.Thread) -> bool:
+    """True while ``thread`` waits inside Registration._stop (for a write or another stop)."""
+    import sys
+
+    frame = sys._current_frames().get(thread.ident or 0)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "_stop" in names and "wait" in names
+
+
+def test_close_while_a_dispose_waits_for_the_write_in_flight_waits_for_that_dispose(
+        scheduler: TestScheduler) -> None:
+    """One thread disposes a registration whose first write is in flight (it waits for it);
+    close() comes meanwhile. Before: close()'s dispose returned at once (already stopping),
+    close() closed the store, and the write's lease could no longer be revoked: the key
+    stayed a whole ttl after both had returned."""
+    store = PutHook(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    disposer = threading.Thread(target=registration.dispose, daemon=True)
+    closer = threading.Thread(target=discovery.close, daemon=True)
+
+    def dispose_and_close_meanwhile() -> None:
+        store.during_put = None
+        disposer.start()
+        wait_until(lambda: _waits_in_stop(disposer), message="dispose() waits for the write")
+        closer.start()
+        wait_until(lambda: not closer.is_alive() or _waits_in_stop(closer),
+                   message="close() returned or waits")
+
+    store.during_put = dispose_and_close_meanwhile
+    scheduler.advance_to(1)
+    for thread in (disposer, closer):
+        thread.join(10)
+        assert not thread.is_alive()
+    assert registration.key not in store._kvs
+    assert store.leases == {}
