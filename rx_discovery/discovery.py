@@ -93,13 +93,19 @@ class Discovery:
         # a TestScheduler drives it all; etcd calls block, so they get a thread pool.
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
+        keepalive_io: abc.SchedulerBase | None = io
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
             self._owned += [loop.dispose, pool.shutdown]
             io, default_timer = pool, loop
+            # Keepalive batches get threads of their own: user observers run on the I/O pool
+            # and, if enough of them block, would stop every lease's refresh.
+            keepalive_io = PoolScheduler(2)
+            self._owned.append(keepalive_io.shutdown)
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io)
+        self._keepalive_io = keepalive_io or io
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -347,7 +353,8 @@ class Discovery:
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
                                                              services))
-        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
+        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(
+            self.store, Runtime(runtime.timer, self._keepalive_io)))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget)
         with self._lock:  # under the lock close() takes its list with: it sees us, or we it
