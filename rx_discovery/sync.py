@@ -156,7 +156,9 @@ class PrefixSync(Generic[T]):
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
-        self._pending.disposable = self._runtime.run(self._first_load)
+        # Not kept in _pending: the read may fail and schedule its retry there before run()
+        # returns (our handle would cancel it); stop() makes it a no-op.
+        self._runtime.run(self._first_load)
 
     def ensure_loaded(self) -> None:
         """Read the first state now, on the caller's thread, unless it was read already.
@@ -305,7 +307,7 @@ class PrefixSync(Generic[T]):
         if isinstance(error, RevisionCompacted):
             log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
                      self._name, self._revision + 1, error.compact_revision)
-            self._pending.disposable = self._runtime.run(self._resync)
+            self._runtime.run(self._resync)  # not in _pending: see start()
         else:
             self._retry(self._open_watch, error, "watch")
 

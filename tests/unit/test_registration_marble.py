@@ -662,3 +662,4 @@ def test_close_while_a_dispose_waits_for_the_write_in_flight_waits_for_that_disp
         assert not thread.is_alive()
     assert registration.key not in store._kvs
     assert store.leases == {}
+
