@@ -408,6 +408,7 @@ class Registration(abc.DisposableBase):
         self._service_revision = 0  # of the service key write that served us (0: none yet)
         self._last_refresh = 0.0
         self._last_error: Exception | None = None
+        self._refused_refresh = False  # FAILED because keepalives were refused (not a write)
         self._state = RegistrationStatus.REGISTERING
         self._reason = ""
         self._disposed = False  # no more work (set first by dispose or Discovery.close)
@@ -633,6 +634,8 @@ class Registration(abc.DisposableBase):
                 return
             if not self._disposed:
                 self._pending.disposable = self._runtime.after(delay, action)
+            if refused is not None:  # only this write's success ends this FAILED
+                self._refused_refresh = False
         if refused is not None:
             self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
@@ -730,7 +733,7 @@ class Registration(abc.DisposableBase):
             with self._lock:
                 self._last_refresh = self._runtime.now()
                 recovered = (self._state is RegistrationStatus.FAILED and not self._registering
-                             and self._service_revision > 0)
+                             and self._refused_refresh)
                 self._last_error = None
             if recovered:  # refused refreshes work again
                 self._runtime.run(lambda: self._keepalive_recovered(lease))
@@ -740,7 +743,8 @@ class Registration(abc.DisposableBase):
     def _keepalive_recovered(self, lease: int) -> None:
         with self._lock:
             recovered = (lease == self._lease and not self._registering
-                         and self._state is RegistrationStatus.FAILED)
+                         and self._state is RegistrationStatus.FAILED and self._refused_refresh)
+            self._refused_refresh = False
         if recovered:
             self._set_status(RegistrationStatus.REGISTERED, "")
 
@@ -754,6 +758,8 @@ class Registration(abc.DisposableBase):
         if self._runtime.now() - self._last_refresh >= self.ttl:
             self._lost(f"no keepalive for {self.ttl:g}s")
         elif refused is not None:
+            with self._lock:
+                self._refused_refresh = True  # a refresh that works again ends this FAILED
             self._set_status(RegistrationStatus.FAILED, refused)
 
     def _lost(self, reason: str) -> None:

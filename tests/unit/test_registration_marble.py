@@ -663,3 +663,40 @@ def test_close_while_a_dispose_waits_for_the_write_in_flight_waits_for_that_disp
     assert registration.key not in store._kvs
     assert store.leases == {}
 
+
+
+def test_a_refused_service_key_rewrite_stays_failed_until_it_works(
+        scheduler: TestScheduler) -> None:
+    """The service key is deleted and its rewrite refused (PermissionDenied): FAILED with the
+    reason until the rewrite works. Before: every keepalive that worked (every ttl/3) took
+    it for a recovery from refused refreshes and reported REGISTERED, with an empty reason,
+    while the service key was missing; the slow retry then said FAILED again: it flapped."""
+
+    class DeniesServiceKey(MemoryStore):
+        deny = False
+
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            if self.deny and key == SERVICE_KEY:
+                raise PermissionDenied("put: permission denied (user 'app' on /services_infos/)")
+            return super().put(key, value, lease)
+
+    store = DeniesServiceKey(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+
+    def deny_and_delete() -> None:
+        store.deny = True
+        store.delete(SERVICE_KEY)
+
+    at(scheduler, 10, deny_and_delete)
+    at(scheduler, 300, lambda: setattr(store, "deny", False))
+    for time in range(11, 300, 7):
+        scheduler.advance_to(time)
+        assert registration.current_status is RegistrationStatus.FAILED, time
+        assert "PermissionDenied" in registration.reason
+    scheduler.advance_to(400)
+    assert store.get(SERVICE_KEY) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
