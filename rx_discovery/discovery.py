@@ -94,6 +94,7 @@ class Discovery:
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
         keepalive_io: abc.SchedulerBase | None = io
+        delivery_io: abc.SchedulerBase | None = io
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
@@ -102,10 +103,14 @@ class Discovery:
             # Keepalive batches get threads of their own: user observers run on the I/O pool
             # and, if enough of them block, would stop every lease's refresh.
             keepalive_io = PoolScheduler(2)
-            self._owned.append(keepalive_io.shutdown)
+            # Registrations call their status and credentials observers on threads of their
+            # own too: observers that wait for their peers would starve the I/O pool.
+            delivery_io = PoolScheduler(8)
+            self._owned += [keepalive_io.shutdown, delivery_io.shutdown]
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io)
         self._keepalive_io = keepalive_io or io
+        self._delivery_io = delivery_io or io
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -356,7 +361,8 @@ class Discovery:
         keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(
             self.store, Runtime(runtime.timer, self._keepalive_io)))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
-                                    group, keeper, on_disposed=self._forget)
+                                    group, keeper, on_disposed=self._forget,
+                                    delivery=self._delivery_io)
         with self._lock:  # under the lock close() takes its list with: it sees us, or we it
             closed = self._closed
             if not closed:

@@ -385,7 +385,8 @@ class Registration(abc.DisposableBase):
 
     def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
                  runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper,
-                 on_disposed: Callable[[Registration], None] | None = None) -> None:
+                 on_disposed: Callable[[Registration], None] | None = None,
+                 delivery: abc.SchedulerBase | None = None) -> None:
         self.service = service
         self.ttl = ttl
         self._host = host
@@ -394,6 +395,9 @@ class Registration(abc.DisposableBase):
         self._service_key = keyspace.service_key(service)
         self._store = store
         self._runtime = runtime
+        # where status and credentials observers are called from library threads: not the
+        # I/O threads, which observers that block (waiting for their peers) would starve
+        self._delivery = runtime if delivery is None else Runtime(runtime.timer, delivery)
         self._lock = threading.Condition(threading.RLock())
         self._lease = 0
         self._lease_ttl = 0  # as granted (etcd grants at least 2 s)
@@ -582,19 +586,21 @@ class Registration(abc.DisposableBase):
         self._status.flush()
         self._credentials.flush()
 
+    def _deliver(self) -> None:
+        """Deliver the queued status and credentials in a task of its own, on the delivery
+        threads (from a library thread: it must neither wait for observers nor lend them a
+        thread the library's own work needs)."""
+        self._delivery.run(self._flush)
+
     def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
-                    hand_off: bool = False) -> None:
-        """Change the status (and reason) and deliver it: here (the caller holds no library
-        lock and is on an I/O thread), or with ``hand_off`` in a task of its own (the caller
-        must not wait for observers: it answers others)."""
+                    hand_off: bool = True) -> None:
+        """Change the status (and reason) and deliver it (always handed off, see
+        :meth:`_deliver`; ``hand_off`` is kept for callers that ask for it)."""
         with self._lock:
             if self._disposed:
                 return
             self._enter(status, reason)
-        if hand_off:
-            self._runtime.run(self._flush)
-        else:
-            self._flush()
+        self._deliver()
 
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
@@ -775,7 +781,7 @@ class Registration(abc.DisposableBase):
         if keeping is not None:
             keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
-        self._flush()  # once the recovery is scheduled
+        self._deliver()  # once the recovery is scheduled
 
     def _revoke(self, lease: int, why: str, quiet: bool = False) -> None:
         """Revoke ``lease``; a failure is logged at WARNING (the key stays until the lease
@@ -853,7 +859,7 @@ class Registration(abc.DisposableBase):
                 if again:
                     self._runtime.run(self._rewrite_host)
         # else: the registration in flight writes the current host
-        self._flush()
+        self._deliver()
 
 
 def _nothing() -> None:

@@ -15,7 +15,14 @@ import etcd3
 import pytest
 from helpers import Recorder, wait_until
 
-from rx_discovery import Credentials, Discovery, Host, Registration, RegistrationStatus
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    Host,
+    Registration,
+    RegistrationError,
+    RegistrationStatus,
+)
 from rx_discovery.embedded import EmbeddedEtcd
 
 
@@ -252,4 +259,49 @@ def test_status_observers_that_block_do_not_stop_the_keepalives_of_other_registr
         assert raw.get(bystander.key)[0] is not None
     finally:
         release.set()
+        discovery.close()
+
+
+
+def test_status_observers_that_wait_for_their_peers_do_not_starve_the_registrations(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """Twelve registrations whose status observer, once REGISTERED, waits for every peer
+    ("start serving once the whole set is up"); the last four are made once the first eight
+    observers wait. Before: the observers ran on the Discovery's 8 I/O threads and blocked
+    them all, so the last four registrations' work, queued behind, never ran: every wait
+    ended in its timeout (without one, the process hung for good)."""
+    discovery = Discovery(etcd.endpoint, prefix=unique_prefix)
+    registrations: list[Registration] = []
+    everyone = threading.Event()
+    waiting: list[int] = []
+    outcomes: list[str] = []
+
+    def wait_for_my_peers(status: RegistrationStatus) -> None:
+        if (status is RegistrationStatus.REGISTERED
+                and threading.current_thread() is not threading.main_thread()):
+            waiting.append(1)
+            try:
+                assert everyone.wait(30)
+                for peer in registrations:
+                    peer.wait(15)
+                outcomes.append("all up")
+            except RegistrationError as error:
+                outcomes.append(str(error))
+
+    def register(n: int) -> None:
+        registration = discovery.register("api", host(n), ttl=5)
+        registrations.append(registration)
+        registration.status.subscribe(wait_for_my_peers)
+
+    try:
+        for n in range(8):
+            register(n)
+        wait_until(lambda: len(waiting) == 8, timeout=20, message="eight observers wait")
+        for n in range(8, 12):
+            register(n)
+        everyone.set()
+        wait_until(lambda: len(outcomes) == 12, timeout=40, message="every observer is done")
+        assert outcomes == ["all up"] * 12
+    finally:
+        everyone.set()
         discovery.close()
