@@ -14,8 +14,9 @@ are measured on the registration's ``scheduler``, so a ``TestScheduler`` drives 
 
 Status and credentials reach observers through :class:`~rx_discovery._serial.SerialSubject`:
 a state change enqueues under the registration's lock and the value is delivered after the
-lock is released, on an I/O thread, never on the store's watch thread nor inside the lease
-keeper's refresh (both hand off to the I/O scheduler first). Recovery is always scheduled
+lock is released, on a delivery thread of the Discovery (not an I/O thread: observers that
+block, e.g. waiting for their peers, would starve the library's work), never on the store's
+watch thread nor inside the lease keeper's refresh. Recovery is always scheduled
 before anything is emitted, so an observer that raises or blocks cannot stop healing.
 """
 
@@ -457,7 +458,7 @@ class Registration(abc.DisposableBase):
     def status(self) -> reactivex.Observable[RegistrationStatus]:
         """The current status, then every change; completes after DISPOSED.
 
-        Emits on an I/O thread of the Discovery (or the caller's, on dispose), outside every
+        Emits on a delivery thread of the Discovery (or the caller's, on dispose), outside every
         library lock, one value at a time; an observer that raises is logged and changes
         nothing else.
         """
@@ -467,7 +468,7 @@ class Registration(abc.DisposableBase):
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
         another host of a public service (the host key is rewritten with them first).
-        Emits on an I/O thread, outside every library lock; completes after DISPOSED."""
+        Emits on a delivery thread, outside every library lock; completes after DISPOSED."""
         return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
