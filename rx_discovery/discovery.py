@@ -119,7 +119,7 @@ class Discovery:
             weakref.WeakValueDictionary())
         self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
             weakref.WeakValueDictionary())
-        self._registrations: set[Registration] = set()
+        self._registrations: dict[str, Registration] = {}  # by host key: one each
         # held while a registration uses them (released with the last one)
         self._groups: Shelf[str, ServiceGroup] = Shelf()
         self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
@@ -176,7 +176,7 @@ class Discovery:
             if self._closed:
                 return
             self._closed = True
-            registrations = list(self._registrations)
+            registrations = list(self._registrations.values())
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values()]
         for registration in registrations:  # all stop at once: none starts a new write
@@ -343,7 +343,8 @@ class Discovery:
         Raises:
             ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
                 service document) would not fit in one etcd request (1.5 MiB); before any
-                I/O, naming the field, never its value.
+                I/O, naming the field, never its value; or a host uuid this Discovery
+                holds registered already under ``service`` (its key would be shared).
             RuntimeError: the Discovery is closed.
         """
         name = validate_service_name(service)
@@ -365,11 +366,15 @@ class Discovery:
                                     delivery=self._delivery_io)
         with self._lock:  # under the lock close() takes its list with: it sees us, or we it
             closed = self._closed
-            if not closed:
-                self._registrations.add(registration)
-        if closed:
+            taken = registration.key in self._registrations
+            if not (closed or taken):
+                self._registrations[registration.key] = registration
+        if closed or taken:
             self._release(registration)
-            raise RuntimeError("this Discovery is closed")
+            if closed:
+                raise RuntimeError("this Discovery is closed")
+            raise ValueError(f"Host.uuid {stored.uuid!r} of service {name!r} is registered "
+                             "already by this Discovery (dispose that registration first)")
         registration.start()
         return registration
 
@@ -392,7 +397,8 @@ class Discovery:
     def _forget(self, registration: Registration) -> None:
         """A registration was disposed: release what only it used."""
         with self._lock:
-            self._registrations.discard(registration)
+            if self._registrations.get(registration.key) is registration:
+                del self._registrations[registration.key]
         self._release(registration)
 
     def _release(self, registration: Registration) -> None:

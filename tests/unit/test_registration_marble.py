@@ -700,3 +700,26 @@ def test_a_refused_service_key_rewrite_stays_failed_until_it_works(
     assert store.get(SERVICE_KEY) is not None
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
                               RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
+
+
+def test_a_second_registration_of_the_same_key_is_refused_before_any_io(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    """Two registrations of one key (an explicit uuid used twice) in one Discovery. Before:
+    both were accepted; the second took the first's place in the service's group, so once
+    it was disposed (revoking the key) the first said REGISTERED for ever with no key, and
+    never healed."""
+    store = discovery.store
+    first = discovery.register("api", make_host(1), ttl=5)
+    scheduler.advance_to(1)
+    revision = store.revision
+    with pytest.raises(ValueError, match="uuid-1"):
+        discovery.register("api", make_host(2, uuid=first.uuid), ttl=5)
+    assert store.revision == revision  # nothing written
+    discovery.register("other", make_host(2, uuid=first.uuid), ttl=5)  # another key: fine
+    at(scheduler, 10, lambda: store.delete(first.key))
+    scheduler.advance_to(20)
+    assert first.ready and store.get(first.key) is not None
+    first.dispose()
+    again = discovery.register("api", make_host(3, uuid=first.uuid), ttl=5)  # free again
+    scheduler.advance_to(21)
+    assert again.ready
