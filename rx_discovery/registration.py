@@ -756,7 +756,7 @@ class Registration(abc.DisposableBase):
             self._set_status(RegistrationStatus.REGISTERED, "")
 
     def _keepalive_failed(self, lease: int, error: Exception) -> None:
-        if self._disposed or lease != self._lease:
+        if self._stale(lease):  # a lease already lost: the registration in flight replaces it
             return
         if isinstance(error, LeaseNotFound):
             self._lost("the lease expired or was revoked")

@@ -723,3 +723,41 @@ def test_a_second_registration_of_the_same_key_is_refused_before_any_io(
     again = discovery.register("api", make_host(3, uuid=first.uuid), ttl=5)  # free again
     scheduler.advance_to(21)
     assert again.ready
+
+
+def test_a_keepalive_answer_for_the_lease_already_lost_changes_nothing(
+        scheduler: TestScheduler) -> None:
+    """A refresh is refused while the registration has already lost that lease (its key was
+    deleted meanwhile) and registers again. Before: the stale answer reported FAILED ("refused")
+    in the middle of the healing: LOST, FAILED, REGISTERED instead of LOST, REGISTERED."""
+    from rx_discovery import AuthenticationFailed, StoreUnavailable
+
+    class LostDuringRefresh(MemoryStore):
+        armed = False
+        fail_grants = False
+
+        def grant(self, ttl: int) -> Any:
+            if self.fail_grants:
+                raise StoreUnavailable("grant: connection refused")
+            return super().grant(ttl)
+
+        def keepalive(self, lease: int) -> int:
+            if self.armed:
+                self.armed, self.fail_grants = False, True
+                self.delete(registration.key)
+                run_due_now(scheduler)  # the watch tells the deletion meanwhile
+                raise AuthenticationFailed("keepalive: authentication failed")
+            return super().keepalive(lease)
+
+    store = LostDuringRefresh(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=9)  # refreshed every 3 s
+    statuses = record(registration.status, scheduler)
+    at(scheduler, 5, lambda: setattr(store, "armed", True))  # the refresh at 6
+    at(scheduler, 8, lambda: setattr(store, "fail_grants", False))
+    scheduler.advance_to(7)
+    assert registration.current_status is RegistrationStatus.LOST
+    scheduler.advance_to(20)
+    assert registration.ready and store.get(registration.key) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
