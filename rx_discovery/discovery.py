@@ -107,6 +107,8 @@ class Discovery:
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
         delivery: abc.SchedulerBase | None = None
+        keepalive_io: abc.SchedulerBase | None = io
+        delivery_io: abc.SchedulerBase | None = io
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
@@ -114,8 +116,17 @@ class Discovery:
             # what background reads found goes to observers on a thread of its own (rare:
             # a first read after a failure, a resync after compaction), not on a pool worker
             io, default_timer, delivery = pool, loop, NewThreadScheduler()
+            # Keepalive batches get threads of their own: user observers run on the I/O pool
+            # and, if enough of them block, would stop every lease's refresh.
+            keepalive_io = PoolScheduler(2)
+            # Registrations call their status and credentials observers on threads of their
+            # own too: observers that wait for their peers would starve the I/O pool.
+            delivery_io = PoolScheduler(8)
+            self._owned += [keepalive_io.shutdown, delivery_io.shutdown]
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
+        self._keepalive_io = keepalive_io or io
+        self._delivery_io = delivery_io or io
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -124,7 +135,7 @@ class Discovery:
             weakref.WeakValueDictionary())
         self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
             weakref.WeakValueDictionary())
-        self._registrations: set[Registration] = set()
+        self._registrations: dict[str, Registration] = {}  # by host key: one each
         # held while a registration uses them (released with the last one)
         self._groups: Shelf[str, ServiceGroup] = Shelf()
         self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
@@ -197,7 +208,7 @@ class Discovery:
             if self._closed:
                 return
             self._closed = True
-            registrations = list(self._registrations)
+            registrations = list(self._registrations.values())
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values()]
         for registration in registrations:  # all stop at once: none starts a new write
@@ -375,7 +386,8 @@ class Discovery:
         Raises:
             ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
                 service document) would not fit in one etcd request (1.5 MiB); before any
-                I/O, naming the field, never its value.
+                I/O, naming the field, never its value; or a host uuid this Discovery
+                holds registered already under ``service`` (its key would be shared).
             RuntimeError: the Discovery is closed.
             UsedAfterFork: this process was forked after the Discovery was made.
         """
@@ -395,11 +407,22 @@ class Discovery:
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
                                                              services))
-        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
+        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(
+            self.store, Runtime(runtime.timer, self._keepalive_io)))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
-                                    group, keeper, on_disposed=self._forget, healthy=healthy)
-        with self._lock:
-            self._registrations.add(registration)
+                                    group, keeper, on_disposed=self._forget, healthy=healthy,
+                                    delivery=self._delivery_io)
+        with self._lock:  # under the lock close() takes its list with: it sees us, or we it
+            closed = self._closed
+            taken = registration.key in self._registrations
+            if not (closed or taken):
+                self._registrations[registration.key] = registration
+        if closed or taken:
+            self._release(registration)
+            if closed:
+                raise RuntimeError("this Discovery is closed")
+            raise ValueError(f"Host.uuid {stored.uuid!r} of service {name!r} is registered "
+                             "already by this Discovery (dispose that registration first)")
         registration.start()
         return registration
 
@@ -422,7 +445,11 @@ class Discovery:
     def _forget(self, registration: Registration) -> None:
         """A registration was disposed: release what only it used."""
         with self._lock:
-            self._registrations.discard(registration)
+            if self._registrations.get(registration.key) is registration:
+                del self._registrations[registration.key]
+        self._release(registration)
+
+    def _release(self, registration: Registration) -> None:
         self._groups.give_back(registration.service)
         self._keepers.give_back(registration._runtime.timer)
 

@@ -19,8 +19,9 @@ are measured on the registration's ``scheduler``, so a ``TestScheduler`` drives 
 
 Status and credentials reach observers through :class:`~rx_discovery._serial.SerialSubject`:
 a state change enqueues under the registration's lock and the value is delivered after the
-lock is released, on an I/O thread, never on the store's watch thread nor inside the lease
-keeper's refresh (both hand off to the I/O scheduler first). Recovery is always scheduled
+lock is released, on a delivery thread of the Discovery (not an I/O thread: observers that
+block, e.g. waiting for their peers, would starve the library's work), never on the store's
+watch thread nor inside the lease keeper's refresh. Recovery is always scheduled
 before anything is emitted, so an observer that raises or blocks cannot stop healing.
 """
 
@@ -400,7 +401,8 @@ class Registration(abc.DisposableBase):
     def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
                  runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper,
                  on_disposed: Callable[[Registration], None] | None = None,
-                 healthy: abc.ObservableBase[bool] | None = None) -> None:
+                 healthy: abc.ObservableBase[bool] | None = None,
+                 delivery: abc.SchedulerBase | None = None) -> None:
         self.service = service
         self.ttl = ttl
         self._host = host
@@ -409,6 +411,9 @@ class Registration(abc.DisposableBase):
         self._service_key = keyspace.service_key(service)
         self._store = store
         self._runtime = runtime
+        # where status and credentials observers are called from library threads: not the
+        # I/O threads, which observers that block (waiting for their peers) would starve
+        self._delivery = runtime if delivery is None else Runtime(runtime.timer, delivery)
         self._lock = threading.Condition(threading.RLock())
         self._lease = 0
         self._lease_ttl = 0  # as granted (etcd grants at least 2 s)
@@ -436,8 +441,10 @@ class Registration(abc.DisposableBase):
         self._state = (RegistrationStatus.REGISTERING if healthy is None
                        else RegistrationStatus.WITHDRAWN)
         self._reason = "" if healthy is None else _NOT_HEALTHY_YET
+        self._refused_refresh = False  # FAILED because keepalives were refused (not a write)
         self._disposed = False  # no more work (set first by dispose or Discovery.close)
         self._stopped = False  # dispose's steps are done or under way
+        self._stopper = 0  # the thread doing them (a dispose from its observers must not wait)
         self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
         self._slow = Backoff(initial=30.0, maximum=60.0)  # after a permanent error
         self._pending = SerialDisposable()
@@ -477,7 +484,7 @@ class Registration(abc.DisposableBase):
     def status(self) -> reactivex.Observable[RegistrationStatus]:
         """The current status, then every change; completes after DISPOSED.
 
-        Emits on an I/O thread of the Discovery (or the caller's, on dispose), outside every
+        Emits on a delivery thread of the Discovery (or the caller's, on dispose), outside every
         library lock, one value at a time; an observer that raises is logged and changes
         nothing else.
         """
@@ -487,7 +494,7 @@ class Registration(abc.DisposableBase):
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
         another host of a public service (the host key is rewritten with them first).
-        Emits on an I/O thread, outside every library lock; completes after DISPOSED."""
+        Emits on a delivery thread, outside every library lock; completes after DISPOSED."""
         return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
@@ -551,9 +558,12 @@ class Registration(abc.DisposableBase):
         to expire), which :func:`rx_discovery.testing.crash` uses."""
         self._cancel()
         with self._lock:
-            if self._stopped:
+            if self._stopped:  # another dispose (or close) is under way: it revokes, wait
+                if self._stopper != threading.get_ident():
+                    self._lock.wait_for(lambda: self._state is RegistrationStatus.DISPOSED,
+                                        timeout)
                 return
-            self._stopped = True
+            self._stopped, self._stopper = True, threading.get_ident()
             finished = True
             if self._writing():
                 finished = self._lock.wait_for(lambda: not self._writing(), timeout)
@@ -572,6 +582,7 @@ class Registration(abc.DisposableBase):
         log.info("%s: disposed", self._label)
         with self._lock:
             self._state = RegistrationStatus.DISPOSED
+            self._lock.notify_all()
             self._status.enqueue(RegistrationStatus.DISPOSED)
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
@@ -622,19 +633,21 @@ class Registration(abc.DisposableBase):
         self._status.flush()
         self._credentials.flush()
 
+    def _deliver(self) -> None:
+        """Deliver the queued status and credentials in a task of its own, on the delivery
+        threads (from a library thread: it must neither wait for observers nor lend them a
+        thread the library's own work needs)."""
+        self._delivery.run(self._flush)
+
     def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
-                    hand_off: bool = False) -> None:
-        """Change the status (and reason) and deliver it: here (the caller holds no library
-        lock and is on an I/O thread), or with ``hand_off`` in a task of its own (the caller
-        must not wait for observers: it answers others)."""
+                    hand_off: bool = True) -> None:
+        """Change the status (and reason) and deliver it (always handed off, see
+        :meth:`_deliver`; ``hand_off`` is kept for callers that ask for it)."""
         with self._lock:
             if self._disposed or not self._gate_open:  # withdrawn: WITHDRAWN stays
                 return
             self._enter(status, reason)
-        if hand_off:
-            self._runtime.run(self._flush)
-        else:
-            self._flush()
+        self._deliver()
 
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
@@ -661,13 +674,22 @@ class Registration(abc.DisposableBase):
                 "%s: %s; retrying in %.2fs", self._label, reason, delay)
         return delay, reason if permanent else None
 
-    def _retry_later(self, error: Exception, what: str, action: Callable[[], None]) -> None:
+    def _retry_later(self, error: Exception, what: str, action: Callable[[], None],
+                     lease: int = 0) -> None:
         """Try ``action`` again after the backoff ``error`` calls for; then report FAILED if
-        the error is permanent."""
+        the error is permanent. With ``lease``, ``action`` repairs the writes of that lease:
+        it is dropped once the registration is registering again (it would replace, in
+        ``_pending``, the retry of that registration)."""
+        if lease and self._stale(lease):
+            return
         delay, refused = self._failed(error, what)
         with self._lock:
+            if lease and self._stale(lease):
+                return
             if not self._disposed:
                 self._pending.disposable = self._runtime.after(delay, action)
+            if refused is not None:  # only this write's success ends this FAILED
+                self._refused_refresh = False
         if refused is not None:
             self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
@@ -727,7 +749,7 @@ class Registration(abc.DisposableBase):
 
     def _write_service(self, lease: int, force: bool) -> None:
         """Ask the group to store our service document; REGISTERED once it is."""
-        if not self._disposed and lease == self._lease:
+        if not self._stale(lease):
             self._group.write_service(self, lease, service_document(self.service, self._host),
                                       force)
 
@@ -737,8 +759,8 @@ class Registration(abc.DisposableBase):
         written at ``revision`` after we asked; ``seen``: what another host wrote after that,
         as the watch already told. Adopt their credentials (Go: the last writer wins)."""
         with self._lock:
-            if self._disposed or lease != self._lease:
-                return  # disposed, or registering again with another lease
+            if self._stale(lease):
+                return  # disposed, or registering again (the lease may be gone)
             self._service_revision = max(self._service_revision, revision)
             changed = self._adopt(stored)
             if seen is not None:
@@ -755,10 +777,13 @@ class Registration(abc.DisposableBase):
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its
         lease stay, kept alive)."""
-        if self._disposed or lease != self._lease:
-            return
         self._retry_later(error, "service key write",
-                          lambda: self._write_service(lease, True))
+                          lambda: self._write_service(lease, True), lease)
+
+    def _stale(self, lease: int) -> bool:
+        """True when work for ``lease`` is moot: disposed, registering again (``lease`` is
+        lost even while it is still ``_lease``), or another lease holds the key."""
+        return self._disposed or self._registering or lease != self._lease
 
     def _on_keepalive(self, lease: int, error: Exception | None) -> None:
         """The outcome of a refresh of ``lease``, told by the keeper inside its batch: only
@@ -769,7 +794,7 @@ class Registration(abc.DisposableBase):
             with self._lock:
                 self._last_refresh = self._runtime.now()
                 recovered = (self._state is RegistrationStatus.FAILED and not self._registering
-                             and self._service_revision > 0)
+                             and self._refused_refresh)
                 self._last_error = None
             if recovered:  # refused refreshes work again
                 self._runtime.run(lambda: self._keepalive_recovered(lease))
@@ -779,12 +804,13 @@ class Registration(abc.DisposableBase):
     def _keepalive_recovered(self, lease: int) -> None:
         with self._lock:
             recovered = (lease == self._lease and not self._registering
-                         and self._state is RegistrationStatus.FAILED)
+                         and self._state is RegistrationStatus.FAILED and self._refused_refresh)
+            self._refused_refresh = False
         if recovered:
             self._set_status(RegistrationStatus.REGISTERED, "")
 
     def _keepalive_failed(self, lease: int, error: Exception) -> None:
-        if self._disposed or lease != self._lease:
+        if self._stale(lease):  # a lease already lost: the registration in flight replaces it
             return
         if isinstance(error, LeaseNotFound):
             self._lost("the lease expired or was revoked")
@@ -793,6 +819,8 @@ class Registration(abc.DisposableBase):
         if self._runtime.now() - self._last_refresh >= self.ttl:
             self._lost(f"no keepalive for {self.ttl:g}s")
         elif refused is not None:
+            with self._lock:
+                self._refused_refresh = True  # a refresh that works again ends this FAILED
             self._set_status(RegistrationStatus.FAILED, refused)
 
     def _lost(self, reason: str) -> None:
@@ -808,7 +836,7 @@ class Registration(abc.DisposableBase):
         if keeping is not None:
             keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
-        self._flush()  # once the recovery is scheduled
+        self._deliver()  # once the recovery is scheduled
 
     def _revoke(self, lease: int, why: str, quiet: bool = False) -> None:
         """Revoke ``lease``; a failure is logged at WARNING (the key stays until the lease
@@ -983,7 +1011,7 @@ class Registration(abc.DisposableBase):
             except LeaseNotFound:
                 self._lost("the lease expired or was revoked")
             except Exception as error:
-                self._retry_later(error, "credential update", self._rewrite_host)
+                self._retry_later(error, "credential update", self._rewrite_host, lease)
             else:
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)
@@ -991,7 +1019,7 @@ class Registration(abc.DisposableBase):
                 if again:
                     self._runtime.run(self._rewrite_host)
         # else: the registration in flight writes the current host
-        self._flush()
+        self._deliver()
 
 
 def _nothing() -> None:
