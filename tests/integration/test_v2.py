@@ -3,6 +3,7 @@ history moved past a watcher, TLS with in-memory PEM, basic auth, health."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -344,3 +345,75 @@ def test_streams_and_registrations_fail_over_when_a_member_dies(unique_prefix: s
             finally:
                 survivor.close()
             assert RegistrationStatus.LOST not in seen.items
+
+
+class SlowLink:
+    """A TCP proxy that holds every chunk from the client ``delay`` seconds before passing it
+    on: a link with a long round trip (etcd in another region)."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        import socket
+
+        self._socket = socket
+        self._target, self._delay = target_port, delay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._open: list[object] = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(("127.0.0.1", self._target))
+            self._open += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, self._delay),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, 0.0),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: object, sink: object, delay: float) -> None:
+        try:
+            while chunk := source.recv(65536):  # type: ignore[attr-defined]
+                time.sleep(delay)
+                sink.sendall(chunk)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for end in self._open:
+            with contextlib.suppress(OSError):
+                end.close()  # type: ignore[attr-defined]
+
+
+def test_many_registrations_stay_alive_over_a_slow_link(etcd: EmbeddedEtcd,
+                                                        unique_prefix: str) -> None:
+    """v2 has no lease to refresh in one request: each key is refreshed by its own PUT. Done
+    one after another, 30 keys over a link of 0.2 s take 6 s, twice the 3 s TTL, so every key
+    expires between refreshes (LOST, REGISTERED, for ever). The refreshes of a batch must
+    overlap."""
+    link = SlowLink(etcd.client_port, delay=0.2)
+    try:
+        with Discovery(link.endpoint, api="v2", prefix=unique_prefix, timeout=5) as discovery:
+            registrations = [discovery.register("svc", host(n), ttl=3) for n in range(30)]
+            for registration in registrations:
+                registration.wait(60)
+            seen = [statuses(r) for r in registrations]
+            other = direct(etcd)
+            try:
+                for _ in range(4):  # two TTLs: every key is refreshed in time
+                    time.sleep(1.5)
+                    missing = [r.key for r in registrations if other.get(r.key) is None]
+                    assert not missing, f"{len(missing)} keys expired"
+            finally:
+                other.close()
+            assert all(RegistrationStatus.LOST not in s.items for s in seen)
+    finally:
+        link.close()
