@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -417,3 +418,53 @@ def test_many_registrations_stay_alive_over_a_slow_link(etcd: EmbeddedEtcd,
             assert all(RegistrationStatus.LOST not in s.items for s in seen)
     finally:
         link.close()
+
+
+def test_an_idle_watch_does_not_resync_when_etcd_moves_on_elsewhere(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """etcd keeps its last 1,000 events. A watch of an idle service waits from the index
+    after its last event; when > 1,000 writes happen elsewhere meanwhile and the idle poll is
+    reopened, etcd answers "event index cleared" and the watcher re-reads the prefix, though
+    its open poll proved nothing of its own changed. An idle poll must stay open while the
+    member is probed."""
+    polls: list[str] = []
+    probes: list[str] = []
+
+    class Polls(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "wait=true" in record.getMessage():
+                polls.append(record.getMessage())
+            if "/version" in record.getMessage():
+                probes.append(record.getMessage())
+
+    handler = Polls()
+    httpx_log = logging.getLogger("httpx")
+    level = httpx_log.level
+    httpx_log.addHandler(handler)
+    httpx_log.setLevel(logging.INFO)
+    try:
+        with (Discovery(etcd.endpoint, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+              Discovery(etcd.endpoint, api="v2", prefix=unique_prefix) as writer):
+            store = watcher.store
+            reads = []
+            read = store.get_prefix
+            store.get_prefix = lambda prefix: (reads.append(prefix), read(prefix))[1]  # type: ignore[method-assign]
+            sets = Recorder()
+            watcher.hosts("svc").subscribe(sets.on_next)
+            wait_until(lambda: sets.items, 10.0, message="the first state")
+            wait_until(lambda: polls, 10.0, message="the first poll")
+            first_reads = len(reads)
+            churn = direct(etcd)
+            try:
+                for n in range(1010):
+                    churn.put(f"{unique_prefix}-elsewhere/churn", str(n).encode())
+            finally:
+                churn.close()
+            probed = len(probes)
+            wait_until(lambda: len(probes) > probed, 30.0, message="the idle poll probed")
+            came = writer.register("svc", host(1), ttl=30).wait(10)
+            wait_until(lambda: came.uuid in sets.items[-1], 15.0, message="the new host")
+            assert len(reads) == first_reads, "the idle watch re-read the prefix"
+    finally:
+        httpx_log.removeHandler(handler)
+        httpx_log.setLevel(level)
