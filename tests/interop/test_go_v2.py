@@ -230,3 +230,22 @@ def test_on_v3_go_and_python_do_not_meet(go, v2, etcd, service_name):
             v3.get(service_name).all()
         v3.register(service_name, Host(hostname="py.dev", ports={"http": "1"}), ttl=5).wait(10)
         assert [h["name"] for h in go.get(service_name)["all"]] == ["go.dev"]
+
+
+def test_service_names_that_need_percent_encoding_meet_go(go, v2, service_name):
+    """The v2 key is a URL path: ``?``, ``#``, ``%``, ``+`` and non-ASCII letters in a service
+    name must reach etcd as the same key that Go's client writes."""
+    name = service_name + "-é?#%+;=&"
+    peer = go.register(name, "go.example.dev", "http=80", "--user", "u&<>", "--password",
+                       "p%+?#é")
+    registered = peer.registered
+    assert registered["key"] == v2.keyspace.host_key(name, registered["uuid"])
+    stored = v2.store.get(registered["key"])
+    assert stored is not None and stored.value == registered["value"].encode()
+    assert [h.uuid for h in v2.get(name).all()] == [registered["uuid"]]
+
+    python_name = service_name + "-py-ü?#%+"
+    registration = v2.register(python_name, Host(hostname="py.example.dev",
+                                                 ports={"http": "81"}), ttl=5).wait(10)
+    answer = go.get(python_name)
+    assert [h["uuid"] for h in answer["all"]] == [registration.uuid]
