@@ -468,3 +468,14 @@ def test_an_idle_watch_does_not_resync_when_etcd_moves_on_elsewhere(
     finally:
         httpx_log.removeHandler(handler)
         httpx_log.setLevel(level)
+
+
+def test_a_uuid_that_v2_would_hide_is_refused_before_any_io() -> None:
+    """etcd's v2 API hides keys whose last segment starts with ``_`` from listings: such a
+    host registered "successfully" but no query or stream ever saw it (NoHostFound)."""
+    with (Discovery("http://127.0.0.1:9", api="v2") as discovery,  # nothing listens there
+          pytest.raises(ValueError, match=r"Host\.uuid")):
+        discovery.register("svc", Host(hostname="h.dev", ports={"http": "80"}, uuid="_hidden"))
+    with Discovery("http://127.0.0.1:9") as discovery:  # v3 has no such rule
+        discovery.register("svc", Host(hostname="h.dev", ports={"http": "80"},
+                                       uuid="_hidden")).dispose()
