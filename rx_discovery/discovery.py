@@ -399,8 +399,12 @@ class Discovery:
         seconds = validate_ttl(ttl)
         stored = prepare_host(name, host)
         service_key = self.keyspace.service_key(name)
-        check_write_sizes(self.keyspace.host_key(name, stored.uuid), stored, service_key,
-                          service_document(name, stored))
+        host_key = self.keyspace.host_key(name, stored.uuid)
+        hides = getattr(self.store, "hides", None)  # etcd v2 hides some keys from listings
+        if hides is not None and hides(host_key):
+            raise ValueError("Host.uuid must not start with '_' on etcd's v2 API: it hides "
+                             "such keys from listings, so no query or stream would see it")
+        check_write_sizes(host_key, stored, service_key, service_document(name, stored))
         if self._closed:
             raise RuntimeError("this Discovery is closed")
         runtime = self._runtime.with_timer(scheduler)

@@ -21,7 +21,9 @@ from store_contract import DEADLINE, Recorder, StoreContract
 
 from rx_discovery._errors import (
     LeaseNotFound,
+    PermissionDenied,
     RevisionCompacted,
+    StoreError,
     StoreUnavailable,
 )
 from rx_discovery.config import Settings, parse_endpoint
@@ -309,3 +311,19 @@ class TestStoreContractV2(StoreContract):
         assert states[0] is HealthState.CONNECTING
         assert HealthState.RECONNECTING in states or HealthState.CONNECTING in states[1:]
         assert states[-1] is HealthState.CLOSED
+
+
+def test_a_key_that_is_a_directory_is_not_a_permission_problem(store: EtcdV2Store,
+                                                                 prefix: str) -> None:
+    """etcd v2 answers HTTP 403 for "Not a file" (102) and "Directory not empty" (108), never
+    for a permission (v2 auth answers 401): writing a key that someone made a directory is a
+    data conflict, not a DENIED connection."""
+    health: list[Any] = []
+    store.health.subscribe(health.append)
+    store.put(f"{prefix}/services/svc/u1/child", b"v")
+    with pytest.raises(StoreError) as caught:
+        store.put(f"{prefix}/services/svc/u1", b"v")
+    assert not isinstance(caught.value, PermissionDenied)
+    assert not caught.value.permanent
+    assert "Not a file" in str(caught.value)
+    assert health[-1].state is HealthState.CONNECTED

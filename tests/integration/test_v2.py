@@ -3,8 +3,10 @@ history moved past a watcher, TLS with in-memory PEM, basic auth, health."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -345,3 +347,136 @@ def test_streams_and_registrations_fail_over_when_a_member_dies(unique_prefix: s
             finally:
                 survivor.close()
             assert RegistrationStatus.LOST not in seen.items
+
+
+class SlowLink:
+    """A TCP proxy that holds every chunk from the client ``delay`` seconds before passing it
+    on: a link with a long round trip (etcd in another region)."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        import socket
+
+        self._socket = socket
+        self._target, self._delay = target_port, delay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._open: list[object] = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(("127.0.0.1", self._target))
+            self._open += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, self._delay),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, 0.0),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: object, sink: object, delay: float) -> None:
+        try:
+            while chunk := source.recv(65536):  # type: ignore[attr-defined]
+                time.sleep(delay)
+                sink.sendall(chunk)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for end in self._open:
+            with contextlib.suppress(OSError):
+                end.close()  # type: ignore[attr-defined]
+
+
+def test_many_registrations_stay_alive_over_a_slow_link(etcd: EmbeddedEtcd,
+                                                        unique_prefix: str) -> None:
+    """v2 has no lease to refresh in one request: each key is refreshed by its own PUT. Done
+    one after another, 30 keys over a link of 0.2 s take 6 s, twice the 3 s TTL, so every key
+    expires between refreshes (LOST, REGISTERED, for ever). The refreshes of a batch must
+    overlap."""
+    link = SlowLink(etcd.client_port, delay=0.2)
+    try:
+        with Discovery(link.endpoint, api="v2", prefix=unique_prefix, timeout=5) as discovery:
+            registrations = [discovery.register("svc", host(n), ttl=3) for n in range(30)]
+            for registration in registrations:
+                registration.wait(60)
+            seen = [statuses(r) for r in registrations]
+            other = direct(etcd)
+            try:
+                for _ in range(4):  # two TTLs: every key is refreshed in time
+                    time.sleep(1.5)
+                    missing = [r.key for r in registrations if other.get(r.key) is None]
+                    assert not missing, f"{len(missing)} keys expired"
+            finally:
+                other.close()
+            assert all(RegistrationStatus.LOST not in s.items for s in seen)
+    finally:
+        link.close()
+
+
+def test_an_idle_watch_does_not_resync_when_etcd_moves_on_elsewhere(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """etcd keeps its last 1,000 events. A watch of an idle service waits from the index
+    after its last event; when > 1,000 writes happen elsewhere meanwhile and the idle poll is
+    reopened, etcd answers "event index cleared" and the watcher re-reads the prefix, though
+    its open poll proved nothing of its own changed. An idle poll must stay open while the
+    member is probed."""
+    polls: list[str] = []
+    probes: list[str] = []
+
+    class Polls(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "wait=true" in record.getMessage():
+                polls.append(record.getMessage())
+            if "/version" in record.getMessage():
+                probes.append(record.getMessage())
+
+    handler = Polls()
+    httpx_log = logging.getLogger("httpx")
+    level = httpx_log.level
+    httpx_log.addHandler(handler)
+    httpx_log.setLevel(logging.INFO)
+    try:
+        with (Discovery(etcd.endpoint, api="v2", prefix=unique_prefix, timeout=1) as watcher,
+              Discovery(etcd.endpoint, api="v2", prefix=unique_prefix) as writer):
+            store = watcher.store
+            reads = []
+            read = store.get_prefix
+            store.get_prefix = lambda prefix: (reads.append(prefix), read(prefix))[1]  # type: ignore[method-assign]
+            sets = Recorder()
+            watcher.hosts("svc").subscribe(sets.on_next)
+            wait_until(lambda: sets.items, 10.0, message="the first state")
+            wait_until(lambda: polls, 10.0, message="the first poll")
+            first_reads = len(reads)
+            churn = direct(etcd)
+            try:
+                for n in range(1010):
+                    churn.put(f"{unique_prefix}-elsewhere/churn", str(n).encode())
+            finally:
+                churn.close()
+            probed = len(probes)
+            wait_until(lambda: len(probes) > probed, 30.0, message="the idle poll probed")
+            came = writer.register("svc", host(1), ttl=30).wait(10)
+            wait_until(lambda: came.uuid in sets.items[-1], 15.0, message="the new host")
+            assert len(reads) == first_reads, "the idle watch re-read the prefix"
+    finally:
+        httpx_log.removeHandler(handler)
+        httpx_log.setLevel(level)
+
+
+def test_a_uuid_that_v2_would_hide_is_refused_before_any_io() -> None:
+    """etcd's v2 API hides keys whose last segment starts with ``_`` from listings: such a
+    host registered "successfully" but no query or stream ever saw it (NoHostFound)."""
+    with (Discovery("http://127.0.0.1:9", api="v2") as discovery,  # nothing listens there
+          pytest.raises(ValueError, match=r"Host\.uuid")):
+        discovery.register("svc", Host(hostname="h.dev", ports={"http": "80"}, uuid="_hidden"))
+    with Discovery("http://127.0.0.1:9") as discovery:  # v3 has no such rule
+        discovery.register("svc", Host(hostname="h.dev", ports={"http": "80"},
+                                       uuid="_hidden")).dispose()

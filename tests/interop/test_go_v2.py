@@ -230,3 +230,41 @@ def test_on_v3_go_and_python_do_not_meet(go, v2, etcd, service_name):
             v3.get(service_name).all()
         v3.register(service_name, Host(hostname="py.dev", ports={"http": "1"}), ttl=5).wait(10)
         assert [h["name"] for h in go.get(service_name)["all"]] == ["go.dev"]
+
+
+def test_service_names_that_need_percent_encoding_meet_go(go, v2, service_name):
+    """The v2 key is a URL path: ``?``, ``#``, ``%``, ``+`` and non-ASCII letters in a service
+    name must reach etcd as the same key that Go's client writes."""
+    name = service_name + "-é?#%+;=&"
+    peer = go.register(name, "go.example.dev", "http=80", "--user", "u&<>", "--password",
+                       "p%+?#é")
+    registered = peer.registered
+    assert registered["key"] == v2.keyspace.host_key(name, registered["uuid"])
+    stored = v2.store.get(registered["key"])
+    assert stored is not None and stored.value == registered["value"].encode()
+    assert [h.uuid for h in v2.get(name).all()] == [registered["uuid"]]
+
+    python_name = service_name + "-py-ü?#%+"
+    registration = v2.register(python_name, Host(hostname="py.example.dev",
+                                                 ports={"http": "81"}), ttl=5).wait(10)
+    answer = go.get(python_name)
+    assert [h["uuid"] for h in answer["all"]] == [registration.uuid]
+
+
+def test_go_heartbeats_are_neither_new_hosts_nor_changes(go, v2, service_name):
+    """Go refreshes its host by writing the same value again every 4 s (a plain Set with a
+    TTL, which v2 also reports with a fresh createdIndex): a Python watcher must not take
+    each heartbeat for a new host, nor emit a new host set for it."""
+    hosts, new, down = watch(v2, service_name)
+    peer = go.register(service_name, "go-host.dev", "http=80")
+    uuid = peer.registered["uuid"]
+    wait_until(lambda: [h.uuid for h in new.items] == [uuid], 10.0, message="new in Python")
+    wait_until(lambda: uuid in hosts.items[-1], 10.0, message="the host in hosts()")
+    sets = len(hosts.items)
+    heartbeats = v2.store.get(peer.registered["key"])
+    assert heartbeats is not None
+    wait_until(lambda: (v2.store.get(peer.registered["key"]) or heartbeats).mod_revision
+               > heartbeats.mod_revision + 1, 3 * GO_TTL, message="two Go heartbeats")
+    assert [h.uuid for h in new.items] == [uuid]
+    assert len(hosts.items) == sets
+    assert down.items == []

@@ -117,8 +117,8 @@ def error_of(answer: Answer, operation: str) -> StoreError:
     text = f"{operation}: HTTP {status}" + (f" etcd error {code} {message}" if code else "")
     if status == 401:
         return AuthenticationFailed(text)
-    if status == 403:
-        return PermissionDenied(text)
+    if status == 403 and not code:  # etcd's own 403s are "Not a file", "Directory not
+        return PermissionDenied(text)  # empty" (v2 auth refuses with 401): not permissions
     if status == 413:
         return RequestTooLarge(text)
     if code == _EVENT_INDEX_CLEARED:

@@ -22,7 +22,8 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
-from rx_discovery._errors import LeaseNotFound
+from rx_discovery._errors import AuthenticationFailed, LeaseNotFound, StoreUnavailable
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import KeyValue, Lease, Snapshot, WatchResponse
@@ -40,6 +41,10 @@ from rx_discovery.store.v2.watch import Watch, WatchLoop, directory_of
 __all__ = ["EtcdV2Store"]
 
 _MIN_TTL = 2  # as etcd v3 grants leases: at least 2 s
+_REFRESHES_IN_FLIGHT = 16
+"""Key refreshes of one keepalive batch sent at once: v2 refreshes each key with its own PUT;
+one after another, a batch costs a round trip per key, and a few hundred keys (or a slow link)
+outgrow ttl/3, so keys expire between refreshes."""
 
 
 @dataclass
@@ -76,6 +81,7 @@ class EtcdV2Store:
         self._lease_of: dict[str, int] = {}
         self._ids = itertools.count(secrets.randbits(48) + 1)
         self._active: set[Watch] = set()
+        self._refreshers: ThreadPoolExecutor | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -155,6 +161,12 @@ class EtcdV2Store:
             return answer.index
         return int(answer.body["node"]["modifiedIndex"])
 
+    @staticmethod
+    def hides(key: str) -> bool:
+        """Whether etcd's v2 API hides ``key`` from listings (and so from recursive reads):
+        its last segment starts with ``_``."""
+        return key.rsplit("/", 1)[-1].startswith("_")
+
     # -- leases (emulated) --------------------------------------------------------------------
 
     def grant(self, ttl: int) -> Lease:
@@ -184,6 +196,40 @@ class EtcdV2Store:
                 raise LeaseNotFound(f"keepalive: lease {lease:x}: its key {key} is gone")
         entry.deadline = time.monotonic() + entry.ttl
         return entry.ttl
+
+    def keepalive_many(self, leases: Sequence[int]) -> dict[int, Exception | None]:
+        """Refresh many leases, up to ``_REFRESHES_IN_FLIGHT`` key refreshes at once. Used by
+        the lease keeper. Once etcd is found unreachable, the refreshes not started yet fail
+        with the same error at once (they would only wait for timeouts).
+
+        Returns:
+            ``lease -> None`` when refreshed, else the error (LeaseNotFound, StoreUnavailable...).
+        """
+        unreachable: list[Exception] = []
+
+        def refresh(lease: int) -> Exception | None:
+            if unreachable:
+                return unreachable[0]
+            try:
+                self.keepalive(lease)
+            except (LeaseNotFound, AuthenticationFailed) as error:
+                return error
+            except Exception as error:
+                unreachable.append(error)
+                return error
+            return None
+
+        with self._lock:
+            if self._refreshers is None and not self._closed:
+                self._refreshers = ThreadPoolExecutor(
+                    _REFRESHES_IN_FLIGHT, thread_name_prefix="rx-discovery-v2-keepalive")
+            refreshers = self._refreshers
+        try:
+            if refreshers is None:
+                raise RuntimeError("closed")
+            return dict(zip(leases, refreshers.map(refresh, leases), strict=True))
+        except (RuntimeError, CancelledError):  # closed meanwhile: the pool takes no more work
+            return dict.fromkeys(leases, StoreUnavailable("keepalive: the store is closed"))
 
     def revoke(self, lease: int) -> None:
         """Delete the keys of ``lease`` and forget it. A missing lease is not an error."""
@@ -258,6 +304,9 @@ class EtcdV2Store:
                 return
             self._closed = True
             watches, self._active = list(self._active), set()
+            refreshers, self._refreshers = self._refreshers, None
+        if refreshers is not None:
+            refreshers.shutdown(wait=False, cancel_futures=True)
         for watch in watches:
             watch.dispose()
         self._watches.close()

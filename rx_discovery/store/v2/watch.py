@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 _DELETES = frozenset({"delete", "compareAndDelete", "expire"})
 _PUTS = frozenset({"set", "create", "update", "compareAndSwap"})
 _MIN_POLL_S = 10.0
-"""An idle long poll is ended after this long (or 2x the call timeout) and the member is asked
-for its version: a frozen member is noticed, and the poll is reopened from the same index."""
+"""After this long (or 2x the call timeout) without an answer to a long poll, the member is
+asked for its version on another connection: a frozen member is noticed (the poll is then
+ended); one that answers keeps the poll open."""
 
 
 def directory_of(prefix: str) -> str:
@@ -114,9 +115,12 @@ class WatchLoop:
             return
 
         async def shutdown() -> None:
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # let them finish cancelling: a task still pending when the loop closes is
+            # destroyed ("Task was destroyed but it is pending!")
+            await asyncio.gather(*tasks, return_exceptions=True)
             if client is not None:
                 await client.aclose()
 
@@ -203,20 +207,28 @@ class Watch:
         """
         http = self._http
         idle = max(_MIN_POLL_S, 2 * http.timeout)
-        timeout = httpx.Timeout(http.timeout, read=idle)
+        # no read timeout: an idle poll stays open (see below); the member is probed instead
+        timeout = httpx.Timeout(http.timeout, read=None)
         params = {"wait": "true", "recursive": "true"}
         while True:
             client = http.async_client()
             endpoint = http.endpoint()
             if self._index:
                 params["waitIndex"] = str(self._index)
+            url = http.base_url(endpoint) + keys_path(self._directory)
+            poll = asyncio.ensure_future(client.get(url, params=params, timeout=timeout))
             try:
-                url = http.base_url(endpoint) + keys_path(self._directory)
-                response = await client.get(url, params=params, timeout=timeout)
-                answer = decode(response)
-            except httpx.ReadTimeout:
-                await self._probe(client, endpoint)  # idle: is it still there?
-                continue
+                # Idle: is the member still there? The poll is kept open meanwhile. Reopened
+                # from the same index, it would fall out of etcd's last 1,000 events once the
+                # store moved on elsewhere, and answer "event index cleared": a re-read that
+                # the open poll had proved needless.
+                while not (await asyncio.wait({poll}, timeout=idle))[0]:
+                    await self._probe(client, endpoint)
+            finally:  # the loop is closed when a task left pending is destroyed at exit
+                if not poll.done() and not poll.get_loop().is_closed():
+                    poll.cancel()
+            try:
+                answer = decode(await poll)
             except V2Disabled as exc:
                 http.health.denied(str(exc), endpoint.url)
                 raise
