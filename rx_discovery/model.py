@@ -472,7 +472,7 @@ def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
         known = None
     if known is None:
         for port_name, port in signature:
-            if type(port_name) is not str or type(port) is not str or not port_name or not port:
+            if type(port_name) is not str or type(port) is not str:  # "" is read, as Go does
                 _sorted_ports("Host", name, ports)  # raises the precise error
         known = {sys.intern(port_name): sys.intern(port) for port_name, port in sorted(signature)}
         if len(_PORTS_SEEN) >= 4096:  # bounded: forget everything, it refills at once
@@ -505,8 +505,8 @@ def _build_host(document: dict[str, Any], key: str) -> Host:
         if hostname is None:
             raise MalformedValue("host field 'name' is missing", key)
         raise _wrong_type("host", "name", str, hostname, key)
-    if not hostname:
-        raise MalformedValue("host field 'name' must not be empty", key)
+    # an empty name is read: Go registers a host with Hostname "" (a private host named by
+    # its machine's name, in private_hostname) and lists it
     # unrolled: this runs for every host of every watch event
     service_name, user, password = get("service_name"), get("user"), get("password")
     private_hostname, shard, uuid = get("private_hostname"), get("shard"), get("uuid")

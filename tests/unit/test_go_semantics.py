@@ -141,3 +141,36 @@ def test_service_of_hosts_without_a_service_key_is_just_its_name(discovery: Disc
     # service with minimal information" (old versions wrote no /services_infos/ key)
     _put_host(discovery, "old", Host(hostname="h", ports={"http": "80"}, uuid="u-1"))
     assert discovery.get("old").service() == Service("old")
+
+
+# What the Go package v8.0.0 writes for hosts it accepts without complaint: ``Register`` with
+# ``Hostname: ""`` (a private host that relies on the machine's name: Go sets
+# ``PrivateHostname`` to it and leaves ``name`` empty), and ports whose number is empty.
+# Go reads them back as hosts (``json.Unmarshal`` only); so must rx-discovery, in every stream.
+GO_HOST_WITHOUT_HOSTNAME = (b'{"name":"","service_name":"g","ports":{"http":"80"},'
+                            b'"private_hostname":"node-1","private_ports":{"http":"80"},'
+                            b'"uuid":"u1-node-1"}')
+GO_HOST_WITH_EMPTY_PORT = (b'{"name":"h","service_name":"g","ports":{"":"81","http":""},'
+                           b'"private_hostname":"h","private_ports":{"http":""},'
+                           b'"uuid":"u2-h"}')
+
+
+@pytest.mark.parametrize("value", [GO_HOST_WITHOUT_HOSTNAME, GO_HOST_WITH_EMPTY_PORT],
+                         ids=["empty-name", "empty-port"])
+def test_hosts_that_go_registers_are_read_back_not_dropped(value: bytes) -> None:
+    from rx_discovery.model import decode_host
+
+    host = decode_host(value, "/services/g/u")
+    assert host.to_json().encode() == value  # and written back byte for byte
+    scheduler = TestScheduler()
+    with Discovery.in_memory(scheduler) as discovery:
+        discovery.store.put(f"/services/g/{host.uuid}", value)
+        assert [h.uuid for h in discovery.get("g").all()] == [host.uuid]
+
+
+def test_a_go_host_without_hostname_has_go_urls() -> None:
+    from rx_discovery.model import decode_host
+
+    host = decode_host(GO_HOST_WITHOUT_HOSTNAME)
+    assert host.private_url("http", "/x") == "http://node-1:80/x"
+    assert host.url("http") == "http://:80"  # what Go's URL prints for it
