@@ -34,9 +34,7 @@ from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
     ServiceGroup,
-    check_write_sizes,
-    prepare_host,
-    service_document,
+    checked_host,
     validate_ttl,
 )
 from rx_discovery.store import Store
@@ -330,10 +328,8 @@ class Discovery:
         """
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
-        stored = prepare_host(name, host)
+        stored = checked_host(self.keyspace, name, host)
         service_key = self.keyspace.service_key(name)
-        check_write_sizes(self.keyspace.host_key(name, stored.uuid), stored, service_key,
-                          service_document(name, stored))
         if self._closed:
             raise RuntimeError("this Discovery is closed")
         runtime = self._runtime.with_timer(scheduler)

@@ -170,3 +170,26 @@ def test_cli_register_refuses_a_bad_host_before_connecting(
     monkeypatch.setattr(register, "_connected", no_connection)
     assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
     assert field in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "env", "field"), [
+    # a public host without --private-hostname takes this machine's name into its uuid
+    (["--hostname", "h", "--port", "http=80", "--public"], {"HOSTNAME": "box/1"},
+     "HOSTNAME"),
+    # over etcd's request limit (1.5 MiB): refused by register() before any I/O, so here too
+    (["--hostname", "h", "--port", "http=80", "--shard", "s" * 1_600_000], {}, "too large"),
+])
+def test_cli_register_refuses_what_register_refuses_before_connecting(
+        flags: list[str], env: dict[str, str], field: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rx_discovery import cli
+    from rx_discovery.cli import register
+
+    def no_connection(*args: object) -> Discovery:
+        raise AssertionError("connected before refusing the host")
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(register, "_connected", no_connection)
+    assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
+    assert field in capsys.readouterr().err
