@@ -106,13 +106,19 @@ _ASCII_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII has no format 
 
 
 def _check_unicode(field_name: str, value: str, *, secret: bool = False) -> None:
-    """Refuse a lone surrogate (``value.encode()`` would fail at write time)."""
+    """Refuse a lone surrogate (``value.encode()`` would fail at write time).
+
+    The error is raised outside the ``except`` block: the UnicodeEncodeError holds the whole
+    value, and error reporters print an exception's ``__context__`` (even after ``from
+    None``)."""
     try:
         value.encode("utf-8")
+        return
     except UnicodeEncodeError:
-        shown = "" if secret else f": {value!r}"
-        raise ValueError(f"{field_name} is not valid Unicode (it holds a lone surrogate, "
-                         f"which cannot be encoded as UTF-8){shown}") from None
+        pass
+    shown = "" if secret else f": {value!r}"
+    raise ValueError(f"{field_name} is not valid Unicode (it holds a lone surrogate, "
+                     f"which cannot be encoded as UTF-8){shown}")
 
 
 def _ipv6(text: str) -> bool:
@@ -221,6 +227,8 @@ def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
         raise UnknownScheme(f"no port for scheme {scheme!r} (ports: {known})")
     auth = ""
     if user:  # "user:password@" even when the password is empty, as Go writes it
+        _check_unicode("user", user, secret=True)  # before quote() puts it in an error
+        _check_unicode("password", password, secret=True)
         auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@"
     suffix = "/" + path.lstrip("/") if path else ""
     if ":" in hostname and not hostname.startswith("["):  # a bare IPv6 literal

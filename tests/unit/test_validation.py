@@ -193,3 +193,32 @@ def test_cli_register_refuses_what_register_refuses_before_connecting(
     monkeypatch.setattr(register, "_connected", no_connection)
     assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
     assert field in capsys.readouterr().err
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and every exception it carries (``__cause__``, ``__context__``), which
+    error reporters walk and print with their arguments even after ``raise ... from None``."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+@pytest.mark.parametrize("field", ["user", "password"])
+def test_a_bad_credential_is_in_no_exception_of_the_chain(discovery: Discovery,
+                                                          field: str) -> None:
+    secret = "hunter2\udcff"
+    values: dict[str, Any] = {"hostname": "h", "ports": {"http": "80"}, "user": "u",
+                              field: secret}
+    host = Host(**values)
+    errors = [_refused(discovery, "svc", host, field)]
+    for build in (host.url, host.private_url):
+        with pytest.raises(ValueError) as caught:
+            build()
+        assert field in str(caught.value)
+        errors.append(caught.value)
+    for error in errors:
+        for link in _chain(error):
+            assert "hunter2" not in repr(link) and "hunter2" not in str(link), repr(link)
