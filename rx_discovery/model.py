@@ -64,15 +64,16 @@ def _check_bool(owner: str, name: str, value: object) -> None:
         raise ValueError(f"{owner}.{name} must be a bool, got {type(value).__name__}")
 
 
-def _sorted_ports(owner: str, name: str, ports: object) -> Ports:
-    """Validate a ports mapping and return it with sorted keys (Go writes map keys sorted)."""
+def _sorted_ports(owner: str, name: str, ports: object, *, empty_ok: bool = False) -> Ports:
+    """Validate a ports mapping and return it with sorted keys (Go writes map keys sorted);
+    ``empty_ok``: empty names and ports are kept (as read: Go writes what it was given)."""
     if type(ports) is not dict and not isinstance(ports, Mapping):
         raise ValueError(f"{owner}.{name} must be a mapping of str to str, "
                          f"got {type(ports).__name__}")
     for port_name, port in ports.items():
-        if not isinstance(port_name, str) or not port_name:
+        if not isinstance(port_name, str) or not (port_name or empty_ok):
             raise ValueError(f"{owner}.{name} keys must be non-empty strings, got {port_name!r}")
-        if not isinstance(port, str) or not port:
+        if not isinstance(port, str) or not (port or empty_ok):
             raise ValueError(f"{owner}.{name}[{port_name!r}] must be a non-empty string "
                              f"(write \"80\", not 80), got {type(port).__name__}")
     if len(ports) < 2:
@@ -585,7 +586,10 @@ def decode_service(data: str | bytes | bytearray, key: str = "") -> Service:
 def _build_service(values: dict[str, Any]) -> Service:
     if "name" not in values:
         raise ValueError("service field 'name' is missing")
-    return Service(**values)
+    ports = _sorted_ports("Service", "ports", values.pop("ports", {}), empty_ok=True)
+    service = Service(**values)
+    object.__setattr__(service, "ports", ports)  # Service() refuses empty ports; Go writes them
+    return service
 
 
 _DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {

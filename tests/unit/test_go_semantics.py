@@ -174,3 +174,15 @@ def test_a_go_host_without_hostname_has_go_urls() -> None:
     host = decode_host(GO_HOST_WITHOUT_HOSTNAME)
     assert host.private_url("http", "/x") == "http://node-1:80/x"
     assert host.url("http") == "http://:80"  # what Go's URL prints for it
+
+
+def test_a_go_service_key_with_an_empty_port_is_read() -> None:
+    # Go's Register of a public host with Ports{"http": ""} writes this service key; Go reads
+    # it back (json.Unmarshal only), so an empty port must not make it unreadable
+    from rx_discovery.model import decode_service
+
+    value = (b'{"name":"s","critical":false,"hostname":"h","ports":{"":"81","http":""},'
+             b'"public":true}')
+    service = decode_service(value, "/services_infos/s")
+    assert service.ports == {"": "81", "http": ""} and service.public
+    assert service.to_json().encode() == value
