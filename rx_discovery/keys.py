@@ -16,13 +16,11 @@ __all__ = ["Keyspace", "validate_service_name"]
 def _normalize_prefix(prefix: str) -> str:
     if not isinstance(prefix, str):
         raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
-    for segment in prefix.split("/"):
-        if segment:  # each part will be a segment of every key: refuse what cannot be one
-            validate_key_segment("prefix", segment)
-    prefix = prefix.rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        prefix = "/" + prefix
-    return prefix
+    # each part will be a segment of every key: refuse what cannot be one; empty ones are
+    # dropped, as etcd's v2 API drops them from the keys it stores ("/x//y" is "/x/y")
+    segments = [validate_key_segment("prefix", segment)
+                for segment in prefix.split("/") if segment]
+    return "".join(f"/{segment}" for segment in segments)
 
 
 @dataclass(frozen=True)
