@@ -85,7 +85,7 @@ class Discovery:
                                       user=user, password=password, timeout=timeout,
                                       api=api)
         self.settings = settings
-        self.keyspace = Keyspace(settings.prefix)
+        self.keyspace = Keyspace.of(settings)
         self._owned: list[Callable[[], None]] = []
         if store is None and settings.api == "v2":
             try:

@@ -169,8 +169,9 @@ def checked_host(keyspace: Keyspace, service: str, host: Host) -> Host:
     Raises:
         ValueError: a bad service name or host, or a write over etcd's request limit.
     """
-    name = validate_service_name(service)
+    name = keyspace.check_listed("service name", validate_service_name(service))
     stored = prepare_host(name, host)
+    keyspace.check_listed("Host.uuid", stored.uuid)
     check_write_sizes(keyspace.host_key(name, stored.uuid), stored, keyspace.service_key(name),
                       service_document(name, stored))
     return stored

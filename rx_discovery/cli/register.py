@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     host = _host_from_args(args)
     # what register() refuses is refused before connecting (a bad HOSTNAME, a size limit)
     settings = _settings(args)
-    checked_host(Keyspace(settings.prefix), service, host)
+    checked_host(Keyspace.of(settings), service, host)
     out = _Output()
     printer = _RegisterPrinter(out)
     inbox = args.inbox

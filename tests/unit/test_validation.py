@@ -222,3 +222,19 @@ def test_a_bad_credential_is_in_no_exception_of_the_chain(discovery: Discovery,
     for error in errors:
         for link in _chain(error):
             assert "hunter2" not in repr(link) and "hunter2" not in str(link), repr(link)
+
+
+@pytest.mark.parametrize(("service", "uuid", "field"), [
+    ("svc", "_x", "Host.uuid"), ("_svc", "", "service name")])
+def test_on_v2_a_key_segment_that_etcd_hides_is_refused(service: str, uuid: str,
+                                                       field: str) -> None:
+    # etcd's v2 API hides keys whose segment starts with "_" from listings and watches on
+    # their parent: a host with such a uuid would be REGISTERED yet in no hosts() stream
+    # (a service so named in no catalog()); v3 has no hidden keys
+    host = Host(hostname="h", ports={"http": "80"}, uuid=uuid)
+    with Discovery(endpoints=["http://127.0.0.1:1"], api="v2") as v2:
+        with pytest.raises(ValueError, match=field) as caught:
+            v2.register(service, host)
+        assert "_" in str(caught.value)
+    with Discovery.in_memory(TestScheduler()) as v3:
+        v3.register(service, host).dispose()
