@@ -186,3 +186,33 @@ def test_a_go_service_key_with_an_empty_port_is_read() -> None:
     service = decode_service(value, "/services_infos/s")
     assert service.ports == {"": "81", "http": ""} and service.public
     assert service.to_json().encode() == value
+
+
+def test_query_errors_are_go_s(discovery: Discovery) -> None:
+    from rx_discovery import NoHostFound, ServiceNotFound
+
+    keyspace, store = discovery.keyspace, discovery.store
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(ServiceNotFound):
+            getattr(discovery.get("none"), method)()
+    with pytest.raises(ServiceNotFound):
+        discovery.get("none").service()
+    store.put(keyspace.service_key("known"), Service("known").to_json().encode())
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(NoHostFound) as caught:
+            getattr(discovery.get("known"), method)()
+        assert not isinstance(caught.value, NoHostFoundOnShard)
+        with pytest.raises(NoHostFound) as caught:  # no host at all: not "none on the shard"
+            getattr(discovery.get("known", shard="a"), method)()
+        assert not isinstance(caught.value, NoHostFoundOnShard)
+    assert discovery.get("known").service() == Service("known")
+    store.put(keyspace.host_key("known", "u-1"),
+              Host(hostname="h", ports=PUBLIC_PORTS, uuid="u-1", shard="b").to_json().encode())
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(NoHostFoundOnShard):
+            getattr(discovery.get("known", shard="a"), method)()
+    # something is stored for "junk" (a value nobody can read): not "service not found"
+    store.put(keyspace.host_key("junk", "u-2"), b"not json")
+    with pytest.raises(NoHostFound) as caught:
+        discovery.get("junk").all()
+    assert not isinstance(caught.value, ServiceNotFound)
