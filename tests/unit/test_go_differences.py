@@ -86,3 +86,17 @@ def test_a_non_public_host_does_not_wipe_public_credentials(scheduler: TestSched
     statuses: list[RegistrationStatus] = []
     public.status.subscribe(statuses.append)
     assert statuses == [RegistrationStatus.REGISTERED]
+
+
+def test_a_bare_ipv6_hostname_is_bracketed() -> None:
+    # Go pastes it raw: "http://::1:80"
+    assert Host(hostname="::1", ports=PORTS).url() == "http://[::1]:80"
+    assert Host(hostname="h", ports=PORTS, private_hostname="fd00::7",
+                private_ports={"http": "8080"}).private_url() == "http://[fd00::7]:8080"
+
+
+def test_register_refuses_what_go_stores(discovery: Discovery) -> None:
+    # Go stores anything, the Go README's own example port "80443" included
+    with pytest.raises(ValueError, match="private_ports"):
+        discovery.register("api", Host(hostname="h", ports=PORTS,
+                                       private_ports={"https": "80443"}))
