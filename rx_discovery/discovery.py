@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import reactivex
 from reactivex import abc, operators
@@ -332,6 +332,9 @@ class Discovery:
         service_key = self.keyspace.service_key(name)
         if self._closed:
             raise RuntimeError("this Discovery is closed")
+        with self._lock:
+            if self._holds(self.keyspace.host_key(name, stored.uuid)):  # before any I/O
+                self._refuse_held(name, stored)
         runtime = self._runtime.with_timer(scheduler)
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
@@ -339,8 +342,13 @@ class Discovery:
         keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget)
-        with self._lock:
-            self._registrations.add(registration)
+        with self._lock:  # checked again and added at once: two calls cannot both pass
+            clash = self._holds(registration.key)
+            if not clash:
+                self._registrations.add(registration)
+        if clash:
+            self._forget(registration)  # gives back the group and keeper it took
+            self._refuse_held(name, stored)
         registration.start()
         return registration
 
@@ -359,6 +367,17 @@ class Discovery:
         name = validate_service_name(service)
         return Balancer(self.hosts(name, scheduler=scheduler), name, policy=policy, shard=shard,
                         scheduler=scheduler or self._runtime.timer, **options)
+
+    def _holds(self, key: str) -> bool:
+        """Whether a live registration of this Discovery holds ``key`` (under ``_lock``)."""
+        return any(other.key == key for other in self._registrations)
+
+    @staticmethod
+    def _refuse_held(service: str, host: Host) -> NoReturn:
+        """Two registrations of one key: disposing either would delete the other's."""
+        raise ValueError(f"Host.uuid {host.uuid!r} is already registered for {service!r} by "
+                         "this Discovery (a host read back keeps its uuid: "
+                         "dataclasses.replace(host, uuid='') derives a new one)")
 
     def _forget(self, registration: Registration) -> None:
         """A registration was disposed: release what only it used."""
