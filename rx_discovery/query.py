@@ -60,8 +60,8 @@ class ServiceQuery:
         return hosts
 
     def all(self) -> list[Host]:
-        """Every host, in key order."""
-        return list(self.hosts().values())
+        """Every host, in key order (the smallest uuid first, as :meth:`first`)."""
+        return self.hosts()._sorted()
 
     def first(self) -> Host:
         """The first host in key order."""

@@ -216,3 +216,13 @@ def test_query_errors_are_go_s(discovery: Discovery) -> None:
     with pytest.raises(NoHostFound) as caught:
         discovery.get("junk").all()
     assert not isinstance(caught.value, ServiceNotFound)
+
+
+def test_all_is_in_key_order_as_documented(discovery: Discovery) -> None:
+    uuids = [f"{n:03d}-{chr(97 + n % 26)}" for n in range(60)]
+    shuffled = uuids[::7] + [u for u in uuids if u not in uuids[::7]]
+    for uuid in reversed(shuffled):
+        discovery.store.put(discovery.keyspace.host_key("many", uuid),
+                            Host(hostname="h", ports=PUBLIC_PORTS, uuid=uuid).to_json().encode())
+    assert [h.uuid for h in discovery.get("many").all()] == sorted(uuids)
+    assert discovery.get("many").first().uuid == min(uuids)
