@@ -151,8 +151,18 @@ def validate_host_name(field_name: str, value: str) -> str:
         raise ValueError(
             f"{field_name} must be a host name (RFC 1123: dot-separated labels of letters, "
             "digits, '-' and '_'), an IPv4 address or an IPv6 address (bare or in brackets), "
-            f"got {value!r}")
+            f"got {value!r}{_idn_hint(value)}")
     return value
+
+
+def _idn_hint(value: str) -> str:
+    """For an internationalised name, its ``xn--`` form to write instead."""
+    if value.isascii():
+        return ""
+    try:
+        return f" (an IDN is written in its xn-- form: {value.encode('idna').decode()!r})"
+    except UnicodeError:
+        return ""
 
 
 def validate_key_segment(field_name: str, value: object) -> str:

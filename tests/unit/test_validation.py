@@ -238,3 +238,9 @@ def test_on_v2_a_key_segment_that_etcd_hides_is_refused(service: str, uuid: str,
         assert "_" in str(caught.value)
     with Discovery.in_memory(TestScheduler()) as v3:
         v3.register(service, host).dispose()
+
+
+def test_an_idn_in_unicode_is_refused_with_its_xn_form() -> None:
+    with pytest.raises(ValueError, match=r"Host\.hostname") as caught:
+        validate_host_name("Host.hostname", "bücher.example")
+    assert "xn--bcher-kva.example" in str(caught.value)
