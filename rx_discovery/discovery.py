@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import reactivex
 from reactivex import abc, operators
@@ -36,9 +36,7 @@ from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
     ServiceGroup,
-    check_write_sizes,
-    prepare_host,
-    service_document,
+    checked_host,
     validate_ttl,
 )
 from rx_discovery.store import Store
@@ -89,7 +87,7 @@ class Discovery:
                                       user=user, password=password, timeout=timeout,
                                       api=api)
         self.settings = settings
-        self.keyspace = Keyspace(settings.prefix)
+        self.keyspace = Keyspace.of(settings)
         self._owned: list[Callable[[], None]] = []
         if store is None and settings.api == "v2":
             try:
@@ -397,16 +395,13 @@ class Discovery:
                              f"{type(healthy).__name__}")
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
-        stored = prepare_host(name, host)
+        stored = checked_host(self.keyspace, name, host)
         service_key = self.keyspace.service_key(name)
-        host_key = self.keyspace.host_key(name, stored.uuid)
-        hides = getattr(self.store, "hides", None)  # etcd v2 hides some keys from listings
-        if hides is not None and hides(host_key):
-            raise ValueError("Host.uuid must not start with '_' on etcd's v2 API: it hides "
-                             "such keys from listings, so no query or stream would see it")
-        check_write_sizes(host_key, stored, service_key, service_document(name, stored))
         if self._closed:
             raise RuntimeError("this Discovery is closed")
+        with self._lock:
+            if self._holds(self.keyspace.host_key(name, stored.uuid)):  # before any I/O
+                self._refuse_held(name, stored)
         runtime = self._runtime.with_timer(scheduler)
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
@@ -416,17 +411,16 @@ class Discovery:
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget, healthy=healthy,
                                     delivery=self._delivery_io)
-        with self._lock:  # under the lock close() takes its list with: it sees us, or we it
-            closed = self._closed
-            taken = registration.key in self._registrations
-            if not (closed or taken):
+        with self._lock:  # under the lock close() takes its list with: it sees us, or we it;
+            closed = self._closed  # and checked again: two calls cannot both pass
+            clash = self._holds(registration.key)
+            if not (closed or clash):
                 self._registrations[registration.key] = registration
-        if closed or taken:
-            self._release(registration)
+        if closed or clash:
+            self._release(registration)  # gives back the group and keeper it took
             if closed:
                 raise RuntimeError("this Discovery is closed")
-            raise ValueError(f"Host.uuid {stored.uuid!r} of service {name!r} is registered "
-                             "already by this Discovery (dispose that registration first)")
+            self._refuse_held(name, stored)
         registration.start()
         return registration
 
@@ -445,6 +439,17 @@ class Discovery:
         name = validate_service_name(service)
         return Balancer(self.hosts(name, scheduler=scheduler), name, policy=policy, shard=shard,
                         scheduler=scheduler or self._runtime.timer, **options)
+
+    def _holds(self, key: str) -> bool:
+        """Whether a live registration of this Discovery holds ``key`` (under ``_lock``)."""
+        return key in self._registrations
+
+    @staticmethod
+    def _refuse_held(service: str, host: Host) -> NoReturn:
+        """Two registrations of one key: disposing either would delete the other's."""
+        raise ValueError(f"Host.uuid {host.uuid!r} is already registered for {service!r} by "
+                         "this Discovery (a host read back keeps its uuid: "
+                         "dataclasses.replace(host, uuid='') derives a new one)")
 
     def _forget(self, registration: Registration) -> None:
         """A registration was disposed: release what only it used."""

@@ -64,15 +64,16 @@ def _check_bool(owner: str, name: str, value: object) -> None:
         raise ValueError(f"{owner}.{name} must be a bool, got {type(value).__name__}")
 
 
-def _sorted_ports(owner: str, name: str, ports: object) -> Ports:
-    """Validate a ports mapping and return it with sorted keys (Go writes map keys sorted)."""
+def _sorted_ports(owner: str, name: str, ports: object, *, empty_ok: bool = False) -> Ports:
+    """Validate a ports mapping and return it with sorted keys (Go writes map keys sorted);
+    ``empty_ok``: empty names and ports are kept (as read: Go writes what it was given)."""
     if type(ports) is not dict and not isinstance(ports, Mapping):
         raise ValueError(f"{owner}.{name} must be a mapping of str to str, "
                          f"got {type(ports).__name__}")
     for port_name, port in ports.items():
-        if not isinstance(port_name, str) or not port_name:
+        if not isinstance(port_name, str) or not (port_name or empty_ok):
             raise ValueError(f"{owner}.{name} keys must be non-empty strings, got {port_name!r}")
-        if not isinstance(port, str) or not port:
+        if not isinstance(port, str) or not (port or empty_ok):
             raise ValueError(f"{owner}.{name}[{port_name!r}] must be a non-empty string "
                              f"(write \"80\", not 80), got {type(port).__name__}")
     if len(ports) < 2:
@@ -106,13 +107,19 @@ _ASCII_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII has no format 
 
 
 def _check_unicode(field_name: str, value: str, *, secret: bool = False) -> None:
-    """Refuse a lone surrogate (``value.encode()`` would fail at write time)."""
+    """Refuse a lone surrogate (``value.encode()`` would fail at write time).
+
+    The error is raised outside the ``except`` block: the UnicodeEncodeError holds the whole
+    value, and error reporters print an exception's ``__context__`` (even after ``from
+    None``)."""
     try:
         value.encode("utf-8")
+        return
     except UnicodeEncodeError:
-        shown = "" if secret else f": {value!r}"
-        raise ValueError(f"{field_name} is not valid Unicode (it holds a lone surrogate, "
-                         f"which cannot be encoded as UTF-8){shown}") from None
+        pass
+    shown = "" if secret else f": {value!r}"
+    raise ValueError(f"{field_name} is not valid Unicode (it holds a lone surrogate, "
+                     f"which cannot be encoded as UTF-8){shown}")
 
 
 def _ipv6(text: str) -> bool:
@@ -144,8 +151,18 @@ def validate_host_name(field_name: str, value: str) -> str:
         raise ValueError(
             f"{field_name} must be a host name (RFC 1123: dot-separated labels of letters, "
             "digits, '-' and '_'), an IPv4 address or an IPv6 address (bare or in brackets), "
-            f"got {value!r}")
+            f"got {value!r}{_idn_hint(value)}")
     return value
+
+
+def _idn_hint(value: str) -> str:
+    """For an internationalised name, its ``xn--`` form to write instead."""
+    if value.isascii():
+        return ""
+    try:
+        return f" (an IDN is written in its xn-- form: {value.encode('idna').decode()!r})"
+    except UnicodeError:
+        return ""
 
 
 def validate_key_segment(field_name: str, value: object) -> str:
@@ -221,6 +238,8 @@ def _url(scheme: str | None, path: str, hostname: str, ports: Mapping[str, str],
         raise UnknownScheme(f"no port for scheme {scheme!r} (ports: {known})")
     auth = ""
     if user:  # "user:password@" even when the password is empty, as Go writes it
+        _check_unicode("user", user, secret=True)  # before quote() puts it in an error
+        _check_unicode("password", password, secret=True)
         auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@"
     suffix = "/" + path.lstrip("/") if path else ""
     if ":" in hostname and not hostname.startswith("["):  # a bare IPv6 literal
@@ -472,7 +491,7 @@ def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
         known = None
     if known is None:
         for port_name, port in signature:
-            if type(port_name) is not str or type(port) is not str or not port_name or not port:
+            if type(port_name) is not str or type(port) is not str:  # "" is read, as Go does
                 _sorted_ports("Host", name, ports)  # raises the precise error
         known = {sys.intern(port_name): sys.intern(port) for port_name, port in sorted(signature)}
         if len(_PORTS_SEEN) >= 4096:  # bounded: forget everything, it refills at once
@@ -505,8 +524,8 @@ def _build_host(document: dict[str, Any], key: str) -> Host:
         if hostname is None:
             raise MalformedValue("host field 'name' is missing", key)
         raise _wrong_type("host", "name", str, hostname, key)
-    if not hostname:
-        raise MalformedValue("host field 'name' must not be empty", key)
+    # an empty name is read: Go registers a host with Hostname "" (a private host named by
+    # its machine's name, in private_hostname) and lists it
     # unrolled: this runs for every host of every watch event
     service_name, user, password = get("service_name"), get("user"), get("password")
     private_hostname, shard, uuid = get("private_hostname"), get("shard"), get("uuid")
@@ -577,7 +596,10 @@ def decode_service(data: str | bytes | bytearray, key: str = "") -> Service:
 def _build_service(values: dict[str, Any]) -> Service:
     if "name" not in values:
         raise ValueError("service field 'name' is missing")
-    return Service(**values)
+    ports = _sorted_ports("Service", "ports", values.pop("ports", {}), empty_ok=True)
+    service = Service(**values)
+    object.__setattr__(service, "ports", ports)  # Service() refuses empty ports; Go writes them
+    return service
 
 
 _DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {

@@ -60,8 +60,8 @@ class ServiceQuery:
         return hosts
 
     def all(self) -> list[Host]:
-        """Every host, in key order."""
-        return list(self.hosts().values())
+        """Every host, in key order (the smallest uuid first, as :meth:`first`)."""
+        return self.hosts()._sorted()
 
     def first(self) -> Host:
         """The first host in key order."""
@@ -115,8 +115,9 @@ def read_catalog(store: Store, keyspace: Keyspace,
         uuid = None if name is None else keyspace.uuid_of(name, kv.key)
         if name is None or uuid is None:
             continue
+        found = hosts.setdefault(name, {})  # known, even if no value can be read
         try:
-            hosts.setdefault(name, {})[uuid] = decode_host(kv.value, kv.key)
+            found[uuid] = decode_host(kv.value, kv.key)
         except MalformedValue:
             continue
     if service:

@@ -64,6 +64,7 @@ from rx_discovery.model import (
     validate_host_for_registration,
     validate_host_name,
     validate_key_segment,
+    validate_service_name,
 )
 from rx_discovery.store import Store
 from rx_discovery.sync import Change
@@ -171,6 +172,21 @@ def check_write_sizes(host_key: str, host: Host, service_key: str, service: Serv
                 f"the {what} is too large to register: its key and JSON take {size} bytes, "
                 f"over etcd's request limit ({MAX_WRITE_BYTES} bytes with the envelope's "
                 f"margin); its largest field is {largest!r} ({fields[largest]} bytes)")
+
+
+def checked_host(keyspace: Keyspace, service: str, host: Host) -> Host:
+    """The host as it will be stored (:func:`prepare_host`), once every check that
+    ``register()`` makes before any I/O has passed (the CLI makes them before connecting).
+
+    Raises:
+        ValueError: a bad service name or host, or a write over etcd's request limit.
+    """
+    name = keyspace.check_listed("service name", validate_service_name(service))
+    stored = prepare_host(name, host)
+    keyspace.check_listed("Host.uuid", stored.uuid)
+    check_write_sizes(keyspace.host_key(name, stored.uuid), stored, keyspace.service_key(name),
+                      service_document(name, stored))
+    return stored
 
 
 def service_document(service: str, host: Host) -> Service:

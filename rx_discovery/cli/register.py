@@ -15,9 +15,14 @@ from rx_discovery.cli._loop import _pump, _Step
 from rx_discovery.cli._options import _add_command, _connection_options, _port_pair
 from rx_discovery.cli._output import _Output
 from rx_discovery.discovery import Discovery
-from rx_discovery.keys import validate_service_name
-from rx_discovery.model import Host, validate_host_for_registration
-from rx_discovery.registration import Registration, RegistrationStatus, validate_ttl
+from rx_discovery.keys import Keyspace, validate_service_name
+from rx_discovery.model import Host
+from rx_discovery.registration import (
+    Registration,
+    RegistrationStatus,
+    checked_host,
+    validate_ttl,
+)
 
 # etcd grants a lease at least this long, whatever is asked (its minimum TTL).
 _ETCD_MIN_TTL = 2.0
@@ -74,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
     service = validate_service_name(args.service)
     ttl: float = args.ttl
     host = _host_from_args(args)
-    validate_host_for_registration(host)  # a bad host is refused before connecting
+    # what register() refuses is refused before connecting (a bad HOSTNAME, a size limit)
+    settings = _settings(args)
+    checked_host(Keyspace.of(settings), service, host)
     out = _Output()
     printer = _RegisterPrinter(out)
     inbox = args.inbox
     first_deadline = max(2 * args.timeout, ttl)
-    with _connected(_settings(args), inbox) as discovery, ExitStack() as stack:
+    with _connected(settings, inbox) as discovery, ExitStack() as stack:
         registration = discovery.register(service, host, ttl)
         stack.callback(lambda: _dispose_registration(discovery, registration, out))
         out.line(f"registering {service}: uuid {registration.uuid} key {registration.key} "

@@ -55,7 +55,8 @@ MALFORMED: dict[str, bytes] = {
     "nan-port": b'{"name": "h", "ports": {"http": NaN}}',
     "missing-name": b'{"ports": {"http": "80"}}',
     "empty-object": b"{}",
-    "empty-name": b'{"name": ""}',
+    # ('{"name": ""}' is no longer here: Go registers such hosts, and they are listed; see
+    # test_go_semantics.test_hosts_that_go_registers_are_read_back_not_dropped)
     "one-mebibyte": b"[" + b"0," * ((1 << 20) // 2 - 1) + b"0]",
     "invalid-utf8": b'{"name": "\xff\xfe"}',
     "utf8-bom": b'\xef\xbb\xbf{"name": "h"}',

@@ -268,3 +268,17 @@ def test_go_heartbeats_are_neither_new_hosts_nor_changes(go, v2, service_name):
     assert [h.uuid for h in new.items] == [uuid]
     assert len(hosts.items) == sets
     assert down.items == []
+
+
+def test_a_go_host_without_hostname_is_listed(go, v2, service_name):
+    """Go's Register accepts ``Hostname: ""`` (a private host named by its machine, in
+    ``private_hostname``) and its Get lists it; Python must not drop it as malformed."""
+    hosts, new, _ = watch(v2, service_name)
+    peer = go.register(service_name, "", "http=80", "--private-hostname", "node-1")
+    uuid = peer.registered["uuid"]
+    assert json.loads(peer.registered["value"])["name"] == ""
+    assert [h["uuid"] for h in go.get(service_name)["all"]] == [uuid]
+    wait_until(lambda: [h.uuid for h in new.items] == [uuid], 10.0, message="new in Python")
+    wait_until(lambda: uuid in hosts.items[-1], 10.0, message="the host in hosts()")
+    assert [h.uuid for h in v2.get(service_name).all()] == [uuid]
+    assert v2.get(service_name).first().private_url() == "http://node-1:80"

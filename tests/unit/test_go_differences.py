@@ -86,3 +86,36 @@ def test_a_non_public_host_does_not_wipe_public_credentials(scheduler: TestSched
     statuses: list[RegistrationStatus] = []
     public.status.subscribe(statuses.append)
     assert statuses == [RegistrationStatus.REGISTERED]
+
+
+def test_a_bare_ipv6_hostname_is_bracketed() -> None:
+    # Go pastes it raw: "http://::1:80"
+    assert Host(hostname="::1", ports=PORTS).url() == "http://[::1]:80"
+    assert Host(hostname="h", ports=PORTS, private_hostname="fd00::7",
+                private_ports={"http": "8080"}).private_url() == "http://[fd00::7]:8080"
+
+
+def test_register_refuses_what_go_stores(discovery: Discovery) -> None:
+    # Go stores anything, the Go README's own example port "80443" included
+    with pytest.raises(ValueError, match="private_ports"):
+        discovery.register("api", Host(hostname="h", ports=PORTS,
+                                       private_ports={"https": "80443"}))
+
+
+def test_an_explicit_uuid_is_kept_and_one_key_is_held_once(scheduler: TestScheduler,
+                                                          discovery: Discovery) -> None:
+    # Go's Register always derives a new uuid; rx-discovery keeps one given in Host.uuid (a
+    # stable name). So registering a host read back (reg.host, a stream's host) again would
+    # share its key: disposing either deletes the other's. register() refuses that.
+    first = discovery.register("api", Host(hostname="h", ports=PORTS, uuid="fixed-1"))
+    scheduler.advance_to(1)
+    assert first.uuid == "fixed-1" and first.ready
+    with pytest.raises(ValueError, match="uuid"):
+        discovery.register("api", first.host)
+    scheduler.advance_to(2)
+    assert discovery.store.get(first.key) is not None and first.ready
+    other = discovery.register("web", first.host)  # another service: another key
+    first.dispose()
+    again = discovery.register("api", first.host)  # free again once disposed
+    scheduler.advance_to(3)
+    assert again.ready and other.ready

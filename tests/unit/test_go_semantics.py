@@ -141,3 +141,88 @@ def test_service_of_hosts_without_a_service_key_is_just_its_name(discovery: Disc
     # service with minimal information" (old versions wrote no /services_infos/ key)
     _put_host(discovery, "old", Host(hostname="h", ports={"http": "80"}, uuid="u-1"))
     assert discovery.get("old").service() == Service("old")
+
+
+# What the Go package v8.0.0 writes for hosts it accepts without complaint: ``Register`` with
+# ``Hostname: ""`` (a private host that relies on the machine's name: Go sets
+# ``PrivateHostname`` to it and leaves ``name`` empty), and ports whose number is empty.
+# Go reads them back as hosts (``json.Unmarshal`` only); so must rx-discovery, in every stream.
+GO_HOST_WITHOUT_HOSTNAME = (b'{"name":"","service_name":"g","ports":{"http":"80"},'
+                            b'"private_hostname":"node-1","private_ports":{"http":"80"},'
+                            b'"uuid":"u1-node-1"}')
+GO_HOST_WITH_EMPTY_PORT = (b'{"name":"h","service_name":"g","ports":{"":"81","http":""},'
+                           b'"private_hostname":"h","private_ports":{"http":""},'
+                           b'"uuid":"u2-h"}')
+
+
+@pytest.mark.parametrize("value", [GO_HOST_WITHOUT_HOSTNAME, GO_HOST_WITH_EMPTY_PORT],
+                         ids=["empty-name", "empty-port"])
+def test_hosts_that_go_registers_are_read_back_not_dropped(value: bytes) -> None:
+    from rx_discovery.model import decode_host
+
+    host = decode_host(value, "/services/g/u")
+    assert host.to_json().encode() == value  # and written back byte for byte
+    scheduler = TestScheduler()
+    with Discovery.in_memory(scheduler) as discovery:
+        discovery.store.put(f"/services/g/{host.uuid}", value)
+        assert [h.uuid for h in discovery.get("g").all()] == [host.uuid]
+
+
+def test_a_go_host_without_hostname_has_go_urls() -> None:
+    from rx_discovery.model import decode_host
+
+    host = decode_host(GO_HOST_WITHOUT_HOSTNAME)
+    assert host.private_url("http", "/x") == "http://node-1:80/x"
+    assert host.url("http") == "http://:80"  # what Go's URL prints for it
+
+
+def test_a_go_service_key_with_an_empty_port_is_read() -> None:
+    # Go's Register of a public host with Ports{"http": ""} writes this service key; Go reads
+    # it back (json.Unmarshal only), so an empty port must not make it unreadable
+    from rx_discovery.model import decode_service
+
+    value = (b'{"name":"s","critical":false,"hostname":"h","ports":{"":"81","http":""},'
+             b'"public":true}')
+    service = decode_service(value, "/services_infos/s")
+    assert service.ports == {"": "81", "http": ""} and service.public
+    assert service.to_json().encode() == value
+
+
+def test_query_errors_are_go_s(discovery: Discovery) -> None:
+    from rx_discovery import NoHostFound, ServiceNotFound
+
+    keyspace, store = discovery.keyspace, discovery.store
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(ServiceNotFound):
+            getattr(discovery.get("none"), method)()
+    with pytest.raises(ServiceNotFound):
+        discovery.get("none").service()
+    store.put(keyspace.service_key("known"), Service("known").to_json().encode())
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(NoHostFound) as caught:
+            getattr(discovery.get("known"), method)()
+        assert not isinstance(caught.value, NoHostFoundOnShard)
+        with pytest.raises(NoHostFound) as caught:  # no host at all: not "none on the shard"
+            getattr(discovery.get("known", shard="a"), method)()
+        assert not isinstance(caught.value, NoHostFoundOnShard)
+    assert discovery.get("known").service() == Service("known")
+    store.put(keyspace.host_key("known", "u-1"),
+              Host(hostname="h", ports=PUBLIC_PORTS, uuid="u-1", shard="b").to_json().encode())
+    for method in ("all", "first", "one", "url"):
+        with pytest.raises(NoHostFoundOnShard):
+            getattr(discovery.get("known", shard="a"), method)()
+    # something is stored for "junk" (a value nobody can read): not "service not found"
+    store.put(keyspace.host_key("junk", "u-2"), b"not json")
+    with pytest.raises(NoHostFound) as caught:
+        discovery.get("junk").all()
+    assert not isinstance(caught.value, ServiceNotFound)
+
+
+def test_all_is_in_key_order_as_documented(discovery: Discovery) -> None:
+    uuids = [f"{n:03d}-{chr(97 + n % 26)}" for n in range(60)]
+    shuffled = uuids[::7] + [u for u in uuids if u not in uuids[::7]]
+    for uuid in reversed(shuffled):
+        discovery.store.put(discovery.keyspace.host_key("many", uuid),
+                            Host(hostname="h", ports=PUBLIC_PORTS, uuid=uuid).to_json().encode())
+    assert [h.uuid for h in discovery.get("many").all()] == sorted(uuids)
+    assert discovery.get("many").first().uuid == min(uuids)

@@ -206,3 +206,15 @@ def test_a_prefix_that_cannot_be_in_a_key_is_refused_before_any_io(prefix: str) 
 def test_service_names_that_cannot_be_a_key_segment(name: str) -> None:
     with pytest.raises(ValueError, match="service name"):
         validate_service_name(name)
+
+
+@pytest.mark.parametrize(("prefix", "normal"), [
+    ("x//y", "/x/y"), ("//x", "/x"), ("/x//", "/x"), ("///", ""), ("/a/b", "/a/b")])
+def test_empty_segments_of_a_prefix_are_dropped(prefix: str, normal: str) -> None:
+    # etcd's v2 API cleans key paths ("/x//y/services/s/u" is stored as "/x/y/services/s/u"):
+    # with the empty segment kept, every host read back would match no key of the keyspace
+    keyspace = Keyspace(prefix)
+    assert keyspace.prefix == normal
+    key = keyspace.host_key("svc", "u-1")
+    assert "//" not in key
+    assert keyspace.service_of(key) == "svc" and keyspace.uuid_of("svc", key) == "u-1"

@@ -109,6 +109,11 @@ def test_fast_decoder_accepts_exactly_what_validates(document: dict[str, object]
         host = Host.from_json(json.dumps(document))
     except MalformedValue:
         return
+    if not host.hostname or "" in (*host.ports, *host.ports.values(), *host.private_ports,
+                                   *host.private_ports.values()):
+        # read as Go reads them (Go registers such hosts); Host() itself refuses them as
+        # arguments, so there is no reference to build: test_go_semantics covers them
+        return
     reference = Host.from_dict({k: v for k, v in document.items() if v is not None},
                                infer_missing=True)
     assert reference == host

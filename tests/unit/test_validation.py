@@ -170,3 +170,77 @@ def test_cli_register_refuses_a_bad_host_before_connecting(
     monkeypatch.setattr(register, "_connected", no_connection)
     assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
     assert field in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "env", "field"), [
+    # a public host without --private-hostname takes this machine's name into its uuid
+    (["--hostname", "h", "--port", "http=80", "--public"], {"HOSTNAME": "box/1"},
+     "HOSTNAME"),
+    # over etcd's request limit (1.5 MiB): refused by register() before any I/O, so here too
+    (["--hostname", "h", "--port", "http=80", "--shard", "s" * 1_600_000], {}, "too large"),
+])
+def test_cli_register_refuses_what_register_refuses_before_connecting(
+        flags: list[str], env: dict[str, str], field: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rx_discovery import cli
+    from rx_discovery.cli import register
+
+    def no_connection(*args: object) -> Discovery:
+        raise AssertionError("connected before refusing the host")
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(register, "_connected", no_connection)
+    assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
+    assert field in capsys.readouterr().err
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and every exception it carries (``__cause__``, ``__context__``), which
+    error reporters walk and print with their arguments even after ``raise ... from None``."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+@pytest.mark.parametrize("field", ["user", "password"])
+def test_a_bad_credential_is_in_no_exception_of_the_chain(discovery: Discovery,
+                                                          field: str) -> None:
+    secret = "hunter2\udcff"
+    values: dict[str, Any] = {"hostname": "h", "ports": {"http": "80"}, "user": "u",
+                              field: secret}
+    host = Host(**values)
+    errors = [_refused(discovery, "svc", host, field)]
+    for build in (host.url, host.private_url):
+        with pytest.raises(ValueError) as caught:
+            build()
+        assert field in str(caught.value)
+        errors.append(caught.value)
+    for error in errors:
+        for link in _chain(error):
+            assert "hunter2" not in repr(link) and "hunter2" not in str(link), repr(link)
+
+
+@pytest.mark.parametrize(("service", "uuid", "field"), [
+    ("svc", "_x", "Host.uuid"), ("_svc", "", "service name")])
+def test_on_v2_a_key_segment_that_etcd_hides_is_refused(service: str, uuid: str,
+                                                       field: str) -> None:
+    # etcd's v2 API hides keys whose segment starts with "_" from listings and watches on
+    # their parent: a host with such a uuid would be REGISTERED yet in no hosts() stream
+    # (a service so named in no catalog()); v3 has no hidden keys
+    host = Host(hostname="h", ports={"http": "80"}, uuid=uuid)
+    with Discovery(endpoints=["http://127.0.0.1:1"], api="v2") as v2:
+        with pytest.raises(ValueError, match=field) as caught:
+            v2.register(service, host)
+        assert "_" in str(caught.value)
+    with Discovery.in_memory(TestScheduler()) as v3:
+        v3.register(service, host).dispose()
+
+
+def test_an_idn_in_unicode_is_refused_with_its_xn_form() -> None:
+    with pytest.raises(ValueError, match=r"Host\.hostname") as caught:
+        validate_host_name("Host.hostname", "bücher.example")
+    assert "xn--bcher-kva.example" in str(caught.value)
