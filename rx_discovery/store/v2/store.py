@@ -161,12 +161,6 @@ class EtcdV2Store:
             return answer.index
         return int(answer.body["node"]["modifiedIndex"])
 
-    @staticmethod
-    def hides(key: str) -> bool:
-        """Whether etcd's v2 API hides ``key`` from listings (and so from recursive reads):
-        its last segment starts with ``_``."""
-        return key.rsplit("/", 1)[-1].startswith("_")
-
     # -- leases (emulated) --------------------------------------------------------------------
 
     def grant(self, ttl: int) -> Lease:
