@@ -476,11 +476,13 @@ def test_wrong_password_logs_in_once_at_a_time_with_backoff(
         assert len(refused) > 50  # every call failed at once, with the remembered refusal
         assert all(isinstance(error, AuthenticationFailed) and error.permanent
                    for error in refused)
+        discovery.store._health._settle()  # health reaches observers on its own thread
         assert health.items[-1].state is HealthState.DENIED
         assert "authentication failed" in health.items[-1].reason
         assert all(map(healthy_stream, streams))
         leaks.show(*health.items, discovery.store)
         leaks.error(refused[-1])
+    discovery.store._health._settle()
     assert states(health)[-1] is HealthState.CLOSED
     leaks.check(expect_tokens=False)
 
@@ -502,6 +504,7 @@ def test_permission_denied_is_its_own_error_and_reported_on_health(
             store.put("/forbidden/k", b"v")
         # a call served elsewhere does not hide the denial
         store.get_prefix("/services/")
+        store._health._settle()
         assert states(health)[-1] is HealthState.DENIED, health.items
         # a watch of a forbidden prefix: refused again after a fresh login -> PermissionDenied
         denied = subscribe(store.watch("/forbidden/", 1))
@@ -694,6 +697,7 @@ def test_credentials_given_before_auth_is_enabled_work_before_and_after(
             assert store.get("/services/later/b") is not None
             wait_until(lambda: events.items, timeout=10)
             assert healthy_stream(events)
+            store._health._settle()
             assert HealthState.DENIED not in states(health), health.items
             assert leaks.tokens, "the store logged in once auth was enabled"
             leaks.show(*health.items, store)
