@@ -28,7 +28,7 @@ from rx_discovery.store.etcd._client import LoginGate, _revive_if_all_failed, ma
 from rx_discovery.store.etcd._codec import _encode, _key_value, _prefix_range
 from rx_discovery.store.etcd._errors import _NO_ENDPOINT, _public, _TokenExpired, _translate
 from rx_discovery.store.etcd._keepalive import _KeepAliveStream
-from rx_discovery.store.etcd._watch import _WatchSubscription
+from rx_discovery.store.etcd._watch import WatchMux
 
 __all__ = ["EtcdStore"]
 
@@ -49,8 +49,9 @@ class EtcdStore:
     can be created before etcd is up. Every method is thread-safe and blocks its caller for at
     most ``settings.timeout`` (plus one transparent re-login when the auth token expired).
 
-    Threads: :meth:`watch` notifications are emitted on that subscription's own daemon reader
-    thread; lease keepalives run on one daemon event-loop thread shared by all leases.
+    Threads: :meth:`watch` notifications of every watch are emitted on the one daemon reader
+    thread of the store's shared watch stream; lease keepalives run on one daemon event-loop
+    thread shared by all leases.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -65,7 +66,7 @@ class EtcdStore:
         self._client: Any | None = None  # etcd3.MultiEndpointEtcd3Client
         self._closed = False
         self._keepalive = _KeepAliveStream(self, settings)
-        self._watches: set[_WatchSubscription] = set()
+        self._watches = WatchMux(self)
         self._last_failure = ""  # why the last call could not reach etcd
         self._health = HealthTracker("etcd")
         self._login = LoginGate()
@@ -203,14 +204,13 @@ class EtcdStore:
         of the stream (server down, frozen, failover); never completes. Disposing cancels the
         stream; nothing is emitted afterwards.
 
-        Threads: subscribing returns at once; the stream is opened, and every notification is
-        emitted, on the subscription's own daemon reader thread.
+        Threads: subscribing returns at once (on a closed store, it fails at once); the
+        watch is created, and every notification of every watch of the store is emitted, on
+        the shared stream's daemon reader thread (see :mod:`._watch`).
         """
         def subscribe(observer: abc.ObserverBase[WatchResponse],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            subscription = _WatchSubscription(self, prefix, start_revision, observer, exact)
-            subscription.start()
-            return Disposable(subscription.dispose)
+            return Disposable(self._watches.watch(prefix, start_revision, exact, observer))
 
         return reactivex.create(subscribe)
 
@@ -229,10 +229,8 @@ class EtcdStore:
             if self._closed:
                 return
             self._closed = True
-            watches, self._watches = list(self._watches), set()
             endpoints, self._endpoints, self._client = self._endpoints, None, None
-        for watch in watches:
-            watch.dispose()
+        self._watches.close()
         self._health.closed()
         self._keepalive.close()
         for endpoint in endpoints or ():
@@ -353,17 +351,6 @@ class EtcdStore:
                 # python3-etcd3 caches stubs bound to the old channel; it clears them the same
                 # way in _manage_grpc_errors (python3-etcd3==0.13.0 is pinned).
                 client._clear_old_stubs()
-
-    def _add_watch(self, watch: _WatchSubscription) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._watches.add(watch)
-            return True
-
-    def _remove_watch(self, watch: _WatchSubscription) -> None:
-        with self._lock:
-            self._watches.discard(watch)
 
 
 def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:
