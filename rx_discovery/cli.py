@@ -366,7 +366,7 @@ def _read_listings(discovery: Discovery, service: str | None) -> tuple[int, list
     Raises:
         ServiceNotFound: ``service`` was asked and nothing is stored for it.
     """
-    catalog = discovery.catalog(service)
+    catalog = discovery.read_catalog(service)
     if service and service not in catalog:
         raise ServiceNotFound(f"service {service!r} not found under prefix "
                               f"{discovery.keyspace.prefix or '/'!r}")

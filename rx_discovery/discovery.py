@@ -23,6 +23,7 @@ from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
+from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog_stream
 from rx_discovery.config import Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
@@ -104,6 +105,9 @@ class Discovery:
             weakref.WeakValueDictionary())
         self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
             weakref.WeakValueDictionary())
+        # the one catalog sync (key ""), weak as the others
+        self._catalog_syncs: weakref.WeakValueDictionary[str, SharedSync[Host | Service]] = (
+            weakref.WeakValueDictionary())
         self._registrations: set[Registration] = set()
         self._groups: dict[str, ServiceGroup] = {}
         self._keepers: dict[abc.SchedulerBase, LeaseKeeper] = {}
@@ -161,7 +165,8 @@ class Discovery:
             self._closed = True
             registrations = list(self._registrations)
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
-                                            *self._service_syncs.values()]
+                                            *self._service_syncs.values(),
+                                            *self._catalog_syncs.values()]
         for registration in registrations:
             registration.dispose()
         for sync in syncs:
@@ -377,15 +382,34 @@ class Discovery:
             raise ValueError("shard must be a non-empty string or None")
         return ServiceQuery(self.store, self.keyspace, name, shard)
 
-    def catalog(self, service: str | None = None) -> dict[str, ServiceQuery]:
+    def read_catalog(self, service: str | None = None) -> dict[str, ServiceQuery]:
         """Every service that has hosts or a service key (or only ``service``), read at once,
-        as loaded queries keyed by name (sorted). Blocks on the caller's thread.
+        as loaded queries keyed by name (sorted). Blocks on the caller's thread. (For a live
+        view, subscribe to :meth:`catalog`.)
 
         Raises:
             ValueError: a bad service name.
         """
         return read_catalog(self.store, self.keyspace,
                             None if service is None else validate_service_name(service))
+
+    def catalog(self, *, scheduler: abc.SchedulerBase | None = None,
+                observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[Catalog]:
+        """The whole deployment: a :class:`~rx_discovery.catalog.Catalog` (``service name ->
+        (HostSet, Service | None)``, revision-stamped) at once, then a new one on every change.
+
+        One etcd watch for every service (of the range holding ``/services/`` and
+        ``/services_infos/``), hot and shared by every catalog subscriber, gap-free across
+        reconnects and compaction like :meth:`hosts`; ``subscribe()`` returns once the
+        current catalog is known (read on the caller's thread when it starts the watch; when
+        etcd is unreachable then, see :meth:`changes`). Malformed values are skipped and
+        reported on :attr:`diagnostics`. Emits on the store's watch thread unless
+        ``observe_on`` is given, one catalog at a time, outside every library lock.
+        """
+        shared = self._shared(self._catalog_syncs, "", catalog_prefix(self.keyspace),
+                              catalog_codec(self.keyspace), "catalog", exact=False)
+        return _deliver(catalog_stream(shared.observe(scheduler, wait=True), self.keyspace),
+                        observe_on)
 
     # --- shared syncs -------------------------------------------------------------------
 
