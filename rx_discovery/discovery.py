@@ -234,7 +234,7 @@ class Discovery:
         def to_set(change: Change[Host]) -> HostSet:
             return HostSet._wrap(name, change.items, change.revision)
 
-        stream = self.changes(name, scheduler=scheduler).pipe(operators.map(to_set))
+        stream = self._hosts_sync(name).observe_mapped(to_set, scheduler, wait=True)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
