@@ -6,6 +6,10 @@ with a leased key; other processes watch them as hot, shared Observables.
 
 from __future__ import annotations
 
+# First, before the slow imports: a Ctrl-C while the CLI starts exits quietly with 130.
+import rx_discovery._cli_start  # noqa: F401
+
+# isort: split
 import threading
 from typing import Any
 

@@ -26,7 +26,9 @@ log = logging.getLogger("rx_discovery")
 
 KeepaliveReport = Callable[[Exception | None], None]
 """Told the outcome of each refresh: None when it worked, else the error (LeaseNotFound when
-the lease is gone, StoreUnavailable when etcd could not be reached)."""
+the lease is gone, StoreUnavailable when etcd could not be reached). Called inside the batch:
+it must only record the outcome and hand any further work off (it never runs user code); one
+that raises is logged and the others are still told."""
 
 
 @dataclass(eq=False)
@@ -102,9 +104,13 @@ class LeaseKeeper:
             except Exception as error:  # whatever failed, every lease of the batch is told
                 outcomes = dict.fromkeys((lease for lease, _ in batch), error)
             for lease, report in batch:
-                report(outcomes.get(lease))
+                try:
+                    report(outcomes.get(lease))
+                except Exception:  # a bug in one report must not starve the others
+                    log.exception("keepalive report of lease %x failed", lease)
         finally:
-            cohort.busy = False
+            with self._lock:
+                cohort.busy = False
 
     def _keepalive(self, leases: Sequence[int]) -> dict[int, Exception | None]:
         many = getattr(self._store, "keepalive_many", None)

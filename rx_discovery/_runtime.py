@@ -1,8 +1,10 @@
 """Where background work runs: a time scheduler for delays and an I/O scheduler for calls.
 
 Store calls block (network round trips with a deadline), so they never run on the timer
-thread nor on a store's watch thread: timers hop to the I/O scheduler. On the memory store
-both are the store's scheduler (a ``TestScheduler`` in marble tests), so everything runs in
+thread nor on a store's watch thread: timers hop to the I/O scheduler. User code that work
+on the I/O scheduler has to deliver is handed off (:meth:`Runtime.hand_off`), so that an
+observer that blocks never holds a worker that keepalives need. On the memory store all of
+them are the store's scheduler (a ``TestScheduler`` in marble tests), so everything runs in
 virtual time.
 """
 
@@ -92,15 +94,34 @@ class PoolScheduler(Scheduler):
 
 
 class Runtime:
-    """Runs actions on the I/O scheduler, now or after a delay measured on the timer."""
+    """Runs actions on the I/O scheduler, now or after a delay measured on the timer.
 
-    def __init__(self, timer: abc.SchedulerBase, io: abc.SchedulerBase) -> None:
+    Args:
+        delivery: where background work hands user code (observers) off to, so that an
+            observer that blocks never holds an I/O worker that registrations and keepalives
+            need; None: on the thread that did the work (the memory store's scheduler).
+    """
+
+    def __init__(self, timer: abc.SchedulerBase, io: abc.SchedulerBase,
+                 delivery: abc.SchedulerBase | None = None) -> None:
         self.timer = timer
         self.io = io
+        self.delivery = delivery
 
     def with_timer(self, timer: abc.SchedulerBase | None) -> Runtime:
         """The same I/O scheduler with another timer (a caller's ``scheduler=``)."""
-        return self if timer is None else Runtime(timer, self.io)
+        return self if timer is None else Runtime(timer, self.io, self.delivery)
+
+    def hand_off(self, deliver: Callable[[], None]) -> None:
+        """Run ``deliver`` (which calls user code) on the delivery scheduler, or here when
+        there is none; exceptions are logged."""
+        if self.delivery is None:
+            deliver()
+            return
+        try:
+            self.delivery.schedule(lambda _s, _t: _guard(deliver))
+        except (DisposedException, RuntimeError):  # no thread to be had: deliver here
+            deliver()
 
     def now(self) -> float:
         """The timer's clock, in seconds."""

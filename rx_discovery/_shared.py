@@ -52,7 +52,7 @@ class Stoppable(Protocol):
 
     def stop(self) -> None: ...
 
-    def ensure_loaded(self) -> None: ...
+    def ensure_loaded(self, hand_off: bool = False) -> None: ...
 
 
 class _Joiner(Generic[T]):
@@ -138,15 +138,16 @@ class SharedSync(Generic[T]):
             _Mapped(observer, mapper), scheduler, wait))
 
     def ensure_loaded(self) -> None:
-        """Make the running sync read its first state now, on this thread (see
-        :meth:`PrefixSync.ensure_loaded`); nothing when no sync runs.
+        """Make the running sync read its first state now, on this thread, handing what it
+        delivers off to the runtime's delivery threads (see :meth:`PrefixSync.ensure_loaded`:
+        a registration calls it on an I/O worker); nothing when no sync runs.
 
         Raises:
             StoreError: the read failed.
         """
         sync = self._sync
         if sync is not None:
-            sync.ensure_loaded()
+            sync.ensure_loaded(hand_off=True)
 
     def close(self) -> None:
         """Stop the sync and complete every subscriber; later subscribers fail at once."""
@@ -179,14 +180,18 @@ class SharedSync(Generic[T]):
             inner.dispose()
             observer.on_error(RuntimeError(CLOSED_MESSAGE))
             return Disposable()
-        if start is not None:
-            start.start(block=wait)
-        elif wait and not sync.loaded:
-            try:
-                sync.ensure_loaded()
-            except Exception as error:  # the background read goes on
-                log.info("%s: first read failed at subscribe (%s: %s)", self._label,
-                         type(error).__name__, error)
+        try:
+            if start is not None:
+                start.start(block=wait)
+            elif wait and not sync.loaded:
+                try:
+                    sync.ensure_loaded()
+                except Exception as error:  # the background read goes on
+                    log.info("%s: first read failed at subscribe (%s: %s)", self._label,
+                             type(error).__name__, error)
+        except BaseException:  # interrupted (Ctrl-C): nobody will hold this subscription
+            self._unsubscribe(joiner, inner)
+            raise
         with self._lock:
             joiner.after_return = True  # a first value enqueued from now on is unseen state
         subject.flush()  # the replay, if another thread has not delivered it already

@@ -15,6 +15,16 @@
 Threads: the observable may emit on any thread (etcd's watch threads, a scheduler's); each
 notification is handed to the event loop with ``loop.call_soon_threadsafe``, so your code always
 runs on the loop's thread and never blocks the emitting thread.
+
+The blocking calls have awaitable forms that never block the loop::
+
+    from rx_discovery import aio
+
+    registration = discovery.register("api", host)
+    await aio.wait(registration, timeout=10)          # Registration.wait, awaited
+    query = await aio.get(discovery, "api")           # Discovery.get, read off the loop
+    async with aio.registered(discovery, "api", host, timeout=10) as registration:
+        ...                                           # revoked when the block ends
 """
 
 from __future__ import annotations
@@ -29,7 +39,13 @@ from typing import Any, Generic, TypeVar
 
 from reactivex import abc
 
-__all__ = ["ObservableIterator", "iterate"]
+from rx_discovery._errors import RegistrationError
+from rx_discovery.discovery import Discovery
+from rx_discovery.model import Host
+from rx_discovery.query import ServiceQuery
+from rx_discovery.registration import Registration, RegistrationStatus
+
+__all__ = ["ObservableIterator", "get", "iterate", "registered", "wait"]
 
 T = TypeVar("T")
 
@@ -211,3 +227,80 @@ def iterate(observable: abc.ObservableBase[T], *, max_queue: int = 0) -> Observa
         ValueError: ``max_queue`` is negative or not an int.
     """
     return ObservableIterator(observable, max_queue)
+
+
+# How often wait() re-checks a registration whose status has not changed: a refusal by etcd
+# (wrong credentials) settles it without a status change.
+_RECHECK_S = 0.2
+
+
+async def wait(registration: Registration, timeout: float | None = None) -> Registration:
+    """Await the first registration of ``registration``; the loop keeps running meanwhile.
+
+    The same outcomes as :meth:`Registration.wait`, without a thread: woken by the status
+    stream (and re-checked every 0.2 s), it checks with ``wait(0)``, which never blocks.
+
+    Raises:
+        RegistrationError: not registered within ``timeout`` seconds, disposed first, or
+            refused by etcd.
+    """
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def poke(*_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(changed.set)
+
+    subscription = registration.status.subscribe(on_next=poke, on_error=poke,
+                                                 on_completed=poke)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                changed.clear()
+                try:
+                    return registration.wait(0)
+                except RegistrationError as error:  # settled for good, or not yet
+                    if (registration.current_status is RegistrationStatus.DISPOSED
+                            or " refused: " in str(error)):
+                        raise
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RECHECK_S):
+                        await changed.wait()
+    except TimeoutError:
+        raise RegistrationError(f"registration of {registration.service!r} not done after "
+                                f"{timeout}s") from None
+    finally:
+        subscription.dispose()
+
+
+async def get(discovery: Discovery, service: str, shard: str | None = None) -> ServiceQuery:
+    """:meth:`Discovery.get`, read in a worker thread (the read is bounded by the store's
+    timeout), so the loop never blocks; returns the loaded query.
+
+    Raises:
+        ValueError: a bad service name or shard (before any I/O).
+        ServiceNotFound: nothing is stored for the service.
+        StoreUnavailable: etcd did not answer.
+    """
+    query = discovery.get(service, shard)
+    await asyncio.to_thread(query.host_set)
+    return query
+
+
+@contextlib.asynccontextmanager
+async def registered(discovery: Discovery, service: str, host: Host, ttl: float = 5.0, *,
+                     timeout: float | None = None) -> AsyncIterator[Registration]:
+    """``async with registered(...) as registration``: register, await the registration,
+    and dispose it (revoking its lease, in a worker thread) when the block ends, however it
+    ends.
+
+    Raises:
+        ValueError: bad arguments (before any I/O).
+        RegistrationError: as :func:`wait`.
+    """
+    registration = discovery.register(service, host, ttl)
+    try:
+        await wait(registration, timeout)
+        yield registration
+    finally:
+        await asyncio.to_thread(registration.dispose)

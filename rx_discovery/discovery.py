@@ -10,21 +10,23 @@ import dataclasses
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.scheduler import EventLoopScheduler
+from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
-from rx_discovery._errors import MalformedValue
+from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
+from rx_discovery._shelf import Shelf
 from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog_stream
-from rx_discovery.config import Settings
+from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, validate_service_name
@@ -33,7 +35,9 @@ from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
     ServiceGroup,
+    check_write_sizes,
     prepare_host,
+    service_document,
     validate_ttl,
 )
 from rx_discovery.store import Store
@@ -47,6 +51,7 @@ __all__ = ["Discovery"]
 log = logging.getLogger("rx_discovery")
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class Discovery:
@@ -62,6 +67,8 @@ class Discovery:
         ca_cert, client_cert, client_key: TLS material, file paths or PEM bytes.
         user, password: etcd authentication (the server needs TLS for it).
         timeout: deadline of one etcd call, in seconds.
+        api: "v3" (default), or "v2": etcd's v2 keys API, to share services with the Go
+            etcd-discovery package (``ETCD_API`` for :meth:`from_env`).
         scheduler: times keepalives, backoff and retries (default: one timer thread).
         store: use this store instead of etcd (see :meth:`in_memory`).
 
@@ -72,17 +79,25 @@ class Discovery:
     def __init__(self, endpoints: str | Sequence[str] | None = None, *, prefix: str = "",
                  ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None,
                  client_key: str | bytes | None = None, user: str | None = None,
-                 password: str | None = None, timeout: float = 5.0,
+                 password: str | None = None, timeout: float = 5.0, api: Api = "v3",
                  scheduler: abc.SchedulerBase | None = None, store: Store | None = None,
                  settings: Settings | None = None) -> None:
         if settings is None:
             settings = Settings.build(endpoints, prefix=prefix, ca_cert=ca_cert,
                                       client_cert=client_cert, client_key=client_key,
-                                      user=user, password=password, timeout=timeout)
+                                      user=user, password=password, timeout=timeout,
+                                      api=api)
         self.settings = settings
         self.keyspace = Keyspace(settings.prefix)
         self._owned: list[Callable[[], None]] = []
-        if store is None:
+        if store is None and settings.api == "v2":
+            try:
+                from rx_discovery.store.v2 import EtcdV2Store
+            except ImportError as missing:
+                raise ConfigError("api='v2' needs httpx: pip install 'rx-discovery[v2]'"
+                                  ) from missing
+            store = EtcdV2Store(settings)
+        elif store is None:
             from rx_discovery.store.etcd import EtcdStore
 
             store = EtcdStore(settings)
@@ -90,13 +105,16 @@ class Discovery:
         # a TestScheduler drives it all; etcd calls block, so they get a thread pool.
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
+        delivery: abc.SchedulerBase | None = None
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
             self._owned += [loop.dispose, pool.shutdown]
-            io, default_timer = pool, loop
+            # what background reads found goes to observers on a thread of its own (rare:
+            # a first read after a failure, a resync after compaction), not on a pool worker
+            io, default_timer, delivery = pool, loop, NewThreadScheduler()
         self.store = store
-        self._runtime = Runtime(scheduler or default_timer or io, io)
+        self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -109,8 +127,9 @@ class Discovery:
         self._catalog_syncs: weakref.WeakValueDictionary[str, SharedSync[Host | Service]] = (
             weakref.WeakValueDictionary())
         self._registrations: set[Registration] = set()
-        self._groups: dict[str, ServiceGroup] = {}
-        self._keepers: dict[abc.SchedulerBase, LeaseKeeper] = {}
+        # held while a registration uses them (released with the last one)
+        self._groups: Shelf[str, ServiceGroup] = Shelf()
+        self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
         self._diagnostics: SerialSubject[Diagnostic] = SerialSubject("diagnostics")
         self._closed = False
 
@@ -155,9 +174,10 @@ class Discovery:
                  else ",".join(e.url for e in self.settings.endpoints))
         return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
 
-    def close(self) -> None:
-        """Dispose every registration (revoking their leases), complete every stream,
-        release the client. Idempotent. A stream subscribed afterwards fails at once with
+    def close(self, timeout: float = 10.0) -> None:
+        """Dispose every registration (revoking their leases, waiting up to ``timeout``
+        seconds in all for the writes in flight), complete every stream, release the client.
+        Idempotent. A stream subscribed afterwards fails at once with
         ``RuntimeError("this Discovery is closed")``."""
         with self._lock:
             if self._closed:
@@ -167,8 +187,11 @@ class Discovery:
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values(),
                                             *self._catalog_syncs.values()]
-        for registration in registrations:
-            registration.dispose()
+        for registration in registrations:  # all stop at once: none starts a new write
+            registration._cancel()
+        deadline = time.monotonic() + timeout
+        for registration in registrations:  # then each waits for its write in flight
+            registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
         for sync in syncs:
             sync.close()
         self._diagnostics.on_completed()
@@ -208,7 +231,8 @@ class Discovery:
         comes as a change that adds every host in it (``initial`` False), since any of them
         may have registered after you subscribed.
 
-        Emits on the store's watch thread (or the thread that read), one change at a time,
+        Emits on the store's watch thread (or the subscriber's thread for the first read; on
+        etcd, a thread of its own for a read retried in the background), one change at a time,
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
         return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)
@@ -266,27 +290,7 @@ class Discovery:
 
     def _expand(self, service: str, scheduler: abc.SchedulerBase | None,
                 expand: Callable[[Change[Host]], Iterable[T]]) -> reactivex.Observable[T]:
-        """The items ``expand`` derives from each change, emitted synchronously on the thread
-        of the change. (``flat_map`` would build an Observable per change and subscriber:
-        ~50x the cost per subscriber per event.) An observer that raises on one item still
-        gets the others."""
-        changes = self.changes(service, scheduler=scheduler)
-
-        def subscribe(observer: abc.ObserverBase[T],
-                      _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            emit = observer.on_next
-
-            def on_next(change: Change[Host]) -> None:
-                for item in expand(change):
-                    try:
-                        emit(item)
-                    except Exception:  # user code: log, and go on with the next item
-                        log.exception("%s: an observer raised; it keeps its subscription",
-                                      service)
-
-            return changes.subscribe(on_next, observer.on_error, observer.on_completed)
-
-        return reactivex.create(subscribe)
+        return _expanded(self.changes(service, scheduler=scheduler), expand, service)
 
     def services(self, service: str, *, scheduler: abc.SchedulerBase | None = None
                  ) -> reactivex.Observable[Service]:
@@ -294,10 +298,8 @@ class Discovery:
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
         subscriber of the service."""
-        stream: reactivex.Observable[Service] = self._service_sync(
-            validate_service_name(service)).observe(scheduler, wait=True).pipe(
-            operators.flat_map(_values))
-        return stream
+        name = validate_service_name(service)
+        return _expanded(self._service_sync(name).observe(scheduler, wait=True), _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
@@ -326,24 +328,24 @@ class Discovery:
             scheduler: times keepalives and backoff (default: the Discovery's).
 
         Raises:
-            ValueError: a bad service name, host or ttl (before any I/O).
+            ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
+                service document) would not fit in one etcd request (1.5 MiB); before any
+                I/O, naming the field, never its value.
             RuntimeError: the Discovery is closed.
         """
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
         stored = prepare_host(name, host)
+        service_key = self.keyspace.service_key(name)
+        check_write_sizes(self.keyspace.host_key(name, stored.uuid), stored, service_key,
+                          service_document(name, stored))
         if self._closed:
             raise RuntimeError("this Discovery is closed")
         runtime = self._runtime.with_timer(scheduler)
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
-        with self._lock:
-            group = self._groups.get(name)
-            if group is None:
-                group = self._groups[name] = ServiceGroup(
-                    self.store, self.keyspace.service_key(name), hosts, services)
-            keeper = self._keepers.get(runtime.timer)
-            if keeper is None:
-                keeper = self._keepers[runtime.timer] = LeaseKeeper(self.store, runtime)
+        group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
+                                                             services))
+        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
                                     group, keeper, on_disposed=self._forget)
         with self._lock:
@@ -368,8 +370,11 @@ class Discovery:
                         scheduler=scheduler or self._runtime.timer, **options)
 
     def _forget(self, registration: Registration) -> None:
+        """A registration was disposed: release what only it used."""
         with self._lock:
             self._registrations.discard(registration)
+        self._groups.give_back(registration.service)
+        self._keepers.give_back(registration._runtime.timer)
 
     def get(self, service: str, shard: str | None = None) -> ServiceQuery:
         """A one-shot query of ``service`` (of one shard when given); reads on first use.
@@ -457,6 +462,27 @@ class Discovery:
         return shared
 
 
+def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],
+              service: str) -> reactivex.Observable[T]:
+    """The items ``expand`` derives from each change, emitted synchronously on the thread of
+    the change. (``flat_map`` would build an Observable per change and subscriber: ~50x the
+    cost per subscriber per event; and it turns an exception raised by the observer into
+    ``on_error``, ending the stream.) An observer that raises on one item is logged, still
+    gets the others and keeps its subscription."""
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        emit = _guarded(observer, service)
+
+        def on_next(change: Change[V]) -> None:
+            for item in expand(change):
+                emit(item)  # one that raises is logged: go on with the next item
+
+        return changes.subscribe(on_next, observer.on_error, observer.on_completed)
+
+    return reactivex.create(subscribe)
+
+
 def _events(change: Change[Host]) -> list[HostEvent]:
     """The events of a change; none for a first snapshot (nothing happened, it was there)."""
     if change.initial:
@@ -488,4 +514,31 @@ def _credentials_of(service: Service) -> Credentials:
 
 def _deliver(stream: reactivex.Observable[T], observe_on: abc.SchedulerBase | None
              ) -> reactivex.Observable[T]:
-    return stream if observe_on is None else stream.pipe(operators.observe_on(observe_on))
+    """``stream`` delivered on ``observe_on`` (when given), where an observer that raises is
+    logged and keeps its subscription, as on the watch thread: the exception must not end
+    the subscription nor escape into that scheduler (an EventLoopScheduler's thread dies of
+    it, and with it every stream delivered there)."""
+    if observe_on is None:
+        return stream
+    moved = stream.pipe(operators.observe_on(observe_on))
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        return moved.subscribe(_guarded(observer, "observe_on"), observer.on_error,
+                               observer.on_completed)
+
+    return reactivex.create(subscribe)
+
+
+def _guarded(observer: abc.ObserverBase[T], label: str) -> Callable[[T], None]:
+    """``observer.on_next``, logging what it raises (user code) instead of letting it end
+    the subscription or escape into the library's thread or the user's scheduler."""
+    emit = observer.on_next
+
+    def on_next(value: T) -> None:
+        try:
+            emit(value)
+        except Exception:
+            log.exception("%s: an observer raised; it keeps its subscription", label)
+
+    return on_next

@@ -193,14 +193,16 @@ class EmbeddedEtcd(_Started):
         name: the member name.
         client_port, peer_port, metrics_port: the ports it listens on (fixed at creation and
             kept across restarts).
-        data_dir: its data directory (kept across restarts, removed by :meth:`close`).
+        data_dir: its data directory (kept across restarts, removed by :meth:`close` unless
+            it was given).
     """
 
     def __init__(self, *, name: str = "default", extra_args: Sequence[str] = (),
                  tls: TLSFiles | None = None, auth_token_ttl: int | None = None,
                  ready_timeout: float = _READY_TIMEOUT,
                  initial_cluster: str | None = None, cluster_token: str | None = None,
-                 ports: tuple[int, int, int] | None = None) -> None:
+                 ports: tuple[int, int, int] | None = None,
+                 data_dir: str | None = None) -> None:
         """Prepare (but do not start) a member.
 
         Args:
@@ -213,6 +215,8 @@ class EmbeddedEtcd(_Started):
                 alone).
             cluster_token: ``--initial-cluster-token`` (cluster mode).
             ports: (client, peer, metrics) ports; default: free ports.
+            data_dir: keep the data in this directory, which :meth:`close` leaves in place
+                (default: a temporary directory, deleted by :meth:`close`).
         """
         self.name = name
         self.extra_args = list(extra_args)
@@ -223,6 +227,7 @@ class EmbeddedEtcd(_Started):
         self._initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self._cluster_token = cluster_token
         self._base_dir: str | None = None
+        self._kept_data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._log: str | None = None
 
@@ -252,6 +257,8 @@ class EmbeddedEtcd(_Started):
     @property
     def data_dir(self) -> str:
         """The data directory (created on first use)."""
+        if self._kept_data_dir is not None:
+            return self._kept_data_dir
         return os.path.join(self._base(), "data")
 
     @property
@@ -414,6 +421,7 @@ class EmbeddedEtcd(_Started):
             "--initial-cluster", self._initial_cluster,
             "--listen-metrics-urls", self.metrics_url,
             "--log-level", "error",
+            "--enable-v2=true",  # the v2 keys API of Go etcd-discovery (etcd 3.5; 3.6 has none)
         ]
         if self._cluster_token:
             command += ["--initial-cluster-token", self._cluster_token]

@@ -6,10 +6,17 @@ Lifecycle (reported on :attr:`Registration.status`)::
          ^  (retry with jittered backoff)              |  lease gone, key deleted, or no
          |                                             v  refresh for a whole ttl
          +---------------------------------------- LOST
+    REGISTERING/LOST --permanent error (denied, too large)--> FAILED --(retried slowly)--> ...
     any state --dispose()--> DISPOSED (lease revoked: the host key vanishes at once)
 
 Background work runs on the Discovery's I/O scheduler; delays (keepalive period, backoff)
 are measured on the registration's ``scheduler``, so a ``TestScheduler`` drives them.
+
+Status and credentials reach observers through :class:`~rx_discovery._serial.SerialSubject`:
+a state change enqueues under the registration's lock and the value is delivered after the
+lock is released, on an I/O thread, never on the store's watch thread nor inside the lease
+keeper's refresh (both hand off to the I/O scheduler first). Recovery is always scheduled
+before anything is emitted, so an observer that raises or blocks cannot stop healing.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import dataclasses
 import enum
 import functools
 import html
+import json
 import logging
 import math
 import os
@@ -29,16 +37,16 @@ from typing import Any
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.disposable import SerialDisposable
-from reactivex.subject import BehaviorSubject
+from reactivex.disposable import Disposable, SerialDisposable
 
 from rx_discovery._errors import (
-    AuthenticationFailed,
     LeaseNotFound,
     RegistrationError,
+    StoreError,
 )
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._runtime import Backoff, Runtime
+from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
 from rx_discovery.keys import Keyspace
 from rx_discovery.model import (
@@ -52,18 +60,28 @@ from rx_discovery.model import (
 from rx_discovery.store import Store
 from rx_discovery.sync import Change
 
-__all__ = ["Registration", "RegistrationStatus", "ServiceGroup", "prepare_host", "service_document",
-           "validate_ttl"]
+__all__ = ["MAX_WRITE_BYTES", "Registration", "RegistrationStatus", "ServiceGroup",
+           "check_write_sizes", "prepare_host", "service_document", "validate_ttl"]
 
 log = logging.getLogger("rx_discovery")
 
 
 class RegistrationStatus(enum.Enum):
-    """Where a registration stands."""
+    """Where a registration stands.
+
+    REGISTERING: first attempts (transient failures are retried with backoff);
+    REGISTERED: the host key and the service key are stored and the lease kept alive;
+    LOST: the lease or the key was lost, registering again;
+    FAILED: etcd refused the registration for a reason retrying will not fix by itself
+    (authentication, permission, a value over its request limit): retried slowly, see
+    :attr:`Registration.reason`; REGISTERED again once it works;
+    DISPOSED: disposed (the last status; the stream completes).
+    """
 
     REGISTERING = "registering"
     REGISTERED = "registered"
     LOST = "lost"
+    FAILED = "failed"
     DISPOSED = "disposed"
 
 
@@ -116,6 +134,33 @@ def prepare_host(service: str, host: Host) -> Host:
     )
 
 
+MAX_WRITE_BYTES = 1_572_864 - 4_096
+"""The most a key and its value may take in one put: etcd's default request limit
+(``--max-request-bytes``, 1.5 MiB) less a margin for the request's envelope."""
+
+
+def check_write_sizes(host_key: str, host: Host, service_key: str, service: Service) -> None:
+    """Check, before any I/O, that each put a registration makes fits in one etcd request.
+
+    Raises:
+        ValueError: naming the largest field of the document that does not fit (never its
+            value).
+    """
+    for what, key, document in (("host", host_key, host), ("service document", service_key,
+                                                              service)):
+        size = len(key.encode()) + len(document.to_json().encode())
+        if size > MAX_WRITE_BYTES:
+            fields = {name: len(json.dumps(value)) for name, value
+                      in json.loads(document.to_json()).items()}
+            largest = max(fields, key=lambda name: fields[name])
+            if isinstance(document, Host) and largest == "name":
+                largest = "hostname"
+            raise ValueError(
+                f"the {what} is too large to register: its key and JSON take {size} bytes, "
+                f"over etcd's request limit ({MAX_WRITE_BYTES} bytes with the envelope's "
+                f"margin); its largest field is {largest!r} ({fields[largest]} bytes)")
+
+
 def service_document(service: str, host: Host) -> Service:
     """The service key's content for a registered host (public hosts publish their address
     and credentials)."""
@@ -129,13 +174,18 @@ _SERVICE_WRITE_INTERVAL = 0.05
 """Seconds between two writes of a service key by one group: a burst of registrations shares
 one write per interval instead of writing once per round trip."""
 
+_DISPOSE_TIMEOUT = 10.0
+"""Default seconds :meth:`Registration.dispose` waits for a registration write in flight."""
+
 
 class ServiceGroup:
     """The registrations of one service held by a Discovery.
 
     They share one subscription to the service's host changes (a registration whose key is
-    deleted heals) and, when one is public, one to its service key (credential sync): a change
-    costs a dictionary lookup, not one callback per registration.
+    deleted heals) and one to its service key (credential sync; a deleted service key is
+    written again): a change costs a dictionary lookup, not one callback per registration.
+    Both callbacks run on the store's watch thread and only record what they saw: the work
+    (and every call into user code) is handed off to the I/O scheduler.
 
     They also share the writes of the service key. A registration that wrote its host key asks
     for its service document to be stored and is told (``_service_written``) once a write that
@@ -147,6 +197,11 @@ class ServiceGroup:
     holding a thread, so a burst of registrations shares a few writes. A document already
     stored (by the group or, as seen on the watch, by another host) is not written again
     unless forced.
+
+    Credential sync, as the Go package: a registration's own service key write wins (it
+    ignores what the key held before), and a registered host adopts the credentials of every
+    later public document written by others (a non-public document changes nobody's
+    credentials: a deliberate difference, Go wipes them).
 
     Args:
         store: where the service key is written.
@@ -164,25 +219,23 @@ class ServiceGroup:
         self._lock = threading.Lock()
         self._members: dict[str, Registration] = {}  # read without the lock by the watch
         self._subscriptions: list[abc.DisposableBase] = []
-        self._watching_services = False
         # Service key writes, one at a time: the next serves every request waiting when it starts
         self._document: Service | None = None  # the latest asked for (or seen stored)
         self._stored = False  # the key holds _document
+        self._stored_revision = 0  # since when (our write, or another's seen on the watch)
         self._waiting: list[tuple[Registration, int]] = []  # (who, lease) until the next write
         self._writer = False  # a write is running or scheduled
         self._next_write = -math.inf  # no write before (one interval after the last one)
         self._revision = 0  # of our last write: older service changes are our own echoes
+        self._seen: tuple[int, Service | None] = (0, None)  # the latest service change seen
 
     def add(self, registration: Registration) -> None:
         with self._lock:
             first = not self._members
             self._members[registration.uuid] = registration
-            public = registration.host.public and not self._watching_services
-            self._watching_services |= public
         # outside the lock: a subscription may deliver the current state at once
         if first:
             self._keep(self._hosts.observe().subscribe(on_next=self._on_hosts))
-        if public:
             self._keep(self._services.subscribe(on_next=self._on_services))
 
     def ensure_loaded(self) -> None:
@@ -202,7 +255,7 @@ class ServiceGroup:
             if self._members:
                 return
             subscriptions, self._subscriptions = self._subscriptions, []
-            self._watching_services, self._document, self._stored = False, None, False
+            self._document, self._stored, self._seen = None, False, (0, None)
         for subscription in subscriptions:
             subscription.dispose()
 
@@ -211,27 +264,34 @@ class ServiceGroup:
         """Ask for ``document`` to be stored for ``registration`` (holding ``lease``).
 
         Without ``force``, a document already stored needs no write (a registration that
-        heals forces: the key may have been deleted). ``registration._service_written(lease)``
-        is called once it is stored (at once if it already is), ``_service_failed(lease,
-        error)`` if the write failed (the registration asks again later). When a write is
-        due, it runs now, on the caller's thread.
+        heals forces: the key may have been deleted). ``registration._service_written(lease,
+        revision, stored, seen)`` is called once it is stored (at once if it already is),
+        ``_service_failed(lease, error)`` if the write failed (the registration asks again
+        later). When a write is due, it runs now, on the caller's thread.
         """
         runtime = registration._runtime
         with self._lock:
             if force or document != self._document:
                 self._document, self._stored = document, False
             stored = self._stored
+            answer = (self._stored_revision, self._document, self._seen_after(
+                self._stored_revision))
             start = not stored and not self._writer
             if not stored:
                 self._waiting.append((registration, lease))
                 self._writer = True
             delay = self._delay(runtime) if start else 0.0
         if stored:
-            registration._service_written(lease)
+            registration._service_written(lease, *answer)
         elif start and delay > 0:
             runtime.after(delay, lambda: self._write(runtime))
         elif start:
             self._write(runtime)
+
+    def _seen_after(self, revision: int) -> Service | None:
+        """The document another host wrote after ``revision``, if the watch saw one."""
+        seen_revision, seen = self._seen
+        return seen if seen_revision > revision else None
 
     def _delay(self, runtime: Runtime) -> float:
         """Seconds until the next write may start, on ``runtime``'s clock (clamped to one
@@ -245,6 +305,7 @@ class ServiceGroup:
             document, answered, self._waiting = self._document, self._waiting, []
             self._next_write = runtime.now() + _SERVICE_WRITE_INTERVAL
         error: Exception | None = None
+        revision = 0
         if document is not None:  # None: the group emptied, nobody waits
             try:
                 revision = self._store.put(self._service_key, document.to_json().encode())
@@ -253,16 +314,18 @@ class ServiceGroup:
         with self._lock:
             if error is None and document is not None:
                 self._revision = max(self._revision, revision)
-                self._stored |= document is self._document  # not replaced meanwhile
+                if document is self._document:  # not replaced meanwhile
+                    self._stored, self._stored_revision = True, revision
             again = self._writer = bool(self._waiting)
             delay = self._delay(runtime)
+            seen = self._seen_after(revision)
         for registration, lease in answered:
             try:
-                if error is None:
-                    registration._service_written(lease)
-                else:
+                if error is not None:
                     registration._service_failed(lease, error)
-            except Exception:  # e.g. a status observer raised: the others must still be told
+                elif document is not None:
+                    registration._service_written(lease, revision, document, seen)
+            except Exception:  # a bug must not leave the others waiting
                 log.exception("%s: could not complete the registration", registration._label)
         if again:
             runtime.after(delay, lambda: self._write(runtime))
@@ -275,6 +338,7 @@ class ServiceGroup:
         subscription.dispose()  # the group emptied meanwhile
 
     def _on_hosts(self, change: Change[Host]) -> None:
+        """On the watch thread: tell the members whose key was deleted (they hand off)."""
         if change.initial or not change.removed:
             return
         members = self._members
@@ -284,14 +348,25 @@ class ServiceGroup:
                 registration._on_removed(change.revision)
 
     def _on_services(self, change: Change[Service]) -> None:
+        """On the watch thread: remember what the service key holds; members adopt the
+        credentials of a later write by others; a deletion after our write is repaired."""
+        document = next(iter(change.items.values()), None)
         with self._lock:
-            if change.revision > self._revision and not self._writer:
-                for service in change.items.values():
-                    self._document, self._stored = service, True  # stored by another host
+            self._seen = max(self._seen, (change.revision, document), key=lambda s: s[0])
+            deleted = (document is None and self._stored
+                       and change.revision > self._stored_revision)
+            if deleted:
+                self._stored = False
+            elif (document is not None and change.revision > self._revision
+                  and not self._writer):
+                self._document, self._stored = document, True  # stored by another host
+                self._stored_revision = change.revision
             members = list(self._members.values())
-        for service in change.items.values():
-            for registration in members:
-                registration._on_service(service)
+        for registration in members:
+            if deleted:
+                registration._service_deleted()
+            elif document is not None:
+                registration._on_service(document, change.revision)
 
 
 class Registration(abc.DisposableBase):
@@ -326,17 +401,25 @@ class Registration(abc.DisposableBase):
         # From start (or a loss) to the host put: a loss signalled meanwhile is already being
         # repaired, unless our key is deleted after that put (_removed_revision).
         self._registering = True
-        self._removed_revision = 0
+        self._removed_revision = 0  # the latest deletion of our key the watch saw
+        self._in_flight = 0  # thread id of a registration write running (dispose waits for it)
         self._keeping: abc.DisposableBase | None = None  # the keeper's hold on our lease
         self._put_revision = 0  # revision of our last host put; older deletions are stale
+        self._service_revision = 0  # of the service key write that served us (0: none yet)
         self._last_refresh = 0.0
         self._last_error: Exception | None = None
-        self._disposed = False
+        self._state = RegistrationStatus.REGISTERING
+        self._reason = ""
+        self._disposed = False  # no more work (set first by dispose or Discovery.close)
+        self._stopped = False  # dispose's steps are done or under way
         self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
+        self._slow = Backoff(initial=30.0, maximum=60.0)  # after a permanent error
         self._pending = SerialDisposable()
-        self._status: BehaviorSubject[RegistrationStatus] = BehaviorSubject(
-            RegistrationStatus.REGISTERING)
-        self._credentials: BehaviorSubject[Credentials] = BehaviorSubject(host.credentials)
+        label = f"registration {service}/{host.uuid}"
+        self._status: SerialSubject[RegistrationStatus] = SerialSubject(
+            f"{label} status", replay=True, initial=self._state, has_initial=True)
+        self._credentials: SerialSubject[Credentials] = SerialSubject(
+            f"{label} credentials", replay=True, initial=host.credentials, has_initial=True)
         self._group = group
         self._keeper = keeper
         self._on_disposed = on_disposed
@@ -351,81 +434,105 @@ class Registration(abc.DisposableBase):
     @property
     def ready(self) -> bool:
         """True while the host key is known to be registered (non-blocking)."""
-        return self._status.value is RegistrationStatus.REGISTERED
+        return self._state is RegistrationStatus.REGISTERED
 
     @property
     def current_status(self) -> RegistrationStatus:
         """The status now."""
-        return self._status.value
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        """Why the registration is not REGISTERED, as the last error says (its type and
+        message, never a secret); "" while registered or before any error."""
+        return "" if self._state is RegistrationStatus.REGISTERED else self._reason
 
     @property
     def status(self) -> reactivex.Observable[RegistrationStatus]:
         """The current status, then every change; completes after DISPOSED.
 
-        Emits on the Discovery's I/O thread (or the caller's, on dispose).
+        Emits on an I/O thread of the Discovery (or the caller's, on dispose), outside every
+        library lock, one value at a time; an observer that raises is logged and changes
+        nothing else.
         """
-        return self._status.pipe(operators.distinct_until_changed())
+        return self._status.observe().pipe(operators.distinct_until_changed())
 
     @property
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
-        another host of a public service (the host key is rewritten with them)."""
-        return self._credentials.pipe(operators.distinct_until_changed())
+        another host of a public service (the host key is rewritten with them first).
+        Emits on an I/O thread, outside every library lock; completes after DISPOSED."""
+        return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
         """Block until the host is first registered; returns the registration.
 
         Raises:
             RegistrationError: not registered within ``timeout`` seconds (the message says the
-                last error), disposed first, or refused by etcd (authentication/permission).
+                last error), disposed first, or refused by etcd (FAILED: authentication,
+                permission, request size; the message says why).
         """
         with self._lock:
             ok = self._lock.wait_for(self._settled, timeout)
             if self._disposed:
                 raise RegistrationError(f"registration of {self.service!r} was disposed")
-            if isinstance(self._last_error, AuthenticationFailed) and not self.ready:
+            if self._state is RegistrationStatus.FAILED:
                 raise RegistrationError(
-                    f"registration of {self.service!r} refused: {self._last_error}")
+                    f"registration of {self.service!r} refused: {self._reason}")
             if not ok:
                 raise RegistrationError(
                     f"registration of {self.service!r} not done after {timeout}s"
-                    + (f" (last error: {type(self._last_error).__name__}: {self._last_error})"
-                       if self._last_error else ""))
+                    + (f" (last error: {self._reason})" if self._reason else ""))
         return self
 
-    def dispose(self) -> None:
+    def dispose(self, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
         """Stop keeping the host alive and revoke its lease, so its key vanishes at once.
 
-        Idempotent. If etcd cannot be reached the lease expires by itself after ``ttl``.
+        A registration write in flight is waited for (up to ``timeout`` seconds, None: no
+        limit) and its lease revoked, so the key does not appear after this returns. Idempotent.
+        If etcd cannot be reached the lease expires by itself after ``ttl`` (logged at
+        WARNING).
         """
-        self._stop(revoke=True)
+        self._stop(revoke=True, timeout=timeout)
 
-    def _stop(self, revoke: bool) -> None:
-        """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
-        to expire), which :func:`rx_discovery.testing.crash` uses."""
+    def _cancel(self) -> None:
+        """Stop every background step now (without waiting): a write in flight revokes its
+        own lease when it returns. :meth:`Discovery.close` cancels them all, then disposes."""
         with self._lock:
-            if self._disposed:
-                return
             self._disposed = True
-            lease, self._lease = self._lease, 0
-            keeping, self._keeping = self._keeping, None
             self._lock.notify_all()
         self._pending.dispose()
+
+    def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
+        """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
+        to expire), which :func:`rx_discovery.testing.crash` uses."""
+        self._cancel()
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            finished = True
+            if self._in_flight and self._in_flight != threading.get_ident():
+                finished = self._lock.wait_for(lambda: not self._in_flight, timeout)
+            lease, self._lease = self._lease, 0
+            keeping, self._keeping = self._keeping, None
+        if not finished:
+            log.warning("%s: a registration write still runs after %ss; if it stores the key, "
+                        "its lease is revoked when it returns", self._label, timeout)
         if keeping is not None:
             keeping.dispose()
         self._group.remove(self)
         if self._on_disposed is not None:
             self._on_disposed(self)
         if lease and revoke:
-            try:
-                self._store.revoke(lease)
-            except Exception as error:
-                log.warning("%s: could not revoke lease on dispose (%s); the key expires in "
-                            "%ss", self._label, type(error).__name__, self.ttl)
+            self._revoke(lease, "on dispose")
         log.info("%s: disposed", self._label)
-        self._status.on_next(RegistrationStatus.DISPOSED)
-        self._status.on_completed()
-        self._credentials.on_completed()
+        with self._lock:
+            self._state = RegistrationStatus.DISPOSED
+            self._status.enqueue(RegistrationStatus.DISPOSED)
+            self._status.enqueue_completed()
+            self._credentials.enqueue_completed()
+        self._flush()
 
     def __enter__(self) -> Registration:
         return self
@@ -454,59 +561,115 @@ class Registration(abc.DisposableBase):
         return f"registration {self.service}/{self.uuid}"
 
     def _settled(self) -> bool:
-        return (self._disposed or self.ready
-                or isinstance(self._last_error, AuthenticationFailed))
+        return self._disposed or self._state in (RegistrationStatus.REGISTERED,
+                                                 RegistrationStatus.FAILED)
 
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
         self._group.add(self)
-        self._pending.disposable = self._runtime.run(self._register)
+        # Not kept in _pending: _register may fail and schedule its retry there before run()
+        # returns (on another thread, or inline); a dispose before it runs makes it a no-op.
+        self._runtime.run(self._register)
 
-    def _set_status(self, status: RegistrationStatus) -> None:
+    def _flush(self) -> None:
+        """Deliver the queued status and credentials (never under a library lock)."""
+        self._status.flush()
+        self._credentials.flush()
+
+    def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
+                    hand_off: bool = False) -> None:
+        """Change the status (and reason) and deliver it: here (the caller holds no library
+        lock and is on an I/O thread), or with ``hand_off`` in a task of its own (the caller
+        must not wait for observers: it answers others)."""
         with self._lock:
             if self._disposed:
                 return
-            self._status.on_next(status)
-            self._lock.notify_all()
+            self._enter(status, reason)
+        if hand_off:
+            self._runtime.run(self._flush)
+        else:
+            self._flush()
 
-    def _failed(self, error: Exception, what: str) -> float:
+    def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
+        """Under the lock: the new state, queued for the status observers."""
+        self._state = status
+        if reason is not None:
+            self._reason = reason
+        self._status.enqueue(status)
+        self._lock.notify_all()
+
+    def _failed(self, error: Exception, what: str) -> tuple[float, str | None]:
+        """Record a failure; returns the delay before trying again and, for a permanent
+        error (``StoreError.permanent``, retried only slowly), the reason to report as FAILED
+        once the retry is scheduled."""
+        permanent = isinstance(error, StoreError) and error.permanent
+        reason = f"{what} failed ({type(error).__name__}: {error})"
         with self._lock:
-            self._last_error = error
+            self._last_error, self._reason = error, reason
             self._lock.notify_all()
-        delay = self._backoff.next()
-        log.log(logging.INFO if self._backoff.attempt == 1 else logging.DEBUG,
-                "%s: %s failed (%s: %s); retrying in %.2fs", self._label, what,
-                type(error).__name__, error, delay)
-        return delay
+        backoff = self._slow if permanent else self._backoff
+        delay = backoff.next()
+        log.log(logging.WARNING if permanent else
+                logging.INFO if backoff.attempt == 1 else logging.DEBUG,
+                "%s: %s; retrying in %.2fs", self._label, reason, delay)
+        return delay, reason if permanent else None
+
+    def _retry_later(self, error: Exception, what: str, action: Callable[[], None]) -> None:
+        """Try ``action`` again after the backoff ``error`` calls for; then report FAILED if
+        the error is permanent."""
+        delay, refused = self._failed(error, what)
+        with self._lock:
+            if not self._disposed:
+                self._pending.disposable = self._runtime.after(delay, action)
+        if refused is not None:
+            self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
     def _register(self) -> None:
-        if self._disposed:
-            return
+        with self._lock:
+            if self._disposed:
+                return
+            self._in_flight = threading.get_ident()
+        try:
+            follow_up = self._register_once()
+        finally:
+            with self._lock:
+                self._in_flight = 0
+                self._lock.notify_all()
+        follow_up()  # after the write is no longer in flight: it may call user code
+
+    def _register_once(self) -> Callable[[], None]:
+        """Grant a lease and put the host key; returns what to do next (outside the
+        in-flight window)."""
         host, old_lease, renewing = self._host, self._lease, self._lease != 0 or self._ever
         try:
             self._group.ensure_loaded()
             lease = self._store.grant(math.ceil(self.ttl))
+        except Exception as error:
+            return functools.partial(self._retry_later, error, "register", self._register)
+        try:
             revision = self._store.put(self.key, host.to_json().encode(), lease.id)
         except Exception as error:
-            if not self._disposed:
-                self._pending.disposable = self._runtime.after(
-                    self._failed(error, "register"), self._register)
-            return
+            self._revoke(lease.id, "after a failed put")  # else one lease leaks per attempt
+            return functools.partial(self._retry_later, error, "register", self._register)
         with self._lock:
-            if self._disposed:
-                self._revoke_quietly(lease.id)
-                return
-            self._lease, self._put_revision, self._ever = lease.id, revision, True
-            self._lease_ttl, self._registering = lease.ttl, False
-            self._last_refresh = self._runtime.now()
-            self._keeping = self._keeper.keep(
-                lease.id, lease.ttl, functools.partial(self._on_keepalive, lease.id))
+            disposed = self._disposed
+            if not disposed:
+                self._lease, self._put_revision, self._ever = lease.id, revision, True
+                self._lease_ttl, self._registering = lease.ttl, False
+                self._last_refresh = self._runtime.now()
+                self._keeping = self._keeper.keep(
+                    lease.id, lease.ttl, functools.partial(self._on_keepalive, lease.id))
+                changed = self._host is not host  # credentials adopted meanwhile
+        if disposed:  # disposed while the put was in flight: dispose waits for this revoke
+            self._revoke(lease.id, "of a registration disposed while it was written")
+            return _nothing
         if old_lease:
-            self._revoke_quietly(old_lease)
+            self._revoke(old_lease, "replaced", quiet=True)
         if self._removed_revision > revision:  # the watch saw it before we saw our put
-            self._lost("its key was deleted")
-            return
-        self._write_service(lease.id, renewing)
+            return functools.partial(self._lost, "its key was deleted")
+        if changed:
+            self._runtime.run(self._rewrite_host)
+        return functools.partial(self._write_service, lease.id, renewing)
 
     def _write_service(self, lease: int, force: bool) -> None:
         """Ask the group to store our service document; REGISTERED once it is."""
@@ -514,89 +677,163 @@ class Registration(abc.DisposableBase):
             self._group.write_service(self, lease, service_document(self.service, self._host),
                                       force)
 
-    def _service_written(self, lease: int) -> None:
-        """The service key holds our document (or a later one), written after we asked."""
+    def _service_written(self, lease: int, revision: int, stored: Service,
+                         seen: Service | None) -> None:
+        """The service key holds ``stored`` (our document or a later one of the same write),
+        written at ``revision`` after we asked; ``seen``: what another host wrote after that,
+        as the watch already told. Adopt their credentials (Go: the last writer wins)."""
         with self._lock:
             if self._disposed or lease != self._lease:
                 return  # disposed, or registering again with another lease
+            self._service_revision = max(self._service_revision, revision)
+            changed = self._adopt(stored)
+            if seen is not None:
+                changed |= self._adopt(seen)
             self._last_error = None
             self._backoff.reset()
+            self._slow.reset()
+        if changed:
+            self._runtime.run(self._rewrite_host)
         log.info("%s: registered (lease %x, ttl %ss)", self._label, lease, self._lease_ttl)
-        self._set_status(RegistrationStatus.REGISTERED)
+        # the group tells the others of its write after us: our observers must not delay them
+        self._set_status(RegistrationStatus.REGISTERED, "", hand_off=True)
 
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its
         lease stay, kept alive)."""
         if self._disposed or lease != self._lease:
             return
-        self._pending.disposable = self._runtime.after(
-            self._failed(error, "service key write"), lambda: self._write_service(lease, True))
+        self._retry_later(error, "service key write",
+                          lambda: self._write_service(lease, True))
 
     def _on_keepalive(self, lease: int, error: Exception | None) -> None:
-        """The outcome of a refresh of ``lease`` (on the I/O scheduler)."""
+        """The outcome of a refresh of ``lease``, told by the keeper inside its batch: only
+        record it; anything more (and every emission) runs in a task of its own."""
         if self._disposed or lease != self._lease:
             return  # an answer for a lease we replaced
         if error is None:
             with self._lock:
-                self._last_refresh, self._last_error = self._runtime.now(), None
-        elif isinstance(error, LeaseNotFound):
-            self._lost("the lease expired or was revoked")
+                self._last_refresh = self._runtime.now()
+                recovered = (self._state is RegistrationStatus.FAILED and not self._registering
+                             and self._service_revision > 0)
+                self._last_error = None
+            if recovered:  # refused refreshes work again
+                self._runtime.run(lambda: self._keepalive_recovered(lease))
         else:
-            self._failed(error, "keepalive")
-            if self._runtime.now() - self._last_refresh >= self.ttl:
-                self._lost(f"no keepalive for {self.ttl:g}s")
+            self._runtime.run(lambda: self._keepalive_failed(lease, error))
+
+    def _keepalive_recovered(self, lease: int) -> None:
+        with self._lock:
+            recovered = (lease == self._lease and not self._registering
+                         and self._state is RegistrationStatus.FAILED)
+        if recovered:
+            self._set_status(RegistrationStatus.REGISTERED, "")
+
+    def _keepalive_failed(self, lease: int, error: Exception) -> None:
+        if self._disposed or lease != self._lease:
+            return
+        if isinstance(error, LeaseNotFound):
+            self._lost("the lease expired or was revoked")
+            return
+        _, refused = self._failed(error, "keepalive")
+        if self._runtime.now() - self._last_refresh >= self.ttl:
+            self._lost(f"no keepalive for {self.ttl:g}s")
+        elif refused is not None:
+            self._set_status(RegistrationStatus.FAILED, refused)
 
     def _lost(self, reason: str) -> None:
+        """Register again (scheduled first), then deliver LOST."""
         with self._lock:
             if self._disposed or self._registering:
                 return  # already registering again
             self._registering = True
             keeping, self._keeping = self._keeping, None
+            self._pending.disposable = Disposable()  # a retry of the old lease's writes
+            self._enter(RegistrationStatus.LOST, f"lost: {reason}")  # before the new attempt
+        self._runtime.run(self._register)  # not in _pending: see start()
         if keeping is not None:
             keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
-        self._set_status(RegistrationStatus.LOST)
-        self._pending.disposable = self._runtime.run(self._register)
+        self._flush()  # once the recovery is scheduled
 
-    def _revoke_quietly(self, lease: int) -> None:
+    def _revoke(self, lease: int, why: str, quiet: bool = False) -> None:
+        """Revoke ``lease``; a failure is logged at WARNING (the key stays until the lease
+        expires), or at DEBUG when ``quiet`` (an old lease, usually gone already)."""
         try:
             self._store.revoke(lease)
-        except Exception:  # the lease expires by itself
-            log.debug("%s: could not revoke old lease %x", self._label, lease)
+        except Exception as error:
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "%s: could not revoke lease %x %s (%s); its key expires within %ss",
+                    self._label, lease, why, type(error).__name__, self.ttl)
 
     # --- what others write --------------------------------------------------------------
 
     def _on_removed(self, revision: int) -> None:
-        """Our key was deleted (on the watch thread): unless it is an old deletion, we lost it
-        behind our back (key deleted, lease revoked or expired): register again."""
+        """Our key was deleted (on the watch thread): remember it and hand off."""
         self._removed_revision = max(self._removed_revision, revision)
+        self._runtime.run(lambda: self._check_removed(revision))
+
+    def _check_removed(self, revision: int) -> None:
+        """Unless it is an old deletion (or a registration write in flight will see it), we
+        lost our key behind our back (key deleted, lease revoked or expired): register again."""
         if revision > self._put_revision and not self._registering:
             self._lost("its key was deleted")
 
-    def _on_service(self, service: Service) -> None:
-        """Credential synchronisation: adopt credentials another host wrote."""
-        if not service.public or not self._host.public or self._disposed:
-            return
+    def _service_deleted(self) -> None:
+        """The service key was deleted (on the watch thread): a registered host writes it
+        again (a registering one will anyway)."""
+        lease = self._lease
+        if lease and not self._registering and not self._disposed:
+            self._runtime.run(lambda: self._write_service(lease, True))
+
+    def _on_service(self, service: Service, revision: int) -> None:
+        """Credential synchronisation (on the watch thread): adopt the credentials another
+        host wrote after our own service key write; the rewrite and the emission hand off."""
+        with self._lock:
+            if (self._disposed or not self._service_revision
+                    or revision <= self._service_revision):
+                return  # not written yet (our write wins), or older than our write
+            changed = self._adopt(service)
+        if changed:
+            log.info("%s: credentials changed by another host; rewriting the host key",
+                     self._label)
+            self._runtime.run(self._rewrite_host)
+
+    def _adopt(self, service: Service) -> bool:
+        """Take the credentials of a public ``service`` document (under the lock); queue them
+        for the credentials observers. True if they changed."""
+        if not service.public or not self._host.public:
+            return False
         credentials = service.credentials
         if credentials == self._host.credentials:
-            return
+            return False
         self._host = dataclasses.replace(self._host, user=credentials.user,
                                          password=credentials.password)
-        log.info("%s: credentials changed by another host; rewriting the host key", self._label)
-        self._credentials.on_next(credentials)
-        self._pending_rewrite()
+        self._credentials.enqueue(credentials)
+        return True
 
-    def _pending_rewrite(self) -> None:
-        def rewrite() -> None:
-            lease = self._lease
-            if self._disposed or not lease:
-                return  # a later registration writes the current host anyway
+    def _rewrite_host(self) -> None:
+        """Store the current host under the current lease (on an I/O thread), then deliver
+        the credentials queued."""
+        with self._lock:
+            lease, host = self._lease, self._host
+            write = not self._disposed and lease != 0 and not self._registering
+        if write:
             try:
-                self._put_revision = self._store.put(self.key, self._host.to_json().encode(),
-                                                     lease)
+                revision = self._store.put(self.key, host.to_json().encode(), lease)
             except LeaseNotFound:
                 self._lost("the lease expired or was revoked")
             except Exception as error:
-                self._runtime.after(self._failed(error, "credential update"), rewrite)
+                self._retry_later(error, "credential update", self._rewrite_host)
+            else:
+                with self._lock:
+                    self._put_revision = max(self._put_revision, revision)
+                    again = self._host is not host and lease == self._lease
+                if again:
+                    self._runtime.run(self._rewrite_host)
+        # else: the registration in flight writes the current host
+        self._flush()
 
-        self._runtime.run(rewrite)
+
+def _nothing() -> None:
+    pass

@@ -10,8 +10,10 @@ Thread: changes are *enqueued* (``publish``, ``report``) under the sync's lock, 
 watch thread (etcd: the watch reader thread; memory: the store's scheduler), on the I/O
 scheduler (background reads) or on a subscriber's thread (a first read at subscribe time);
 never two at once, in revision order. ``flush`` is called after the lock is released, so user
-observers never run under it. Recovery (the next watch, a retry) is always in place before
-``flush`` runs, so an observer that raises or blocks cannot stop the sync.
+observers never run under it; after a background read it is handed off (``Runtime.hand_off``),
+so that an observer that blocks never holds an I/O worker. Recovery (the next watch, a retry)
+is always in place before ``flush`` runs, so an observer that raises or blocks cannot stop the
+sync.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from immutables import Map
-from reactivex.disposable import SerialDisposable
+from reactivex.disposable import SerialDisposable, SingleAssignmentDisposable
 
 from rx_discovery._errors import MalformedValue, RevisionCompacted
 from rx_discovery._runtime import Backoff, Runtime
@@ -139,10 +141,13 @@ class PrefixSync(Generic[T]):
         # watches are cheap to reopen: retry soon (jittered, so clients do not stampede), and
         # at most 0.5 s apart, so a stream resumes within ~1 s of etcd coming back
         self._backoff = Backoff(initial=0.05, maximum=0.5)
+        # a permanent refusal (a permission, a login) heals only when someone fixes it: retry
+        # slowly, as a refused login is (1 s doubling to 60 s), not every 0.5 s for ever
+        self._slow_backoff = Backoff(initial=1.0, maximum=60.0)
 
     @property
     def loaded(self) -> bool:
-        """True once the first state was read (and enqueued)."""
+        """True once the first state was read and enqueued."""
         return self._loaded
 
     def start(self, block: bool = False) -> None:
@@ -151,24 +156,25 @@ class PrefixSync(Generic[T]):
         background), else in the background."""
         if block and not self._stopped:
             try:
-                self._load(first=True, retry=False)
+                self._load(first=True, retry=False, hand_off=False)
                 return
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
-        self._pending.disposable = self._runtime.run(self._first_load)
+        self._later(0, self._first_load)
 
-    def ensure_loaded(self) -> None:
+    def ensure_loaded(self, hand_off: bool = False) -> None:
         """Read the first state now, on the caller's thread, unless it was read already.
 
         A registration calls it before writing its key, so that its own put reaches every
-        stream of the service as a change, and a failure to read is its own error.
+        stream of the service as a change, and a failure to read is its own error; it runs
+        on an I/O worker, so it asks to ``hand_off`` the deliveries (as background reads do).
 
         Raises:
             StoreError: the read failed (the background load keeps retrying).
         """
         if not self._loaded and not self._stopped:
-            self._load(first=True, retry=False)
+            self._load(first=True, retry=False, hand_off=hand_off)
 
     def stop(self) -> None:
         """Cancel the watch and any pending retry. Nothing is published afterwards."""
@@ -185,7 +191,7 @@ class PrefixSync(Generic[T]):
     def _resync(self) -> None:
         self._load(first=False)
 
-    def _load(self, first: bool, retry: bool = True) -> None:
+    def _load(self, first: bool, retry: bool = True, hand_off: bool = True) -> None:
         if self._stopped:
             return
         try:
@@ -195,7 +201,12 @@ class PrefixSync(Generic[T]):
                 raise
             self._retry(self._first_load if first else self._resync, error, "read")
         finally:
-            self._flush()  # outside the lock: user code; the watch or retry is in place
+            # outside the lock: user code; the watch or retry is in place. On an I/O worker
+            # hand it off: a blocking observer must not hold the worker
+            if hand_off:
+                self._runtime.hand_off(self._flush)
+            else:
+                self._flush()
 
     def _read(self, first: bool) -> None:
         snapshot = self._store.get_prefix(self._prefix)
@@ -210,14 +221,18 @@ class PrefixSync(Generic[T]):
             first = not self._loaded
             state = Map(items)
             change = _diff(self._items, state, snapshot.revision, first, resync=True)
-            self._items, self._revision, self._loaded = state, snapshot.revision, True
+            self._items, self._revision = state, snapshot.revision
             self._backoff.reset()
+            self._slow_backoff.reset()
             self._open_watch()  # recovery first: publishing enqueues only, but stay safe
             if first or not change.empty:
                 if not first:
                     log.info("%s: resynced at revision %d (%d added, %d removed)", self._name,
                              snapshot.revision, len(change.added), len(change.removed or ()))
                 self._publish(change)
+            # only now: a subscriber that sees ``loaded`` (without this lock) must find the
+            # first state enqueued already, not have it come later as unseen hosts
+            self._loaded = True
 
     # --- watch --------------------------------------------------------------------------
 
@@ -239,10 +254,11 @@ class PrefixSync(Generic[T]):
             with self._lock:
                 if token is not self._token:
                     return
-                if self._backoff.attempt:
+                if self._backoff.attempt or self._slow_backoff.attempt:
                     log.info("%s: watch resumed from revision %d", self._name,
                              self._revision + 1)
                     self._backoff.reset()
+                    self._slow_backoff.reset()
                 if not response.events:  # progress notification: nothing changed up to here
                     self._revision = max(self._revision, response.revision)
                     return
@@ -305,18 +321,29 @@ class PrefixSync(Generic[T]):
         if isinstance(error, RevisionCompacted):
             log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
                      self._name, self._revision + 1, error.compact_revision)
-            self._pending.disposable = self._runtime.run(self._resync)
+            self._later(0, self._resync)
         else:
             self._retry(self._open_watch, error, "watch")
 
     def _retry(self, action: Callable[[], None], error: Exception, what: str) -> None:
         if self._stopped:
             return
-        delay = self._backoff.next()
-        level = logging.INFO if self._backoff.attempt == 1 else logging.DEBUG
+        permanent = getattr(error, "permanent", False)
+        backoff = self._slow_backoff if permanent else self._backoff
+        delay = backoff.next()
+        level = ((logging.WARNING if permanent else logging.INFO) if backoff.attempt == 1
+                 else logging.DEBUG)
         log.log(level, "%s: %s failed (%s: %s); retrying in %.2fs", self._name, what,
                 type(error).__name__, error, delay)
-        self._pending.disposable = self._runtime.after(delay, action)
+        self._later(delay, action)
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        """Run ``action`` on the I/O scheduler after ``delay``, cancelling what was pending.
+        Recorded as pending *before* it is scheduled: a worker may run it, fail and schedule
+        its retry before ``after`` returns, and recording it then would cancel that retry."""
+        slot = SingleAssignmentDisposable()
+        self._pending.disposable = slot
+        slot.disposable = self._runtime.after(delay, action)  # disposed at once if replaced
 
     # --- decoding -----------------------------------------------------------------------
 

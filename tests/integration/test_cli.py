@@ -284,7 +284,7 @@ def test_demo_starts_an_embedded_etcd_without_configuration() -> None:
 def test_etcd_command_serves_until_sigint(cli_processes: list[Cli]) -> None:
     server = Cli("etcd", env=base_env())
     cli_processes.append(server)
-    line = server.expect(lambda text: text.startswith("ETCD_HOSTS="), timeout=30)
+    line = server.expect(lambda text: text.startswith("export ETCD_HOSTS="), timeout=30)
     endpoint = line.split("=", 1)[1]
 
     result = run_cli("ls", "--json", env=base_env(ETCD_HOSTS=endpoint))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import etcd3
 import pytest
@@ -118,3 +119,19 @@ def test_a_killed_owner_takes_its_servers_with_it() -> None:
                message="the servers to be killed")
     wait_until(lambda: not any(map(os.path.exists, directories)), timeout=10,
                message="their directories to be removed")
+
+
+def test_a_given_data_dir_is_used_once_and_kept_after_close(tmp_path: Path) -> None:
+    data = str(tmp_path / "kept")
+    server = EmbeddedEtcd(name="kept", data_dir=data)
+    command = server._command()
+    assert command.count("--data-dir") == 1 and command[command.index("--data-dir") + 1] == data
+    with server:
+        client = _client(server)
+        client.put("/kept", b"v")
+        client.close()
+    assert os.path.isdir(os.path.join(data, "member"))  # close() leaves a given directory
+    with EmbeddedEtcd(name="kept", data_dir=data) as again:
+        client = _client(again)
+        assert client.get("/kept")[0] == b"v"
+        client.close()

@@ -1,7 +1,9 @@
 """Every code block of the README runs, so the README cannot go stale.
 
-Python blocks run in order in one namespace against the session's etcd (through ETCD_HOSTS and
-a unique ETCD_PREFIX). Console blocks run each ``rx-discovery`` command: commands that end by
+Each Python block runs alone, in a fresh interpreter, against the session's etcd (through
+ETCD_HOSTS, as the README's "run `rx-discovery etcd`" line gives it, and a unique
+ETCD_PREFIX): a block that needed another block's names, or setup the README does not state,
+fails here. Console blocks run each ``rx-discovery`` command: commands that end by
 themselves must exit 0; those that run until interrupted must print, then exit 0 on SIGINT.
 The install/test commands at the top are the ones ``.ci/run`` runs.
 """
@@ -13,11 +15,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from rx_discovery import Discovery, Host
 from rx_discovery.embedded import EmbeddedEtcd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,22 +41,43 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_command() -
     assert second.strip() in ci
 
 
-def test_python_blocks_run(etcd: EmbeddedEtcd, unique_prefix: str,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ETCD_HOSTS", etcd.endpoint)
-    monkeypatch.setenv("ETCD_PREFIX", unique_prefix)
-    namespace: dict[str, object] = {"__name__": "readme"}
-    try:
-        for number, code in enumerate(blocks("python"), 1):
-            try:
-                exec(compile(code, f"README.md python block {number}", "exec"), namespace)
-            except Exception as error:
-                raise AssertionError(f"README python block {number} failed: {error!r}\n{code}"
-                                     ) from error
-    finally:
-        discovery = namespace.get("discovery")
-        if discovery is not None:
-            discovery.close()  # type: ignore[attr-defined]
+def python_blocks() -> list[tuple[int, str]]:
+    return list(enumerate(blocks("python"), 1))
+
+
+def run_block(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, check=False)
+
+
+def block_env(etcd: EmbeddedEtcd, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, "ETCD_HOSTS": etcd.endpoint, "ETCD_PREFIX": prefix}
+
+
+@pytest.mark.parametrize(("number", "code"), python_blocks(),
+                         ids=[f"block{n}" for n, _ in python_blocks()])
+def test_each_python_block_runs_alone_in_a_fresh_interpreter(
+        number: int, code: str, etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    done = run_block(code, block_env(etcd, unique_prefix))
+    assert done.returncode == 0, f"README python block {number}:\n{code}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+
+
+def test_the_composing_block_prints_its_own_host_even_when_another_exists(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """Another "api" host already registered where the examples run (the user's keyspace):
+    the block still prints its own backend's URL."""
+    [code] = [code for code in blocks("python") if "combine_latest" in code]
+    with Discovery(etcd.endpoint, prefix=unique_prefix) as discovery:
+        other = discovery.register("api", Host("10.9.9.9", ports={"http": "9"}, shard="eu"))
+        other.wait(10)
+        for _ in range(3):  # the stream's first set has both hosts; it must pick its own
+            done = run_block(code, block_env(etcd, unique_prefix))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.splitlines()[-1] == "http://10.0.0.7:8080/v1"
+        other.dispose()
 
 
 def console_commands() -> list[str]:
@@ -77,9 +100,14 @@ def test_console_commands_run(command: str, etcd: EmbeddedEtcd, unique_prefix: s
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
+        # Its first line is printed from its main loop (watch: the current hosts; etcd: the
+        # export line); register is in it once it says it is registered.
         first_line = process.stdout.readline()  # type: ignore[union-attr]
         assert first_line, process.stderr.read()  # type: ignore[union-attr]
-        time.sleep(0.2)  # let it settle into its wait; the assertion below is on the exit
+        if command.split()[1] == "register":
+            for line in process.stdout:  # type: ignore[union-attr]
+                if line.strip() == "status: registered":
+                    break
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0, err

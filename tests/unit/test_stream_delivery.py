@@ -9,14 +9,25 @@ import gc
 import threading
 from typing import Any
 
+import pytest
 import reactivex
 from reactivex import operators
+from reactivex.scheduler import ImmediateScheduler
 from reactivex.testing import TestScheduler
 from test_streams_marble import at, uuids
 
-from rx_discovery import Discovery, HostSet, StoreUnavailable
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    HostSet,
+    PermissionDenied,
+    Service,
+    StoreUnavailable,
+)
+from rx_discovery._runtime import Runtime
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
+from rx_discovery.sync import Change, Codec, PrefixSync
 from rx_discovery.testing import make_host, record
 
 
@@ -114,6 +125,37 @@ def test_an_observer_that_raises_on_one_host_still_gets_the_others(
     at(scheduler, 1, lambda: setattr(store, "reads_fail", False))
     scheduler.advance_to(5)
     assert got == ["uuid-1", "uuid-2", "uuid-3"]
+
+
+def test_a_raising_services_or_credentials_observer_keeps_its_subscription(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    store = discovery.store
+
+    def service(user: str) -> bytes:
+        return Service(name="api", critical=False, public=True, hostname="h", user=user,
+                       password="p").to_json().encode()
+
+    store.put("/services_infos/api", service("a"))
+    users: list[str] = []
+    names: list[str] = []
+    errors: list[Exception] = []
+
+    def on_credentials(credentials: Credentials) -> None:
+        users.append(credentials.user)
+        raise RuntimeError("user bug")
+
+    def on_service(document: Service) -> None:
+        names.append(document.user)
+        raise RuntimeError("user bug")
+
+    discovery.credentials("api").subscribe(on_credentials, errors.append)
+    discovery.services("api").subscribe(on_service, errors.append)
+    for n, user in enumerate("bc", start=1):
+        at(scheduler, n, lambda user=user: store.put("/services_infos/api", service(user)))
+    scheduler.advance_to(5)
+    assert users == ["a", "b", "c"]
+    assert names == ["a", "b", "c"]
+    assert errors == []
 
 
 def test_an_observer_may_subscribe_to_another_service_inside_on_next(
@@ -375,6 +417,28 @@ def test_observe_on_delivers_on_the_given_scheduler(
     assert all(r.items for r in recorders.values())
 
 
+def test_an_observer_that_raises_on_the_observe_on_scheduler_keeps_its_subscription(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # The exception used to escape into the observe_on scheduler: it ended the
+    # subscription and stopped that scheduler (an EventLoopScheduler's thread died, and
+    # with it every other stream delivered there).
+    elsewhere = TestScheduler()
+    got: list[str] = []
+
+    def explode(host: Any) -> None:
+        got.append(host.uuid)
+        raise RuntimeError("user bug")
+
+    discovery.subscribe_new("api", observe_on=elsewhere).subscribe(explode)
+    others = record(discovery.subscribe_new("api", observe_on=elsewhere), elsewhere)
+    for n in (1, 2):
+        at(scheduler, n, lambda n=n: put(discovery.store, n))
+        scheduler.advance_to(n)
+        elsewhere.advance_to(n)
+    assert got == ["uuid-1", "uuid-2"]
+    assert [h.uuid for h in others.items] == ["uuid-1", "uuid-2"]
+
+
 def test_a_malformed_value_is_reported_once_however_often_it_is_read(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     store: Any = discovery.store  # mutant: re-reported on every re-read (sync.py ~306)
@@ -392,3 +456,143 @@ def test_a_malformed_value_is_reported_once_however_often_it_is_read(
         at(scheduler, time, compacted_gap)
     scheduler.advance_to(10)
     assert [p.key for p in problems.items] == ["/services/api/bad"]
+
+
+class DeniedStore(MemoryStore):
+    """Reads of the hosts of ``api`` are refused (etcd RBAC) while ``denied``; counts them."""
+
+    denied = True
+    reads = 0
+
+    def get_prefix(self, prefix: str) -> Any:
+        if prefix == "/services/api/":
+            self.reads += 1
+            if self.denied:
+                raise PermissionDenied("permission denied")
+        return super().get_prefix(prefix)
+
+
+def test_a_permanent_error_is_retried_slowly_and_heals_once_allowed(
+        scheduler: TestScheduler) -> None:
+    store = DeniedStore(scheduler)
+    put(store, 1)
+    sets = record(Discovery(store=store).hosts("api"), scheduler)
+    scheduler.advance_to(120)
+    # retried (a permission granted later heals), but not every 0.5 s for ever: ~1 s doubling
+    # to 60 s, as a refused login (about 240 reads at the transient pace)
+    assert 3 <= store.reads <= 10
+    store.denied = False
+    scheduler.advance_to(181)
+    assert [(uuids(s)) for s in sets.items] == [["uuid-1"]]
+
+
+class PausedWatchStore(MemoryStore):
+    """The first watch pauses (``opening`` set) until ``resume`` is set, which the next read
+    does (a joiner that reads first waits for the paused one: it must not dead-lock)."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.opening, self.resume = threading.Event(), threading.Event()
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.opening.is_set():
+            self.resume.set()
+        return super().get_prefix(prefix)
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any) -> Any:
+        if not self.opening.is_set():
+            self.opening.set()
+            assert self.resume.wait(5)
+        return super().watch(prefix, start_revision, **kwargs)
+
+
+def test_joining_while_the_first_read_opens_its_watch_sees_no_existing_host_as_new(
+        scheduler: TestScheduler) -> None:
+    store = PausedWatchStore(scheduler)
+    put(store, 1)
+    discovery = Discovery(store=store)
+    first = threading.Thread(target=lambda: discovery.hosts("api").subscribe(), daemon=True)
+    first.start()  # reads the hosts, then opens the watch (paused) before publishing them
+    assert store.opening.wait(5)
+    news: list[str] = []
+    sets: list[list[str]] = []
+
+    def join() -> None:  # while the first subscriber's watch is being opened
+        discovery.subscribe_new("api").subscribe(lambda host: news.append(host.uuid))
+        discovery.hosts("api").subscribe(lambda hosts: sets.append(uuids(hosts)))
+        store.resume.set()
+
+    on_other_thread(join)
+    first.join(5)
+    assert not first.is_alive()
+    at(scheduler, 1, lambda: put(store, 2))
+    scheduler.advance_to(2)
+    assert news == ["uuid-2"]  # uuid-1 was there before subscribe() returned: not new
+    assert sets == [["uuid-1"], ["uuid-1", "uuid-2"]]
+
+
+def test_a_background_read_that_fails_at_once_is_still_retried(
+        scheduler: TestScheduler) -> None:
+    # An I/O worker may run the first background read, fail (etcd refuses connections at
+    # once) and schedule its retry before start() has recorded the read as pending: recording
+    # it then cancelled the retry, and the stream never loaded (1 of 8 streams on etcd).
+    # ImmediateScheduler runs the read inside start(), which makes that order certain.
+    store = MemoryStore(scheduler)
+    put(store, 1)
+    store.disconnect()
+    changes: list[Change[Any]] = []
+    sync: PrefixSync[Any] = PrefixSync(
+        store, "/services/api/", Codec(lambda key: key, lambda _key, value: value),
+        Runtime(scheduler, ImmediateScheduler()), changes.append, lambda _: None, "api")
+    sync.start()
+    store.reconnect()
+    scheduler.advance_to(10)
+    assert [sorted(c.items) for c in changes] == [["/services/api/uuid-1"]]
+
+
+class InterruptedReadStore(MemoryStore):
+    """The next read is interrupted (Ctrl-C in a notebook while subscribe() waits for etcd)."""
+
+    interrupt = True
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return super().get_prefix(prefix)
+
+
+def test_a_subscribe_interrupted_during_its_first_read_leaves_nothing_running(
+        scheduler: TestScheduler) -> None:
+    store = InterruptedReadStore(scheduler)
+    discovery = Discovery(store=store)
+    interrupted: list[object] = []
+    with pytest.raises(KeyboardInterrupt):
+        discovery.hosts("api").subscribe(interrupted.append)
+    scheduler.advance_to(1)
+    assert store.watch_count == 0  # no watch left behind for a subscription nobody holds
+    sets = record(discovery.hosts("api"), scheduler)  # the next subscriber starts afresh
+    at(scheduler, 2, lambda: put(store, 1))
+    scheduler.advance_to(3)
+    assert [uuids(s) for s in sets.items] == [[], ["uuid-1"]]
+    assert interrupted == []  # the interrupted observer gets nothing
+
+
+def test_a_registration_that_loads_the_hosts_runs_no_observer_on_its_io_worker(
+        scheduler: TestScheduler) -> None:
+    # A registration reads its service's hosts first (ensure_loaded) on an I/O worker; when
+    # that read is the stream's first (etcd was down when the stream was subscribed), the
+    # observers' deliveries must be handed off, as after a background read.
+    delivery = TestScheduler()  # stands for etcd's delivery threads
+    store = ReadFailingStore(scheduler)
+    put(store, 1)
+    store.reads_fail = True
+    discovery = Discovery(store=store)
+    discovery._runtime = Runtime(scheduler, scheduler, delivery)
+    got: list[list[str]] = []
+    discovery.hosts("api").subscribe(lambda hosts: got.append(uuids(hosts)))
+    store.reads_fail = False
+    discovery._hosts_sync("api").ensure_loaded()  # as a registration does, on its worker
+    assert got == []
+    delivery.advance_to(1)
+    assert got == [["uuid-1"]]

@@ -154,7 +154,7 @@ def test_reading_keeps_what_go_may_write() -> None:
 
 @pytest.mark.parametrize(("flags", "field"), [
     (["--hostname", "a/b", "--port", "http=80"], "Host.hostname"),
-    (["--hostname", "h", "--port", "http=99999"], "Host.ports"),
+    (["--hostname", "h", "--port", "http=99999"], "--port"),  # refused by the CLI's parser
     (["--hostname", "h", "--port", "http=80", "--private-hostname", "<b>x</b>"],
      "Host.private_hostname"),
 ])
@@ -162,10 +162,11 @@ def test_cli_register_refuses_a_bad_host_before_connecting(
         flags: list[str], field: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from rx_discovery import cli
+    from rx_discovery.cli import register
 
-    def no_connection(settings: object) -> Discovery:
+    def no_connection(*args: object) -> Discovery:
         raise AssertionError("connected before refusing the host")
 
-    monkeypatch.setattr(cli, "_connect", no_connection)
+    monkeypatch.setattr(register, "_connected", no_connection)
     assert cli.main(["register", "svc", *flags, "--endpoints", "http://127.0.0.1:1"]) == 2
     assert field in capsys.readouterr().err

@@ -230,11 +230,16 @@ class EtcdStore:
                 return
             self._closed = True
             endpoints, self._endpoints, self._client = self._endpoints, None, None
-        self._watches.close()
-        self._health.closed()
-        self._keepalive.close()
-        for endpoint in endpoints or ():
-            endpoint.close()
+        try:
+            self._watches.close()
+            self._health.closed()
+            self._keepalive.close()
+        finally:
+            # Even when interrupted (a KeyboardInterrupt in a script's `finally: close()`):
+            # a channel left to the garbage collector at interpreter exit waits for ever in
+            # grpc's _ChannelCallState.__del__ for calls only its (frozen) daemon threads end.
+            for endpoint in endpoints or ():
+                endpoint.close()
 
     def __enter__(self) -> EtcdStore:
         return self

@@ -1,0 +1,265 @@
+"""Watches on etcd's v2 keys API: long polls ``?wait=true&recursive=true&waitIndex=N``.
+
+Each poll answers one event; the next poll asks for the index after it, so nothing is lost or
+repeated. The polls of every watch of a store run as tasks on one event-loop thread (disposing
+cancels the task, which closes its connection at once); each subscription has its own delivery
+thread, so a slow observer delays only its own watch, as on the v3 store.
+
+etcd keeps the last 1,000 events only: a poll for an older index fails with error code 401
+("event index cleared"), raised as :class:`~rx_discovery.RevisionCompacted` so that the sync
+re-reads the prefix and emits the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from typing import Any
+
+import httpx
+from reactivex import abc
+
+from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
+from rx_discovery.config import Endpoint
+from rx_discovery.store import EventType, WatchEvent, WatchResponse
+from rx_discovery.store.v2.http import V2Disabled, V2Http, decode, error_of, keys_path, tls_failure
+
+__all__ = ["WatchLoop", "directory_of", "watch_event"]
+
+log = logging.getLogger(__name__)
+
+_DELETES = frozenset({"delete", "compareAndDelete", "expire"})
+_PUTS = frozenset({"set", "create", "update", "compareAndSwap"})
+_MIN_POLL_S = 10.0
+"""An idle long poll is ended after this long (or 2x the call timeout) and the member is asked
+for its version: a frozen member is noticed, and the poll is reopened from the same index."""
+
+
+def directory_of(prefix: str) -> str:
+    """The v2 directory whose recursive read or watch covers every key starting with
+    ``prefix``: the prefix itself when it ends with ``/``, else its parent."""
+    if prefix.endswith("/"):
+        return prefix.rstrip("/")
+    return prefix[:prefix.rfind("/")] if "/" in prefix else ""
+
+
+def watch_event(body: dict[str, Any], prefix: str, exact: bool = False) -> WatchEvent | None:
+    """The :class:`WatchEvent` of one v2 watch answer, None when it concerns no key under
+    ``prefix`` (or, when ``exact``, not the key ``prefix`` itself): another key of the watched
+    directory, a directory created.
+
+    Raises:
+        RevisionCompacted: a directory holding the prefix's keys was deleted or expired: its
+            keys vanished without one event each, so the sync must read the prefix again.
+    """
+    node = body.get("node") or {}
+    action = body.get("action", "")
+    key = str(node.get("key", ""))
+    index = int(node.get("modifiedIndex", 0))
+    if node.get("dir"):
+        if action in _DELETES and ((key + "/").startswith(prefix)
+                                   or prefix.startswith(key + "/")):
+            raise RevisionCompacted(index)
+        return None
+    if key != prefix if exact else not key.startswith(prefix):
+        return None
+    created = int(node.get("createdIndex", index))
+    if action in _DELETES:
+        return WatchEvent(EventType.DELETE, key, b"", index, created)
+    if action not in _PUTS:
+        log.warning("v2 watch %r: unknown action %r ignored", prefix, action)
+        return None
+    value = str(node.get("value", "")).encode("utf-8", "surrogateescape")
+    return WatchEvent(EventType.PUT, key, value, index, created, 1 if created == index else 0)
+
+
+def _run(loop: asyncio.AbstractEventLoop) -> None:
+    """The watch thread: run ``loop`` until stopped, then close it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+class WatchLoop:
+    """The event-loop thread running a store's long polls, started on first use."""
+
+    def __init__(self, http: V2Http) -> None:
+        self._http = http
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def submit(self, coroutine: Any) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._closed:
+                coroutine.close()
+                raise StoreUnavailable("watch: the store is closed")
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=_run, args=(self._loop,), daemon=True,
+                                 name="rx-discovery-v2-watches").start()
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def close(self) -> None:
+        """Cancel every poll, close the async client and stop the thread."""
+        with self._lock:
+            self._closed = True
+            loop, self._loop = self._loop, None
+        client = self._http.close()
+        if loop is None:
+            return
+
+        async def shutdown() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            if client is not None:
+                await client.aclose()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(self._http.timeout)
+        except Exception:  # closing is best effort: the thread is a daemon
+            log.debug("v2 watch loop: shutdown did not finish", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+class Watch:
+    """One subscription: its long-poll task and its delivery thread.
+
+    Args:
+        http: the store's HTTP side (endpoint, client, health).
+        loop: where the poll task runs.
+        prefix: keys starting with it are delivered.
+        start: the first index wanted (0: from now on).
+        exact: deliver the key ``prefix`` alone (its own path is polled).
+        observer: receives the responses, on this subscription's delivery thread.
+    """
+
+    def __init__(self, http: V2Http, loop: WatchLoop, prefix: str, start: int,
+                 observer: abc.ObserverBase[WatchResponse], exact: bool = False) -> None:
+        self._http = http
+        self._loop = loop
+        self._prefix = prefix
+        self._exact = exact
+        self._directory = prefix if exact else directory_of(prefix)
+        self._index = start
+        self._observer = observer
+        self._inbox: queue.SimpleQueue[WatchResponse | StoreError | None] = queue.SimpleQueue()
+        self._future: concurrent.futures.Future[Any] | None = None
+        self._disposed = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._deliver, daemon=True,
+                         name=f"rx-discovery-v2-watch {self._prefix}").start()
+        try:
+            self._future = self._loop.submit(self._poll())
+        except StoreError as error:
+            self._inbox.put(error)
+
+    def dispose(self) -> None:
+        """Cancel the poll (its connection closes at once); nothing is delivered after."""
+        self._disposed = True
+        if self._future is not None:
+            self._future.cancel()
+        self._inbox.put(None)
+
+    def _deliver(self) -> None:
+        """Delivery thread: hand the poll's responses to the observer, in order."""
+        while (item := self._inbox.get()) is not None and not self._disposed:
+            if isinstance(item, StoreError):
+                self._disposed = True
+                self._observer.on_error(item)
+                return
+            try:
+                self._observer.on_next(item)
+            except Exception:  # an observer that raises must not end the watch silently
+                log.exception("v2 watch %r: observer raised", self._prefix)
+                self._disposed = True
+                self._observer.on_error(StoreUnavailable("watch: the observer raised"))
+                return
+
+    async def _poll(self) -> None:
+        try:
+            while not self._disposed:
+                self._inbox.put(await self._next())
+        except asyncio.CancelledError:
+            raise
+        except StoreError as error:
+            self._inbox.put(error)
+        except Exception as error:  # never end silently
+            log.exception("v2 watch %r: unexpected error", self._prefix)
+            self._inbox.put(StoreUnavailable(f"watch: unexpected {type(error).__name__}"))
+
+    async def _next(self) -> WatchResponse:
+        """The next event under the prefix, or a progress response (empty ``events``) for an
+        event of the directory that is not ours.
+
+        Raises:
+            RevisionCompacted, StoreUnavailable, AuthenticationFailed...: as the store's calls.
+        """
+        http = self._http
+        idle = max(_MIN_POLL_S, 2 * http.timeout)
+        timeout = httpx.Timeout(http.timeout, read=idle)
+        params = {"wait": "true", "recursive": "true"}
+        while True:
+            client = http.async_client()
+            endpoint = http.endpoint()
+            if self._index:
+                params["waitIndex"] = str(self._index)
+            try:
+                url = http.base_url(endpoint) + keys_path(self._directory)
+                response = await client.get(url, params=params, timeout=timeout)
+                answer = decode(response)
+            except httpx.ReadTimeout:
+                await self._probe(client, endpoint)  # idle: is it still there?
+                continue
+            except V2Disabled as exc:
+                http.health.denied(str(exc), endpoint.url)
+                raise
+            except (httpx.HTTPError, StoreUnavailable) as exc:
+                refused = tls_failure(exc, "watch")
+                if refused is not None:
+                    http.health.denied(str(refused), endpoint.url)
+                    raise refused from None
+                http.failed(endpoint)
+                reason = f"watch: {type(exc).__name__}"
+                http.health.failed(reason, endpoint.url)
+                raise StoreUnavailable(reason) from None
+            if answer.status >= 400:
+                error = error_of(answer, "watch")
+                if error.permanent:
+                    http.health.denied(str(error), endpoint.url)
+                elif isinstance(error, StoreUnavailable):  # e.g. no leader: try another
+                    http.failed(endpoint)
+                    http.health.failed(str(error), endpoint.url)
+                raise error
+            http.health.connected(endpoint.url)
+            if not answer.body.get("node"):  # etcd closed the poll without an event
+                raise StoreUnavailable("watch: the poll ended without an event")
+            event = watch_event(answer.body, self._prefix, self._exact)
+            index = int(answer.body["node"].get("modifiedIndex", 0))
+            self._index = index + 1
+            if event is None:
+                return WatchResponse(revision=index, events=())
+            return WatchResponse(revision=index, events=(event,))
+
+    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
+        """After an idle poll: the member must answer a cheap request within the timeout.
+
+        Raises:
+            StoreUnavailable: it did not (frozen, cut off): the sync reopens elsewhere.
+        """
+        url = self._http.base_url(endpoint)
+        try:
+            response = await client.get(url + "/version")
+        except httpx.HTTPError as exc:
+            self._http.failed(endpoint)
+            reason = f"watch: member silent ({type(exc).__name__})"
+            self._http.health.failed(reason, url)
+            raise StoreUnavailable(reason) from None
+        if response.status_code >= 500:
+            raise StoreUnavailable(f"watch: member answered HTTP {response.status_code}")

@@ -1,0 +1,77 @@
+"""rx_discovery.notebook.live: one line, a table that does not wrap, "no hosts", health, a chart,
+and outputs updated in place (server-free: the memory store, a fake IPython display)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from reactivex.testing import TestScheduler
+
+from rx_discovery import Discovery, Host, notebook
+from rx_discovery.notebook import live
+
+
+class FakeDisplay:
+    """Stands in for IPython.display: records what each display handle shows."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    class HTML:
+        def __init__(self, data: str) -> None:
+            self.data = data
+
+    def display(self, page: Any, display_id: bool) -> Any:
+        assert display_id is True
+        self.shown.append(page.data)
+        outer = self
+
+        class Handle:
+            def update(self, page: Any) -> None:
+                outer.shown.append(page.data)
+
+        return Handle()
+
+
+def test_live_view_renders_and_updates_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeDisplay()
+    monkeypatch.setattr(notebook, "_ipython_display", lambda: fake)
+    scheduler = TestScheduler()
+    discovery = Discovery.in_memory(scheduler)
+    discovery.register("api", Host("b-host", ports={"http": "8082"}), ttl=5)
+    scheduler.advance_by(1)
+    view = live(discovery, "api", "cache")
+    view._ipython_display_()
+    scheduler.advance_by(1)
+    first = len(fake.shown)
+    discovery.register("api", Host("a-host", ports={"http": "8081", "grpc": "9000"}), ttl=5)
+    scheduler.advance_by(1)
+    assert len(fake.shown) > first            # the same output, updated
+    page = fake.shown[-1]
+    assert 'style="white-space:nowrap"' in page
+    rows = re.findall(r"<tr><td>api</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", page)
+    assert [hostname for _, hostname, _ in rows] == ["a-host", "b-host"]
+    assert all(len(uuid) == 9 and uuid.endswith("…") for uuid, _, _ in rows)
+    assert rows[0][2] == "grpc=9000,http=8081" or rows[0][2] == "http=8081,grpc=9000"
+    assert "<td>cache</td><td colspan=\"5\"><i>no hosts</i></td>" in page
+    assert 'data-state="connected"' in page
+    assert len(re.findall(r'<polyline class="rx-series" data-service="(api|cache)"', page)) == 2
+    view.dispose()
+    shown = len(fake.shown)
+    discovery.register("api", Host("c-host", ports={"http": "8083"}), ttl=5)
+    scheduler.advance_by(1)
+    assert len(fake.shown) == shown           # disposed: the output keeps its last state
+
+
+def test_live_takes_a_plain_stream_and_refuses_mixed_arguments() -> None:
+    scheduler = TestScheduler()
+    discovery = Discovery.in_memory(scheduler)
+    view = live(discovery.hosts("api"))
+    scheduler.advance_by(1)
+    assert "<i>no hosts</i>" in view._repr_html_()
+    with pytest.raises(ValueError):
+        live(discovery)
+    with pytest.raises(ValueError):
+        live(discovery.hosts("api"), "api")
