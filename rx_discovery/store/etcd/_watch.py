@@ -383,9 +383,11 @@ class WatchMux:
                 error = _unexpected(exc)
             call = None
             with self._lock:
-                if watch in stream.refused:
+                # not there any more: its stream ended meanwhile, and took it back
+                owned = watch in stream.refused
+                if owned:
                     stream.refused.remove(watch)
-                retry = error is None and not watch.done
+                retry = owned and error is None and not watch.done
                 if retry:
                     watch.relogged = True
                     if stream.ended or self._stream is not stream:
@@ -400,7 +402,7 @@ class WatchMux:
                         call = stream.call
                     else:
                         stream.create(watch)
-            if error is not None:
+            if error is not None and owned:
                 if isinstance(error, PermissionDenied):
                     error = PermissionDenied(f"watch: {reason}")
                 self._store._report(error, watch.prefix)
