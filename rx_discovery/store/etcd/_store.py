@@ -11,8 +11,7 @@ from typing import Any, TypeVar
 
 import etcd3
 import reactivex
-from reactivex import abc
-from reactivex.disposable import Disposable
+from reactivex import Observer, abc
 
 from rx_discovery._errors import (
     LeaseNotFound,
@@ -208,11 +207,7 @@ class EtcdStore:
         watch is created, and every notification of every watch of the store is emitted, on
         the shared stream's daemon reader thread (see :mod:`._watch`).
         """
-        def subscribe(observer: abc.ObserverBase[WatchResponse],
-                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            return Disposable(self._watches.watch(prefix, start_revision, exact, observer))
-
-        return reactivex.create(subscribe)
+        return _WatchObservable(self._watches, prefix, start_revision, exact)
 
     @property
     def health(self) -> reactivex.Observable[Health]:
@@ -356,6 +351,40 @@ class EtcdStore:
                 # python3-etcd3 caches stubs bound to the old channel; it clears them the same
                 # way in _manage_grpc_errors (python3-etcd3==0.13.0 is pinned).
                 client._clear_old_stubs()
+
+
+class _WatchObservable(reactivex.Observable[WatchResponse]):
+    """:meth:`EtcdStore.watch`: subscribing creates a watch on the shared stream, without
+    reactivex's per-subscription objects (an auto-detaching observer, two disposables, each
+    with a lock: ~1 KB for every watched service). The stream already calls the observer
+    serially, never after an error, and ends the watch when ``on_next`` raises."""
+
+    def __init__(self, mux: WatchMux, prefix: str, start_revision: int, exact: bool) -> None:
+        super().__init__()
+        self._mux = mux
+        self._prefix = prefix
+        self._start_revision = start_revision
+        self._exact = exact
+
+    def subscribe(self, on_next: Any = None, on_error: Any = None, on_completed: Any = None,
+                  *, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        # reactivex's rule: an object with a callable ``on_next`` is the observer
+        observer: abc.ObserverBase[WatchResponse] = (
+            on_next if callable(getattr(on_next, "on_next", None))
+            else Observer(on_next, on_error, on_completed))
+        return _Cancel(self._mux.watch(self._prefix, self._start_revision, self._exact, observer))
+
+
+class _Cancel(abc.DisposableBase):
+    """Disposes by calling a function (idempotent: the watch's cancel is)."""
+
+    __slots__ = ("_cancel",)
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+
+    def dispose(self) -> None:
+        self._cancel()
 
 
 def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:

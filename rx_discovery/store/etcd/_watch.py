@@ -348,7 +348,10 @@ class WatchMux:
             if watch.done:
                 return
             watch.done = True  # nothing may follow an error
-        watch.observer.on_error(error)
+        try:
+            watch.observer.on_error(error)
+        except Exception:  # an observer without on_error (reactivex's default raises)
+            log.exception("watch %r: the observer raised on the error", watch.prefix)
 
     def _refused(self, stream: _Stream, watch: _Watch, reason: str) -> None:
         if watch.relogged:
