@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from reactivex import abc
 from reactivex.disposable import Disposable, SerialDisposable
 
+from rx_discovery import metrics
 from rx_discovery._errors import AuthenticationFailed, LeaseNotFound
 from rx_discovery._runtime import Runtime
 from rx_discovery.store import Store
@@ -100,7 +101,8 @@ class LeaseKeeper:
             batch = list(cohort.reports.items())
         try:
             try:
-                outcomes = self._keepalive([lease for lease, _ in batch])
+                with metrics.timed_keepalive():
+                    outcomes = self._keepalive([lease for lease, _ in batch])
             except Exception as error:  # whatever failed, every lease of the batch is told
                 outcomes = dict.fromkeys((lease for lease, _ in batch), error)
             for lease, report in batch:

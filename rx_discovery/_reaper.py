@@ -9,6 +9,11 @@ process exits, however it exits (SIGKILL included): then every server still guar
 (SIGKILL, through a pidfd where the platform has them, so a recycled pid is never hit) and its
 directory removed. An ``atexit`` hook cannot do this: it does not run on SIGKILL, or when a
 test runner is killed for a timeout.
+
+A forked child inherits the pipe: while it lives, the reaper would never see end-of-file, so a
+SIGKILLed owner with a forked child (a pre-fork server's worker) left its servers running.
+:func:`detach_in_forked_children` (imported by :mod:`rx_discovery.embedded`) closes the
+child's copy at fork time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import shutil
 import signal
 import sys
 import time
+from typing import IO
 
 _EXIT_WAIT = 5.0  # seconds to wait for a killed server to exit before removing its directory
 
@@ -52,6 +58,38 @@ class _Guarded:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+_pipe: IO[str] | None = None  # the owner's end of the current reaper's pipe
+_hooked = False
+
+
+def detach_in_forked_children(pipe: IO[str]) -> None:
+    """In every child forked from now on, close this process's copy of ``pipe`` (the write
+    end of the current reaper's standard input; it replaces the previous one): only the
+    owner's exit must end the reaper's servers.
+
+    The file object stays usable in the child (its descriptor then points at ``/dev/null``,
+    so a flush writes nothing and no file later opened on that number is touched); the
+    child's :mod:`rx_discovery.embedded` sees the reaper as not its own (``poll()`` on a
+    process that is not its child) and starts its own for the servers it starts.
+    """
+    global _pipe, _hooked
+    _pipe = pipe
+    if not _hooked:
+        _hooked = True
+        os.register_at_fork(after_in_child=_detach)
+
+
+def _detach() -> None:
+    global _pipe
+    pipe, _pipe = _pipe, None
+    if pipe is None or pipe.closed:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, pipe.fileno())  # atomically replaces our copy of the pipe
+        os.close(null)
 
 
 def main() -> None:

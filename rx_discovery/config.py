@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
+import re
+import ssl
+import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from rx_discovery._errors import ConfigError
 
-__all__ = ["Api", "DEFAULT_ENDPOINT", "Endpoint", "Settings", "parse_flag"]
+__all__ = ["Api", "DEFAULT_ENDPOINT", "Endpoint", "Settings", "load_cert_chain", "parse_flag"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 
@@ -49,6 +53,19 @@ class Endpoint:
         return f"{'https' if self.secure else 'http'}://{self.netloc}"
 
 
+def _shown(endpoint: str) -> str:
+    """``endpoint`` as an error message may quote it: without what may hold a secret (the
+    user:password before an ``@``, a query, a fragment)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    rest = rest.rpartition("@")[2]
+    for mark in "?#":
+        if mark in rest:
+            rest = rest.split(mark, 1)[0] + mark + "..."
+    return f"{scheme}{sep}{'...@' if '@' in endpoint else ''}{rest}"
+
+
 def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     """Parse ``http://host:port``, ``https://host:port`` or ``host:port`` (plain HTTP).
 
@@ -58,25 +75,54 @@ def parse_endpoint(text: str, source: str = "endpoints") -> Endpoint:
     raw = text.strip()
     if not raw:
         raise ConfigError(f"{source}: empty endpoint")
+    shown = _shown(raw)
+    if any(ch.isspace() or not ch.isprintable() for ch in raw):
+        # urlsplit would drop tabs and newlines silently, and a space is no host
+        raise ConfigError(f"{source}: endpoint {shown!r} contains whitespace or control "
+                          "characters")
     if "://" not in raw:
         raw = "http://" + raw
     try:
         parsed = urllib.parse.urlsplit(raw)
         port = parsed.port
     except ValueError:
-        raise ConfigError(f"{source}: invalid endpoint {text.strip()!r}") from None
+        raise ConfigError(f"{source}: invalid endpoint {shown!r}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port")
+        raise ConfigError(f"{source}: endpoint {shown!r} must be http(s)://host:port")
     if parsed.username or parsed.password:
         raise ConfigError(f"{source}: put credentials in user/password (ETCD_USER, "
                           "ETCD_PASSWORD), not in the endpoint URL")
     if port == 0:
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} has port 0")
+        raise ConfigError(f"{source}: endpoint {shown!r} has port 0")
     if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
         # etcd's gRPC API has no path: "http://host:2379/v3" would be used as host:port only.
-        raise ConfigError(f"{source}: endpoint {text.strip()!r} must be http(s)://host:port, "
+        raise ConfigError(f"{source}: endpoint {shown!r} must be http(s)://host:port, "
                           "without a path")
-    return Endpoint(parsed.hostname, 2379 if port is None else port, parsed.scheme == "https")
+    host = _dialable(parsed.hostname, bracketed="[" in parsed.netloc)
+    if host is None:
+        raise ConfigError(f"{source}: endpoint {shown!r} has no valid host name or address")
+    return Endpoint(host, 2379 if port is None else port, parsed.scheme == "https")
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+", re.IGNORECASE)
+
+
+def _dialable(host: str, bracketed: bool) -> str | None:
+    """``host`` as gRPC dials it: an IP address (IPv6 in brackets only), or a DNS name in
+    ASCII (an internationalised one in its IDNA form); None when it is neither."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if bracketed:
+        return host if isinstance(address, ipaddress.IPv6Address) else None
+    if address is not None:
+        return host
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ascii_host if _HOST_NAME.fullmatch(ascii_host) else None
 
 
 @dataclass(frozen=True)
@@ -118,6 +164,7 @@ class Settings:
             raise ConfigError("timeout must be a positive, finite number of seconds")
         if self.api not in get_args(Api):
             raise ConfigError(f"api must be one of {', '.join(get_args(Api))} (ETCD_API)")
+        _check_pem(self.ca_cert, self.client_cert, self.client_key)
         if self.api == "v3" and self.user is not None and not self.tls:
             # gRPC sends per-call credentials only over TLS: every call would fail, retried.
             raise ConfigError("etcd authentication (user/password) needs TLS: use https:// "
@@ -146,7 +193,7 @@ class Settings:
         elif not (isinstance(endpoints, (list, tuple))
                   and all(isinstance(e, str) for e in endpoints)):
             raise ConfigError("endpoints must be a string or a list of strings")
-        parsed = tuple(parse_endpoint(e) for e in endpoints if e.strip())
+        parsed = _unique(parse_endpoint(e) for e in endpoints if e.strip())
         return cls(endpoints=parsed, prefix=_prefix(prefix, "prefix"),
                    ca_cert=_pem(ca_cert, "ca_cert"), client_cert=_pem(client_cert, "client_cert"),
                    client_key=_pem(client_key, "client_key"), user=user or None,
@@ -165,7 +212,8 @@ class Settings:
         env = os.environ if environ is None else environ
         hosts_var = "ETCD_HOSTS" if env.get("ETCD_HOSTS") else "ETCD_HOST"
         raw_hosts = env.get(hosts_var) or DEFAULT_ENDPOINT
-        endpoints = tuple(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",") if h.strip())
+        endpoints = _unique(parse_endpoint(h, hosts_var) for h in raw_hosts.split(",")
+                            if h.strip())
         if not endpoints:
             raise ConfigError(f"{hosts_var}: no endpoint in it")
         in_memory = parse_flag(env.get("ETCD_TLS_INMEMORY", ""), "ETCD_TLS_INMEMORY")
@@ -179,7 +227,10 @@ class Settings:
                 return None
             if in_memory:
                 try:
-                    return base64.b64decode(value.strip(), validate=True)
+                    # line breaks skipped, as Go's decoder (the Go package's) does: `base64`
+                    # and `openssl base64` wrap their output
+                    return base64.b64decode(value.replace("\r", "").replace("\n", "").strip(),
+                                            validate=True)
                 except (binascii.Error, ValueError):
                     raise ConfigError(f"{var}: not valid base64 (ETCD_TLS_INMEMORY=true)") from None
             return _read_file(value, var)
@@ -194,6 +245,60 @@ class Settings:
                    ca_cert=pem("ETCD_CACERT"), client_cert=pem("ETCD_TLS_CERT"),
                    client_key=pem("ETCD_TLS_KEY"), user=user, password=password,
                    api=api)  # type: ignore[arg-type]  # checked against Api above
+
+
+def _check_pem(ca_cert: bytes | None, client_cert: bytes | None,
+               client_key: bytes | None) -> None:
+    """Refuse TLS material that does not load (gRPC would fail every connection with
+    "Failed to create security handshaker", which looks like a network fault). Errors name the
+    setting, never its content.
+
+    Raises:
+        ConfigError: naming ca_cert, client_cert or client_key.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for value, name, var in ((ca_cert, "ca_cert", "ETCD_CACERT"),
+                             (client_cert, "client_cert", "ETCD_TLS_CERT")):
+        if value is None:
+            continue
+        try:
+            context.load_verify_locations(cadata=value.decode("ascii"))
+        except (ssl.SSLError, ValueError):  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{name} ({var}) is not a PEM certificate") from None
+    if client_cert is not None and client_key is not None:
+        try:
+            load_cert_chain(context, client_cert, client_key)
+        except (ssl.SSLError, ValueError, OSError):
+            raise ConfigError("client_key (ETCD_TLS_KEY) is not an unencrypted PEM private key "
+                              "of client_cert (ETCD_TLS_CERT)") from None
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a client certificate and its key from memory (an encrypted key is refused: no
+    prompt for its passphrase). The ssl module reads them from a path
+    only: an anonymous in-memory file where Linux has them, else a private temporary file
+    removed at once."""
+    pem = cert + b"\n" + key
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("rx-discovery-client-cert", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}", password="")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="rx-discovery-") as folder:
+        path = os.path.join(folder, "client.pem")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(pem)
+        context.load_cert_chain(path, password="")
+
+
+def _unique(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+    """``endpoints`` without repeats (python3-etcd3 keys its endpoints by host:port: a repeat
+    would open a channel that no call uses)."""
+    return tuple(dict.fromkeys(endpoints))
 
 
 def parse_flag(value: str, source: str) -> bool:

@@ -19,8 +19,10 @@ import reactivex
 from reactivex import abc, operators
 from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
+from rx_discovery import metrics
 from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
+from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -106,6 +108,8 @@ class Discovery:
         io: abc.SchedulerBase | None = getattr(store, "scheduler", None)
         default_timer: abc.SchedulerBase | None = io
         delivery: abc.SchedulerBase | None = None
+        keepalive_io: abc.SchedulerBase | None = io
+        delivery_io: abc.SchedulerBase | None = io
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
@@ -113,8 +117,17 @@ class Discovery:
             # what background reads found goes to observers on a thread of its own (rare:
             # a first read after a failure, a resync after compaction), not on a pool worker
             io, default_timer, delivery = pool, loop, NewThreadScheduler()
+            # Keepalive batches get threads of their own: user observers run on the I/O pool
+            # and, if enough of them block, would stop every lease's refresh.
+            keepalive_io = PoolScheduler(2)
+            # Registrations call their status and credentials observers on threads of their
+            # own too: observers that wait for their peers would starve the I/O pool.
+            delivery_io = PoolScheduler(8)
+            self._owned += [keepalive_io.shutdown, delivery_io.shutdown]
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
+        self._keepalive_io = keepalive_io or io
+        self._delivery_io = delivery_io or io
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -126,12 +139,13 @@ class Discovery:
         # the one catalog sync (key ""), weak as the others
         self._catalog_syncs: weakref.WeakValueDictionary[str, SharedSync[Host | Service]] = (
             weakref.WeakValueDictionary())
-        self._registrations: set[Registration] = set()
+        self._registrations: dict[str, Registration] = {}  # by host key: one each
         # held while a registration uses them (released with the last one)
         self._groups: Shelf[str, ServiceGroup] = Shelf()
         self._keepers: Shelf[abc.SchedulerBase, LeaseKeeper] = Shelf()
         self._diagnostics: SerialSubject[Diagnostic] = SerialSubject("diagnostics")
         self._closed = False
+        self._fork_generation = fork_generation()
 
     # --- construction -------------------------------------------------------------------
 
@@ -174,16 +188,31 @@ class Discovery:
                  else ",".join(e.url for e in self.settings.endpoints))
         return f"Discovery({where}, prefix={self.keyspace.prefix!r})"
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, *, drain: float = 0.0) -> None:
         """Dispose every registration (revoking their leases, waiting up to ``timeout``
         seconds in all for the writes in flight), complete every stream, release the client.
         Idempotent. A stream subscribed afterwards fails at once with
-        ``RuntimeError("this Discovery is closed")``."""
+        ``RuntimeError("this Discovery is closed")``.
+
+        ``drain``: after the keys are removed, wait this many seconds (on the Discovery's
+        timer) before closing the streams and the client, so that clients move away while
+        the process still serves (see :meth:`Registration.dispose`); only when there were
+        registrations to remove.
+
+        In a process forked after the Discovery was made this does nothing (the client
+        belongs to the parent; grpcio is not fork-safe).
+
+        Raises:
+            ValueError: ``drain`` is not a finite number >= 0.
+        """
+        seconds = validate_drain(drain)
+        if self._fork_generation != fork_generation():
+            return  # the parent's: nothing of it may be touched here
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            registrations = list(self._registrations)
+            registrations = list(self._registrations.values())
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values(),
                                             *self._catalog_syncs.values()]
@@ -192,12 +221,28 @@ class Discovery:
         deadline = time.monotonic() + timeout
         for registration in registrations:  # then each waits for its write in flight
             registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
+        if registrations:
+            wait_on(self._runtime.timer, seconds)
         for sync in syncs:
             sync.close()
         self._diagnostics.on_completed()
         self.store.close()
         for release in self._owned:
             release()
+
+    def _check_fork(self) -> None:
+        """Raise :class:`~rx_discovery.lifecycle.UsedAfterFork` in a process forked after
+        this Discovery was made."""
+        check_fork(self._fork_generation, "this Discovery")
+
+    def _fork_guarded(self, stream: reactivex.Observable[T]) -> reactivex.Observable[T]:
+        """``stream``, failing with UsedAfterFork when subscribed in a forked child."""
+        def subscribe(observer: abc.ObserverBase[T],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            self._check_fork()
+            return stream.subscribe(observer, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
 
     # --- streams ------------------------------------------------------------------------
 
@@ -206,7 +251,10 @@ class Discovery:
         """The connection state of the store: the current
         :class:`~rx_discovery.health.Health` at once, then every change (CONNECTING,
         CONNECTED, RECONNECTING, UNAVAILABLE, DENIED with a reason that never holds a secret,
-        CLOSED). Emits on the thread that saw the change, outside every library lock."""
+        CLOSED). On etcd (v3 and v2) it emits on a health thread of the store's own, so an
+        observer that blocks holds no call, watch or keepalive; on the memory store, on the
+        thread that saw the change (its scheduler). Never under a library lock."""
+        self._check_fork()
         return self.store.health
 
     @property
@@ -235,7 +283,9 @@ class Discovery:
         etcd, a thread of its own for a read retried in the background), one change at a time,
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
-        return self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True)
+        self._check_fork()
+        return self._fork_guarded(
+            self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True))
 
     def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
@@ -298,8 +348,10 @@ class Discovery:
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
         subscriber of the service."""
+        self._check_fork()
         name = validate_service_name(service)
-        return _expanded(self._service_sync(name).observe(scheduler, wait=True), _values, name)
+        return _expanded(self._fork_guarded(self._service_sync(name).observe(scheduler, wait=True)),
+                         _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
                     observe_on: abc.SchedulerBase | None = None
@@ -314,7 +366,8 @@ class Discovery:
     # --- registrations and queries ------------------------------------------------------
 
     def register(self, service: str, host: Host, ttl: float = 5.0, *,
-                 scheduler: abc.SchedulerBase | None = None) -> Registration:
+                 scheduler: abc.SchedulerBase | None = None,
+                 healthy: abc.ObservableBase[bool] | None = None) -> Registration:
         """Register ``host`` under ``service`` and keep it registered until disposed.
 
         Returns at once; the lease grant and puts happen in the background, retried with
@@ -326,13 +379,27 @@ class Discovery:
             host: the host; the Go package's defaults are filled in (see ``reg.host``).
             ttl: lease TTL in seconds (>= 1; etcd grants at least 2); keepalive every ttl/3.
             scheduler: times keepalives and backoff (default: the Discovery's).
+            healthy: readiness gating: an Observable of bool (e.g.
+                :func:`rx_discovery.lifecycle.http_probe`); the host is registered only while
+                its latest value is True. Nothing is written before the first True; on False
+                the lease is revoked at once (the key vanishes) and ``status`` is WITHDRAWN
+                (``reason`` says why) until True again. If it fails, the host is withdrawn
+                until disposed (``reason`` holds the error); if it completes, its last value
+                holds. Subscribed on this thread during ``register()``; its values are handled
+                on an I/O thread, never under a library lock.
 
         Raises:
             ValueError: a bad service name, host or ttl, or a host whose key or JSON (or the
                 service document) would not fit in one etcd request (1.5 MiB); before any
-                I/O, naming the field, never its value.
+                I/O, naming the field, never its value; or a host uuid this Discovery
+                holds registered already under ``service`` (its key would be shared).
             RuntimeError: the Discovery is closed.
+            UsedAfterFork: this process was forked after the Discovery was made.
         """
+        self._check_fork()
+        if healthy is not None and not isinstance(healthy, abc.ObservableBase):
+            raise ValueError(f"healthy must be an Observable of bool (or None), got "
+                             f"{type(healthy).__name__}")
         name = validate_service_name(service)
         seconds = validate_ttl(ttl)
         stored = prepare_host(name, host)
@@ -345,11 +412,22 @@ class Discovery:
         hosts, services = self._hosts_sync(name), self._service_sync(name).observe()
         group = self._groups.take(name, lambda: ServiceGroup(self.store, service_key, hosts,
                                                              services))
-        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(self.store, runtime))
+        keeper = self._keepers.take(runtime.timer, lambda: LeaseKeeper(
+            self.store, Runtime(runtime.timer, self._keepalive_io)))
         registration = Registration(self.store, self.keyspace, name, stored, seconds, runtime,
-                                    group, keeper, on_disposed=self._forget)
-        with self._lock:
-            self._registrations.add(registration)
+                                    group, keeper, on_disposed=self._forget, healthy=healthy,
+                                    delivery=self._delivery_io)
+        with self._lock:  # under the lock close() takes its list with: it sees us, or we it
+            closed = self._closed
+            taken = registration.key in self._registrations
+            if not (closed or taken):
+                self._registrations[registration.key] = registration
+        if closed or taken:
+            self._release(registration)
+            if closed:
+                raise RuntimeError("this Discovery is closed")
+            raise ValueError(f"Host.uuid {stored.uuid!r} of service {name!r} is registered "
+                             "already by this Discovery (dispose that registration first)")
         registration.start()
         return registration
 
@@ -372,7 +450,11 @@ class Discovery:
     def _forget(self, registration: Registration) -> None:
         """A registration was disposed: release what only it used."""
         with self._lock:
-            self._registrations.discard(registration)
+            if self._registrations.get(registration.key) is registration:
+                del self._registrations[registration.key]
+        self._release(registration)
+
+    def _release(self, registration: Registration) -> None:
         self._groups.give_back(registration.service)
         self._keepers.give_back(registration._runtime.timer)
 
@@ -382,6 +464,7 @@ class Discovery:
         Raises:
             ValueError: a bad service name or shard.
         """
+        self._check_fork()
         name = validate_service_name(service)
         if shard is not None and (not isinstance(shard, str) or not shard):
             raise ValueError("shard must be a non-empty string or None")
@@ -395,6 +478,7 @@ class Discovery:
         Raises:
             ValueError: a bad service name.
         """
+        self._check_fork()
         return read_catalog(self.store, self.keyspace,
                             None if service is None else validate_service_name(service))
 
@@ -448,6 +532,8 @@ class Discovery:
                 flush()
                 diagnostics.flush()
 
+            if not exact:  # a service's hosts
+                publish = metrics.counting_hosts(service, publish)
             return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
                               publish, diagnostics.enqueue, label, flush_all, exact=exact)
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
+from rx_discovery._reaper import detach_in_forked_children
+
 __all__ = ["EmbeddedEtcd", "EmbeddedEtcdCluster", "TLSFiles", "etcd_binary"]
 
 _HOST = "127.0.0.1"
@@ -160,6 +162,7 @@ def _guard(directory: str, pid: int | None) -> None:
                 [sys.executable, "-I", _REAPER_SCRIPT], stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                 start_new_session=True)
+            detach_in_forked_children(_reaper.stdin)  # type: ignore[arg-type]
         try:
             assert _reaper.stdin is not None
             _reaper.stdin.write(f"{directory}\t{pid or ''}\n")

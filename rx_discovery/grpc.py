@@ -31,12 +31,13 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Literal
 
 import grpc
 import grpc.aio
 from reactivex import abc
+from reactivex.disposable import SerialDisposable
 from reactivex.scheduler import EventLoopScheduler, TimeoutScheduler
 
 from rx_discovery._errors import NoHostFound
@@ -91,7 +92,15 @@ class _Follower:
         def on_hosts(hosts: HostSet) -> None:
             on_addresses(self._addresses(hosts))
 
-        return self._hosts.subscribe(on_hosts)
+        def start(*_: Any) -> None:
+            subscription.disposable = self._hosts.subscribe(on_hosts)
+
+        # subscribing reads the hosts from etcd at once: on the channel's thread, not the
+        # caller's (an aio channel is created on the event loop). Disposed before it ran,
+        # the serial disposable disposes the subscription as soon as it is made.
+        subscription = SerialDisposable()
+        self._thread.schedule(start)
+        return subscription
 
     def _addresses(self, hosts: HostSet) -> tuple[Address, ...]:
         if self._shard is not None:
@@ -127,6 +136,21 @@ def _resolve(name: str, port: int) -> str | None:
         return None
 
 
+def _underlying(channel: Any, callables: dict[Hashable, Any], kind: str, method: str,
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The underlying ``channel``'s multicallable of ``method`` with these arguments, made
+    once per channel. The (de)serializers are part of the key: two stubs of one method may
+    differ in them."""
+    key = (kind, method, args, tuple(sorted(kwargs.items())))
+    try:
+        callable_ = callables.get(key)
+    except TypeError:   # an unhashable argument: made afresh for each call
+        return getattr(channel, kind)(method, *args, **kwargs)
+    if callable_ is None:
+        callable_ = callables[key] = getattr(channel, kind)(method, *args, **kwargs)
+    return callable_
+
+
 class _Generation:
     """One underlying channel and the calls in flight on it."""
 
@@ -134,7 +158,7 @@ class _Generation:
 
     def __init__(self, channel: Any, addresses: tuple[Address, ...]) -> None:
         self.channel, self.addresses = channel, addresses
-        self.callables: dict[tuple[str, str], Any] = {}
+        self.callables: dict[Hashable, Any] = {}
         self.in_flight = 0
         self.retired = self.closed = False
 
@@ -287,12 +311,8 @@ class DiscoveryChannel(_Follower):
                 if generation.closed:
                     continue   # closed between the read and the count: take the new one
                 generation.in_flight += 1
-            key = (kind, method)
-            callable_ = generation.callables.get(key)
-            if callable_ is None:
-                callable_ = generation.callables[key] = getattr(generation.channel, kind)(
-                    method, *args, **kwargs)
-            return generation, callable_
+            return generation, _underlying(generation.channel, generation.callables, kind,
+                                           method, args, kwargs)
 
     def _exit(self, generation: _Generation) -> None:
         with self._lock:
@@ -351,7 +371,7 @@ class AioDiscoveryChannel(_Follower):
         super().__init__(discovery, service, port, address, shard, drain, wait, options)
         self._loop = asyncio.get_running_loop()
         self._credentials = credentials
-        self._current: tuple[Any, tuple[Address, ...], dict[tuple[str, str], Any]] | None = None
+        self._current: tuple[Any, tuple[Address, ...], dict[Hashable, Any]] | None = None
         self._ready = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -416,7 +436,7 @@ class AioDiscoveryChannel(_Follower):
         current = self._current
         if current is not None and current[1] == addresses:
             return
-        new: tuple[Any, tuple[Address, ...], dict[tuple[str, str], Any]] | None = None
+        new: tuple[Any, tuple[Address, ...], dict[Hashable, Any]] | None = None
         if addresses:
             target = target_of(addresses)
             channel = (grpc.aio.insecure_channel(target, self._options)
@@ -443,11 +463,7 @@ class AioDiscoveryChannel(_Follower):
                                   "wait_ready() (or use `async with`) first")
             raise self._no_host()
         channel, _, callables = current
-        callable_ = callables.get((kind, method))
-        if callable_ is None:
-            callable_ = callables[(kind, method)] = getattr(channel, kind)(method, *args,
-                                                                            **kwargs)
-        return callable_
+        return _underlying(channel, callables, kind, method, args, kwargs)
 
 
 class _AioMultiCallable:

@@ -2,20 +2,23 @@
 
 A stream that emits nothing can mean "nothing changed" or "etcd is gone" or "etcd refuses us
 for good": ``health`` tells them apart. Store adapters feed a :class:`HealthTracker` from the
-outcome of their calls; it emits a :class:`Health` only when the state or reason changes, on
-the thread that reported it, outside every library lock.
+outcome of their calls; it emits a :class:`Health` only when the state or reason changes,
+outside every library lock: on a thread of its own for the etcd stores, on the reporting
+thread for the memory store.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import reactivex
-from reactivex import operators
+from reactivex import abc, operators
 
 from rx_discovery._serial import SerialSubject
 
@@ -74,10 +77,17 @@ class HealthTracker:
         label: names it in log lines.
         unavailable_after: seconds of failures (never served meanwhile) after which
             RECONNECTING (or CONNECTING) becomes UNAVAILABLE.
+        own_thread: deliver to observers on a thread of the tracker's own (started on the
+            first change), not on the thread that saw the change: a store reports from a
+            caller, a watch reader or the lease keeper, and a user's observer that blocks
+            (an alert over HTTP that hangs) must hold none of them. False (the memory
+            store): on the reporting thread, so a TestScheduler sees every change at once.
     """
 
-    def __init__(self, label: str = "store", unavailable_after: float = 10.0) -> None:
+    def __init__(self, label: str = "store", unavailable_after: float = 10.0, *,
+                 own_thread: bool = False) -> None:
         self._label = label
+        self._deliverer = _Deliverer(f"rx-discovery-{label}-health") if own_thread else None
         self._lock = threading.Lock()
         self._current = Health(HealthState.CONNECTING)
         self._failing_since: float | None = None
@@ -93,8 +103,14 @@ class HealthTracker:
 
     @property
     def observable(self) -> reactivex.Observable[Health]:
-        """The current health at once, then every change."""
-        return self._subject.observe().pipe(operators.distinct_until_changed())
+        """The current health at once, then every change; after :meth:`closed`, CLOSED and
+        the completion."""
+        def current_or_live(_scheduler: abc.SchedulerBase | None) -> reactivex.Observable[Health]:
+            if self._current.state is HealthState.CLOSED:  # the subject replays no value then
+                return reactivex.just(self._current)
+            return self._subject.observe()
+
+        return reactivex.defer(current_or_live).pipe(operators.distinct_until_changed())
 
     def connected(self, endpoint: str = "", scope: str = "") -> None:
         """A call was served (on ``scope``: the key or prefix it concerned, "" for none).
@@ -147,7 +163,10 @@ class HealthTracker:
 
     def closed(self) -> None:
         self._set(Health(HealthState.CLOSED))
-        self._subject.on_completed()
+        self._subject.enqueue_completed()
+        self._flush()
+        if self._deliverer is not None:
+            self._deliverer.stop()
 
     def _set(self, health: Health) -> None:
         with self._lock:
@@ -163,4 +182,62 @@ class HealthTracker:
         if state_changed:  # once per change, not per failed call
             level = logging.WARNING if health.state in _ALARMING else logging.INFO
             log.log(level, "%s: %s", self._label, health)
-        self._subject.flush()
+        self._flush()
+
+    def _settle(self, timeout: float = 10.0) -> None:
+        """Wait until every change reported so far has reached the observers (tests)."""
+        if self._deliverer is not None:
+            self._deliverer.settle(timeout)
+
+    def _flush(self) -> None:
+        if self._deliverer is None:
+            self._subject.flush()
+        else:
+            self._deliverer.submit(self._subject.flush)
+
+
+class _Deliverer:
+    """One daemon thread that runs what is submitted, in order; started on first use, ended
+    by :meth:`stop` once what was submitted before has run."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def submit(self, action: Callable[[], None]) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._queue.put(action)
+
+    def settle(self, timeout: float) -> None:
+        """Wait until what was submitted so far has run (nothing to wait for once stopped)."""
+        done = threading.Event()
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            if not self._stopped:
+                self._queue.put(done.set)
+        if self._stopped:
+            thread.join(timeout)
+        else:
+            done.wait(timeout)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped or self._thread is None:
+                self._stopped = True
+                return
+            self._stopped = True
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (action := self._queue.get()) is not None:
+            action()  # SerialSubject.flush: observers are guarded there

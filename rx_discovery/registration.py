@@ -9,13 +9,19 @@ Lifecycle (reported on :attr:`Registration.status`)::
     REGISTERING/LOST --permanent error (denied, too large)--> FAILED --(retried slowly)--> ...
     any state --dispose()--> DISPOSED (lease revoked: the host key vanishes at once)
 
+With ``healthy=`` (readiness gating, see :meth:`Registration._on_health`)::
+
+    WITHDRAWN (nothing written before the first True) --True--> REGISTERING --> ...
+    any state but DISPOSED --False--> WITHDRAWN (lease revoked at once: the key vanishes)
+
 Background work runs on the Discovery's I/O scheduler; delays (keepalive period, backoff)
 are measured on the registration's ``scheduler``, so a ``TestScheduler`` drives them.
 
 Status and credentials reach observers through :class:`~rx_discovery._serial.SerialSubject`:
 a state change enqueues under the registration's lock and the value is delivered after the
-lock is released, on an I/O thread, never on the store's watch thread nor inside the lease
-keeper's refresh (both hand off to the I/O scheduler first). Recovery is always scheduled
+lock is released, on a delivery thread of the Discovery (not an I/O thread: observers that
+block, e.g. waiting for their peers, would starve the library's work), never on the store's
+watch thread nor inside the lease keeper's refresh. Recovery is always scheduled
 before anything is emitted, so an observer that raises or blocks cannot stop healing.
 """
 
@@ -37,14 +43,16 @@ from typing import Any
 
 import reactivex
 from reactivex import abc, operators
-from reactivex.disposable import Disposable, SerialDisposable
+from reactivex.disposable import Disposable, SerialDisposable, SingleAssignmentDisposable
 
+from rx_discovery import metrics
 from rx_discovery._errors import (
     LeaseNotFound,
     RegistrationError,
     StoreError,
 )
 from rx_discovery._keeper import LeaseKeeper
+from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -75,6 +83,9 @@ class RegistrationStatus(enum.Enum):
     FAILED: etcd refused the registration for a reason retrying will not fix by itself
     (authentication, permission, a value over its request limit): retried slowly, see
     :attr:`Registration.reason`; REGISTERED again once it works;
+    WITHDRAWN: the registration is gated by a health observable (``register(...,
+    healthy=)``) whose latest value is not True (or which failed): the host key is removed
+    and nothing is written until it is True again; :attr:`Registration.reason` says why;
     DISPOSED: disposed (the last status; the stream completes).
     """
 
@@ -82,6 +93,7 @@ class RegistrationStatus(enum.Enum):
     REGISTERED = "registered"
     LOST = "lost"
     FAILED = "failed"
+    WITHDRAWN = "withdrawn"
     DISPOSED = "disposed"
 
 
@@ -173,6 +185,9 @@ def service_document(service: str, host: Host) -> Service:
 _SERVICE_WRITE_INTERVAL = 0.05
 """Seconds between two writes of a service key by one group: a burst of registrations shares
 one write per interval instead of writing once per round trip."""
+
+_NOT_HEALTHY_YET = "withdrawn: waiting for the health observable's first True"
+_NOT_HEALTHY = "withdrawn: not healthy"
 
 _DISPOSE_TIMEOUT = 10.0
 """Default seconds :meth:`Registration.dispose` waits for a registration write in flight."""
@@ -385,7 +400,9 @@ class Registration(abc.DisposableBase):
 
     def __init__(self, store: Store, keyspace: Keyspace, service: str, host: Host, ttl: float,
                  runtime: Runtime, group: ServiceGroup, keeper: LeaseKeeper,
-                 on_disposed: Callable[[Registration], None] | None = None) -> None:
+                 on_disposed: Callable[[Registration], None] | None = None,
+                 healthy: abc.ObservableBase[bool] | None = None,
+                 delivery: abc.SchedulerBase | None = None) -> None:
         self.service = service
         self.ttl = ttl
         self._host = host
@@ -394,6 +411,9 @@ class Registration(abc.DisposableBase):
         self._service_key = keyspace.service_key(service)
         self._store = store
         self._runtime = runtime
+        # where status and credentials observers are called from library threads: not the
+        # I/O threads, which observers that block (waiting for their peers) would starve
+        self._delivery = runtime if delivery is None else Runtime(runtime.timer, delivery)
         self._lock = threading.Condition(threading.RLock())
         self._lease = 0
         self._lease_ttl = 0  # as granted (etcd grants at least 2 s)
@@ -408,10 +428,23 @@ class Registration(abc.DisposableBase):
         self._service_revision = 0  # of the service key write that served us (0: none yet)
         self._last_refresh = 0.0
         self._last_error: Exception | None = None
-        self._state = RegistrationStatus.REGISTERING
-        self._reason = ""
+        # Readiness gating (healthy=): writes happen only while the gate is open
+        self._healthy = healthy
+        self._health = SingleAssignmentDisposable()  # our subscription to it
+        self._gate_open = healthy is None  # the latest health value applied
+        self._gate_wanted = False  # the latest health value received
+        self._gate_applying = False  # an _apply_gate task runs or is scheduled
+        self._gate_aborted = False  # a write in flight revoked its lease: the gate closed
+        self._health_failure = ""  # the health observable failed: withdrawn for good
+        self._withdrawing = 0  # thread id of a withdrawal revoking its lease (dispose waits)
+        self._fork_generation = fork_generation()
+        self._state = (RegistrationStatus.REGISTERING if healthy is None
+                       else RegistrationStatus.WITHDRAWN)
+        self._reason = "" if healthy is None else _NOT_HEALTHY_YET
+        self._refused_refresh = False  # FAILED because keepalives were refused (not a write)
         self._disposed = False  # no more work (set first by dispose or Discovery.close)
         self._stopped = False  # dispose's steps are done or under way
+        self._stopper = 0  # the thread doing them (a dispose from its observers must not wait)
         self._backoff = Backoff(initial=0.2, maximum=min(5.0, max(1.0, ttl / 3)))
         self._slow = Backoff(initial=30.0, maximum=60.0)  # after a permanent error
         self._pending = SerialDisposable()
@@ -451,7 +484,7 @@ class Registration(abc.DisposableBase):
     def status(self) -> reactivex.Observable[RegistrationStatus]:
         """The current status, then every change; completes after DISPOSED.
 
-        Emits on an I/O thread of the Discovery (or the caller's, on dispose), outside every
+        Emits on a delivery thread of the Discovery (or the caller's, on dispose), outside every
         library lock, one value at a time; an observer that raises is logged and changes
         nothing else.
         """
@@ -461,7 +494,7 @@ class Registration(abc.DisposableBase):
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
         another host of a public service (the host key is rewritten with them first).
-        Emits on an I/O thread, outside every library lock; completes after DISPOSED."""
+        Emits on a delivery thread, outside every library lock; completes after DISPOSED."""
         return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
@@ -485,15 +518,31 @@ class Registration(abc.DisposableBase):
                     + (f" (last error: {self._reason})" if self._reason else ""))
         return self
 
-    def dispose(self, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
+    def dispose(self, timeout: float | None = _DISPOSE_TIMEOUT, *, drain: float = 0.0) -> None:
         """Stop keeping the host alive and revoke its lease, so its key vanishes at once.
 
         A registration write in flight is waited for (up to ``timeout`` seconds, None: no
         limit) and its lease revoked, so the key does not appear after this returns. Idempotent.
         If etcd cannot be reached the lease expires by itself after ``ttl`` (logged at
         WARNING).
+
+        ``drain``: once the key is removed, block ``drain`` more seconds before returning, so
+        that clients see the host go and move away while this process still serves the
+        requests in flight (graceful shutdown). Measured on the registration's scheduler (a
+        ``TestScheduler`` counts it in virtual time: then call this from another thread than
+        the one advancing the clock). Only the call that disposes waits; a registration
+        already disposed returns at once.
+
+        Raises:
+            ValueError: ``drain`` is not a finite number >= 0 (before anything is done).
+            UsedAfterFork: called in a process forked after the registration was made.
         """
+        seconds = validate_drain(drain)
+        check_fork(self._fork_generation, "this Registration")
+        first = not self._stopped
         self._stop(revoke=True, timeout=timeout)
+        if first:
+            wait_on(self._runtime.timer, seconds)
 
     def _cancel(self) -> None:
         """Stop every background step now (without waiting): a write in flight revokes its
@@ -502,18 +551,22 @@ class Registration(abc.DisposableBase):
             self._disposed = True
             self._lock.notify_all()
         self._pending.dispose()
+        self._health.dispose()  # outside the lock: it may call the user's observable
 
     def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
         """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
         to expire), which :func:`rx_discovery.testing.crash` uses."""
         self._cancel()
         with self._lock:
-            if self._stopped:
+            if self._stopped:  # another dispose (or close) is under way: it revokes, wait
+                if self._stopper != threading.get_ident():
+                    self._lock.wait_for(lambda: self._state is RegistrationStatus.DISPOSED,
+                                        timeout)
                 return
-            self._stopped = True
+            self._stopped, self._stopper = True, threading.get_ident()
             finished = True
-            if self._in_flight and self._in_flight != threading.get_ident():
-                finished = self._lock.wait_for(lambda: not self._in_flight, timeout)
+            if self._writing():
+                finished = self._lock.wait_for(lambda: not self._writing(), timeout)
             lease, self._lease = self._lease, 0
             keeping, self._keeping = self._keeping, None
         if not finished:
@@ -529,6 +582,7 @@ class Registration(abc.DisposableBase):
         log.info("%s: disposed", self._label)
         with self._lock:
             self._state = RegistrationStatus.DISPOSED
+            self._lock.notify_all()
             self._status.enqueue(RegistrationStatus.DISPOSED)
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
@@ -567,6 +621,9 @@ class Registration(abc.DisposableBase):
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
         self._group.add(self)
+        if self._healthy is not None:  # gated: registers on the first True
+            self._follow_health(self._healthy)
+            return
         # Not kept in _pending: _register may fail and schedule its retry there before run()
         # returns (on another thread, or inline); a dispose before it runs makes it a no-op.
         self._runtime.run(self._register)
@@ -576,23 +633,26 @@ class Registration(abc.DisposableBase):
         self._status.flush()
         self._credentials.flush()
 
+    def _deliver(self) -> None:
+        """Deliver the queued status and credentials in a task of its own, on the delivery
+        threads (from a library thread: it must neither wait for observers nor lend them a
+        thread the library's own work needs)."""
+        self._delivery.run(self._flush)
+
     def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
-                    hand_off: bool = False) -> None:
-        """Change the status (and reason) and deliver it: here (the caller holds no library
-        lock and is on an I/O thread), or with ``hand_off`` in a task of its own (the caller
-        must not wait for observers: it answers others)."""
+                    hand_off: bool = True) -> None:
+        """Change the status (and reason) and deliver it (always handed off, see
+        :meth:`_deliver`; ``hand_off`` is kept for callers that ask for it)."""
         with self._lock:
-            if self._disposed:
+            if self._disposed or not self._gate_open:  # withdrawn: WITHDRAWN stays
                 return
             self._enter(status, reason)
-        if hand_off:
-            self._runtime.run(self._flush)
-        else:
-            self._flush()
+        self._deliver()
 
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
         self._state = status
+        metrics.registration_status(self, status)
         if reason is not None:
             self._reason = reason
         self._status.enqueue(status)
@@ -614,28 +674,43 @@ class Registration(abc.DisposableBase):
                 "%s: %s; retrying in %.2fs", self._label, reason, delay)
         return delay, reason if permanent else None
 
-    def _retry_later(self, error: Exception, what: str, action: Callable[[], None]) -> None:
+    def _retry_later(self, error: Exception, what: str, action: Callable[[], None],
+                     lease: int = 0) -> None:
         """Try ``action`` again after the backoff ``error`` calls for; then report FAILED if
-        the error is permanent."""
+        the error is permanent. With ``lease``, ``action`` repairs the writes of that lease:
+        it is dropped once the registration is registering again (it would replace, in
+        ``_pending``, the retry of that registration)."""
+        if lease and self._stale(lease):
+            return
         delay, refused = self._failed(error, what)
         with self._lock:
+            if lease and self._stale(lease):
+                return
             if not self._disposed:
                 self._pending.disposable = self._runtime.after(delay, action)
+            if refused is not None:  # only this write's success ends this FAILED
+                self._refused_refresh = False
         if refused is not None:
             self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
 
     def _register(self) -> None:
         with self._lock:
-            if self._disposed:
-                return
+            if self._disposed or not self._gate_open:
+                return  # disposed, or withdrawn (not healthy): _resume starts again
             self._in_flight = threading.get_ident()
         try:
             follow_up = self._register_once()
         finally:
             with self._lock:
                 self._in_flight = 0
+                # the gate closed during the write (which revoked its lease) and opened
+                # again before it returned: _resume left the new attempt to us
+                again = self._gate_aborted and self._gate_open and not self._disposed
+                self._gate_aborted = False
                 self._lock.notify_all()
         follow_up()  # after the write is no longer in flight: it may call user code
+        if again:
+            self._runtime.run(self._register)
 
     def _register_once(self) -> Callable[[], None]:
         """Grant a lease and put the host key; returns what to do next (outside the
@@ -652,7 +727,8 @@ class Registration(abc.DisposableBase):
             self._revoke(lease.id, "after a failed put")  # else one lease leaks per attempt
             return functools.partial(self._retry_later, error, "register", self._register)
         with self._lock:
-            disposed = self._disposed
+            disposed = self._disposed or not self._gate_open
+            self._gate_aborted = not self._disposed and not self._gate_open
             if not disposed:
                 self._lease, self._put_revision, self._ever = lease.id, revision, True
                 self._lease_ttl, self._registering = lease.ttl, False
@@ -660,8 +736,8 @@ class Registration(abc.DisposableBase):
                 self._keeping = self._keeper.keep(
                     lease.id, lease.ttl, functools.partial(self._on_keepalive, lease.id))
                 changed = self._host is not host  # credentials adopted meanwhile
-        if disposed:  # disposed while the put was in flight: dispose waits for this revoke
-            self._revoke(lease.id, "of a registration disposed while it was written")
+        if disposed:  # disposed (dispose waits for this revoke) or withdrawn during the put
+            self._revoke(lease.id, "of a registration disposed or withdrawn while written")
             return _nothing
         if old_lease:
             self._revoke(old_lease, "replaced", quiet=True)
@@ -673,7 +749,7 @@ class Registration(abc.DisposableBase):
 
     def _write_service(self, lease: int, force: bool) -> None:
         """Ask the group to store our service document; REGISTERED once it is."""
-        if not self._disposed and lease == self._lease:
+        if not self._stale(lease):
             self._group.write_service(self, lease, service_document(self.service, self._host),
                                       force)
 
@@ -683,8 +759,8 @@ class Registration(abc.DisposableBase):
         written at ``revision`` after we asked; ``seen``: what another host wrote after that,
         as the watch already told. Adopt their credentials (Go: the last writer wins)."""
         with self._lock:
-            if self._disposed or lease != self._lease:
-                return  # disposed, or registering again with another lease
+            if self._stale(lease):
+                return  # disposed, or registering again (the lease may be gone)
             self._service_revision = max(self._service_revision, revision)
             changed = self._adopt(stored)
             if seen is not None:
@@ -701,10 +777,13 @@ class Registration(abc.DisposableBase):
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its
         lease stay, kept alive)."""
-        if self._disposed or lease != self._lease:
-            return
         self._retry_later(error, "service key write",
-                          lambda: self._write_service(lease, True))
+                          lambda: self._write_service(lease, True), lease)
+
+    def _stale(self, lease: int) -> bool:
+        """True when work for ``lease`` is moot: disposed, registering again (``lease`` is
+        lost even while it is still ``_lease``), or another lease holds the key."""
+        return self._disposed or self._registering or lease != self._lease
 
     def _on_keepalive(self, lease: int, error: Exception | None) -> None:
         """The outcome of a refresh of ``lease``, told by the keeper inside its batch: only
@@ -715,7 +794,7 @@ class Registration(abc.DisposableBase):
             with self._lock:
                 self._last_refresh = self._runtime.now()
                 recovered = (self._state is RegistrationStatus.FAILED and not self._registering
-                             and self._service_revision > 0)
+                             and self._refused_refresh)
                 self._last_error = None
             if recovered:  # refused refreshes work again
                 self._runtime.run(lambda: self._keepalive_recovered(lease))
@@ -725,12 +804,13 @@ class Registration(abc.DisposableBase):
     def _keepalive_recovered(self, lease: int) -> None:
         with self._lock:
             recovered = (lease == self._lease and not self._registering
-                         and self._state is RegistrationStatus.FAILED)
+                         and self._state is RegistrationStatus.FAILED and self._refused_refresh)
+            self._refused_refresh = False
         if recovered:
             self._set_status(RegistrationStatus.REGISTERED, "")
 
     def _keepalive_failed(self, lease: int, error: Exception) -> None:
-        if self._disposed or lease != self._lease:
+        if self._stale(lease):  # a lease already lost: the registration in flight replaces it
             return
         if isinstance(error, LeaseNotFound):
             self._lost("the lease expired or was revoked")
@@ -739,6 +819,8 @@ class Registration(abc.DisposableBase):
         if self._runtime.now() - self._last_refresh >= self.ttl:
             self._lost(f"no keepalive for {self.ttl:g}s")
         elif refused is not None:
+            with self._lock:
+                self._refused_refresh = True  # a refresh that works again ends this FAILED
             self._set_status(RegistrationStatus.FAILED, refused)
 
     def _lost(self, reason: str) -> None:
@@ -754,7 +836,7 @@ class Registration(abc.DisposableBase):
         if keeping is not None:
             keeping.dispose()
         log.info("%s: lost (%s); registering again", self._label, reason)
-        self._flush()  # once the recovery is scheduled
+        self._deliver()  # once the recovery is scheduled
 
     def _revoke(self, lease: int, why: str, quiet: bool = False) -> None:
         """Revoke ``lease``; a failure is logged at WARNING (the key stays until the lease
@@ -765,6 +847,111 @@ class Registration(abc.DisposableBase):
             log.log(logging.DEBUG if quiet else logging.WARNING,
                     "%s: could not revoke lease %x %s (%s); its key expires within %ss",
                     self._label, lease, why, type(error).__name__, self.ttl)
+
+    # --- readiness gating (register(..., healthy=)) -------------------------------------
+
+    def _writing(self) -> bool:
+        """Under the lock: a registration write or a withdrawal's revoke runs on another
+        thread (dispose waits for it: the key must be gone when dispose returns)."""
+        me = threading.get_ident()
+        return (self._in_flight not in (0, me)) or (self._withdrawing not in (0, me))
+
+    def _follow_health(self, healthy: abc.ObservableBase[bool]) -> None:
+        """Subscribe to the health observable (on the caller's thread, holding no lock: the
+        observable is user code and may emit at once)."""
+        try:
+            subscription = healthy.subscribe(on_next=self._on_health,
+                                             on_error=self._on_health_error,
+                                             on_completed=self._on_health_completed)
+        except Exception as error:  # a broken observable is reported like its error
+            self._on_health_error(error)
+            return
+        self._health.disposable = subscription  # disposed at once if we were disposed
+
+    def _on_health(self, value: bool) -> None:
+        """A health value (on the observable's thread): record the latest and hand off; the
+        latest value wins, applied in order by one task at a time."""
+        self._gate_changed(bool(value), "")
+
+    def _on_health_error(self, error: Exception) -> None:
+        """The health observable failed: withdraw for good (until disposed) and say why."""
+        log.warning("%s: its health observable failed (%s: %s); withdrawn until disposed",
+                    self._label, type(error).__name__, error)
+        self._gate_changed(False, f"withdrawn: the health observable failed "
+                                  f"({type(error).__name__}: {error})")
+
+    def _on_health_completed(self) -> None:
+        """The health observable completed: its last value holds (until disposed)."""
+        log.info("%s: its health observable completed; its last value holds", self._label)
+
+    def _gate_changed(self, healthy: bool, failure: str) -> None:
+        with self._lock:
+            if self._disposed or self._health_failure:
+                return
+            self._gate_wanted, self._health_failure = healthy, failure
+            start = not self._gate_applying
+            self._gate_applying = True
+        if start:
+            self._runtime.run(self._apply_gate)
+
+    def _apply_gate(self) -> None:
+        """Open or close the gate until it matches the latest health value (on an I/O
+        thread; one such task at a time)."""
+        while True:
+            with self._lock:
+                wanted, failure = self._gate_wanted, self._health_failure
+                done = self._disposed or (wanted == self._gate_open and (
+                    not failure or self._reason == failure))
+                if done:
+                    self._gate_applying = False
+                    return
+            if wanted:
+                self._resume()
+            else:
+                self._withdraw(failure or _NOT_HEALTHY)
+
+    def _withdraw(self, reason: str) -> None:
+        """Close the gate: stop keeping the lease and revoke it (the key vanishes at once);
+        WITHDRAWN once it is done. A write in flight revokes its own lease when it returns."""
+        with self._lock:
+            if self._disposed:
+                return
+            self._gate_open = False
+            lease, self._lease = self._lease, 0
+            keeping, self._keeping = self._keeping, None
+            self._registering = True  # deletions of our key are ours; no healing
+            self._pending.disposable = Disposable()  # a retry or keepalive step scheduled
+            self._withdrawing = threading.get_ident()
+        try:
+            if keeping is not None:
+                keeping.dispose()
+            if lease:
+                self._revoke(lease, "on withdrawal")
+        finally:
+            with self._lock:
+                self._withdrawing = 0
+                self._lock.notify_all()
+        log.info("%s: withdrawn (%s)", self._label, reason)
+        with self._lock:
+            if self._disposed:
+                return
+            self._enter(RegistrationStatus.WITHDRAWN, reason)
+        self._flush()
+
+    def _resume(self) -> None:
+        """Open the gate: REGISTERING, and register (unless a write is still in flight: it
+        registers again when it returns, see :meth:`_register`)."""
+        with self._lock:
+            if self._disposed:
+                return
+            self._gate_open = True
+            self._pending.disposable = Disposable()
+            self._enter(RegistrationStatus.REGISTERING, "healthy: registering")
+            start = not self._in_flight
+        if start:
+            self._runtime.run(self._register)
+        log.info("%s: healthy; registering", self._label)
+        self._flush()
 
     # --- what others write --------------------------------------------------------------
 
@@ -824,7 +1011,7 @@ class Registration(abc.DisposableBase):
             except LeaseNotFound:
                 self._lost("the lease expired or was revoked")
             except Exception as error:
-                self._retry_later(error, "credential update", self._rewrite_host)
+                self._retry_later(error, "credential update", self._rewrite_host, lease)
             else:
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)
@@ -832,7 +1019,7 @@ class Registration(abc.DisposableBase):
                 if again:
                     self._runtime.run(self._rewrite_host)
         # else: the registration in flight writes the current host
-        self._flush()
+        self._deliver()
 
 
 def _nothing() -> None:

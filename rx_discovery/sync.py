@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 from immutables import Map
 from reactivex.disposable import SerialDisposable, SingleAssignmentDisposable
 
+from rx_discovery import metrics
 from rx_discovery._errors import MalformedValue, RevisionCompacted
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery.store import EventType, Store, WatchEvent, WatchResponse
@@ -257,6 +258,7 @@ class PrefixSync(Generic[T]):
                 if self._backoff.attempt or self._slow_backoff.attempt:
                     log.info("%s: watch resumed from revision %d", self._name,
                              self._revision + 1)
+                    metrics.stream_event("resumes", self._name)
                     self._backoff.reset()
                     self._slow_backoff.reset()
                 if not response.events:  # progress notification: nothing changed up to here
@@ -321,8 +323,10 @@ class PrefixSync(Generic[T]):
         if isinstance(error, RevisionCompacted):
             log.info("%s: revision %d was compacted (oldest %d); re-reading the prefix",
                      self._name, self._revision + 1, error.compact_revision)
+            metrics.stream_event("resyncs", self._name)
             self._later(0, self._resync)
         else:
+            metrics.stream_event("reconnects", self._name)
             self._retry(self._open_watch, error, "watch")
 
     def _retry(self, action: Callable[[], None], error: Exception, what: str) -> None:
@@ -369,6 +373,7 @@ class PrefixSync(Generic[T]):
         if self._bad.get(key) == revision:
             return  # already reported (a resync reads it again)
         self._bad[key] = revision
+        metrics.stream_event("skipped", self._name)
         log.warning("%s: skipped malformed value at %s (revision %d): %s", self._name, key,
                     revision, reason)
         self._report(Diagnostic(key, reason, revision))

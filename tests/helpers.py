@@ -47,3 +47,16 @@ class Recorder:
     def items(self) -> list[Any]:
         with self._lock:
             return list(self._items)
+
+
+def slow_reads(store: Any, seconds: float) -> Callable[[], None]:
+    """Make every ``get_prefix`` of ``store`` (an instance) take ``seconds`` longer, as an
+    etcd that answers slowly; returns the undo."""
+    read = store.get_prefix
+
+    def slow_read(prefix: str) -> Any:
+        time.sleep(seconds)
+        return read(prefix)
+
+    store.get_prefix = slow_read
+    return lambda: setattr(store, "get_prefix", read)

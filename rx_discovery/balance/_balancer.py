@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Collection
 from types import TracebackType
 
 import reactivex
 from reactivex import abc
 
+from rx_discovery import metrics
 from rx_discovery._errors import NoHostFound, NoHostFoundOnShard
 from rx_discovery.balance._ejection import Ejections
 from rx_discovery.balance._pickers import make_picker
@@ -24,10 +26,12 @@ class Balancer:
     It subscribes to the service's ``hosts()`` stream once and keeps the latest set, so a pick
     does no I/O: about a microsecond or less (see the README's benchmark). Picks are
     thread-safe. A host reported failed (:meth:`report`, or an exception in :meth:`call`) is
-    ejected: left out of picks for ``eject_base`` seconds, doubling with each failure in a
-    row up to ``eject_max``, then it comes back by itself; a success forgets its streak. A host
-    whose key goes is dropped at once. Every host is never ejected: when all are, picks are
-    made among all of them (a failing host is better than none).
+    ejected: left out of picks for ``eject_base`` seconds, doubling with each ejection in a
+    row up to ``eject_max`` (failures reported while it is ejected, such as the other calls
+    in flight when it went down, do not count), then it comes back by itself; a success
+    forgets its streak. A host whose key goes is dropped at once. Every host is never
+    ejected: when all are, picks are made among all of them (a failing host is better than
+    none).
 
     Create it with :meth:`Discovery.balancer <rx_discovery.Discovery.balancer>`.
 
@@ -55,7 +59,7 @@ class Balancer:
             raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
         self.service, self.policy, self.shard = service, policy, shard
         self._in_flight: dict[str, int] = {}
-        self._choose = make_picker(policy, self._in_flight)
+        self._choose = metrics.counting_picks(service, make_picker(policy, self._in_flight))
         self.wait = float(wait)
         self._lock = threading.Lock()
         self._hosts: HostSet | None = None
@@ -64,7 +68,10 @@ class Balancer:
         self._ready = threading.Event()
         self._closed = False
         self._ejections = Ejections(scheduler, eject_base, eject_max, self._refresh)
-        self._subscription = hosts.subscribe(self._on_hosts, self._on_end, self._on_end)
+        self._subscription = _follow(self, hosts)
+        # a balancer dropped without close() releases the service's watch when collected
+        # (not at interpreter exit: the Discovery's own shutdown handles its watches then)
+        weakref.finalize(self, self._subscription.dispose).atexit = False
 
     # --- state --------------------------------------------------------------------------
 
@@ -151,12 +158,14 @@ class Balancer:
             return
         hosts = self._hosts
         if hosts is not None and host.uuid in hosts and self._ejections.fail(host.uuid):
+            metrics.host_ejected(self.service, host)
             self._refresh()
 
     def call(self) -> Call:
         """A context manager around one call: picks a host (``with b.call() as host:``),
         counts it in flight (for ``least_requests``), and reports a failure if the block
-        raises, a success otherwise. Raises what :meth:`pick` raises."""
+        raises an ``Exception``, a success otherwise (a cancellation or ``KeyboardInterrupt``
+        reports nothing). Raises what :meth:`pick` raises."""
         return Call(self)
 
     def started(self, host: Host) -> None:
@@ -176,7 +185,8 @@ class Balancer:
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop following the service (disposes the subscription; idempotent)."""
+        """Stop following the service (disposes the subscription; idempotent). A balancer
+        dropped without it releases its subscription when it is garbage-collected."""
         with self._lock:
             self._closed = True
             self._candidates = ()
@@ -230,6 +240,24 @@ class Balancer:
             self._candidates = live or tuple(ordered)
 
 
+def _follow(balancer: Balancer, hosts: reactivex.Observable[HostSet]) -> abc.DisposableBase:
+    """Subscribe ``balancer`` to ``hosts`` through a weak reference: the subscription alone
+    does not keep it alive."""
+    ref = weakref.ref(balancer)
+
+    def on_hosts(value: HostSet) -> None:
+        target = ref()
+        if target is not None:
+            target._on_hosts(value)
+
+    def on_end(*_: object) -> None:
+        target = ref()
+        if target is not None:
+            target._on_end()
+
+    return hosts.subscribe(on_hosts, on_end, on_end)
+
+
 class Call:
     """One call through a :class:`Balancer` (see :meth:`Balancer.call`)."""
 
@@ -247,4 +275,8 @@ class Call:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self.host is not None:
-            self._balancer.finished(self.host, ok=exc_type is None)
+            # a cancellation, Ctrl-C or exit (not an Exception) says nothing about the host:
+            # counted out, not reported
+            ok = None if exc_type is not None and not issubclass(exc_type, Exception) else \
+                exc_type is None
+            self._balancer.finished(self.host, ok=ok)

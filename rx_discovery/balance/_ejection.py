@@ -1,7 +1,8 @@
 """Passive health: eject a host that failed for a while, growing with each failure in a row.
 
 A host reported failed is ejected for ``base * 2**(n-1)`` seconds (``n``: its ejections since
-its last success), at most ``maximum``; it comes back by itself when that time has passed on
+its last success), at most ``maximum``; failures reported while it is ejected (the other calls
+of the same outage) do not count. It comes back by itself when that time has passed on
 the scheduler (so a ``TestScheduler`` drives it), and one success forgets its streak. A host
 whose key goes is forgotten at once (its timer cancelled). Deciding what to pick when every
 host is ejected is the balancer's job, not this one's.
@@ -63,10 +64,12 @@ class Ejections:
         return min(self._maximum, self._base * 2.0 ** min(failures - 1, 60))
 
     def fail(self, uuid: str) -> bool:
-        """Eject ``uuid`` (again: for longer, from now). Returns whether the ejected set
-        changed."""
+        """Eject ``uuid`` (again, once it is back: for longer). A failure while it is ejected
+        changes nothing: the calls that were in flight when it went down all fail, and that
+        is one outage, not a streak (each would double the time up to ``maximum``). Returns
+        whether the ejected set changed."""
         with self._lock:
-            if self._closed:
+            if self._closed or uuid in self._ejected:
                 return False
             streak = self._streaks.setdefault(uuid, _Streak())
             streak.failures += 1

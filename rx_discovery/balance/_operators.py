@@ -64,7 +64,8 @@ def picker(policy: str = "round_robin", in_flight: Mapping[str, int] | None = No
     def operator(source: reactivex.Observable[HostSet]) -> reactivex.Observable[HostPicker]:
         def subscribe(observer: abc.ObserverBase[HostPicker],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            choose = make_picker(policy, in_flight or {})
+            # `is None`, not `or`: an empty dict is the caller's, to be filled later
+            choose = make_picker(policy, {} if in_flight is None else in_flight)
 
             def on_next(hosts: HostSet) -> None:
                 observer.on_next(HostPicker(hosts, choose))

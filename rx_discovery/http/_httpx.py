@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator
 from functools import partial
 from typing import Any
@@ -47,9 +48,10 @@ class _Common:
         url = request.url
         return self.router.service_of(url.scheme, url.host, url.port)
 
-    def _start(self, request: httpx.Request, service: str, balancer: Balancer) -> Attempts:
+    def _start(self, request: httpx.Request, service: str, balancer: Balancer,
+               started: float | None = None) -> Attempts:
         try:
-            return Attempts(self.router, balancer, request.url.scheme)
+            return Attempts(self.router, balancer, request.url.scheme, started)
         except (NoHostFound, UnknownScheme) as error:
             raise httpx.ConnectError(f"service {service!r}: {error}", request=request) from error
 
@@ -132,8 +134,9 @@ class DiscoveryTransport(_Common, httpx.BaseTransport):
         service = self._service_of(request)
         if service is None:
             return self.transport.handle_request(request)
+        started = time.monotonic()   # the wait for the hosts counts from here
         balancer = self.router.balancer(service)
-        attempts = self._start(request, service, balancer)
+        attempts = self._start(request, service, balancer, started)
         response, host = send_all(self._loop(request, attempts), self.transport.handle_request)
         return _counted(response, host, balancer, _CountedStream)
 
@@ -145,7 +148,8 @@ class DiscoveryTransport(_Common, httpx.BaseTransport):
 class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
     """:class:`DiscoveryTransport` for ``httpx.AsyncClient``: the same rules, the same
     options (the default transport is ``httpx.AsyncHTTPTransport(**options)``). The first
-    request to a service waits for its first host set on a worker thread, not on the loop."""
+    request to a service reads its hosts on a worker thread and waits for their first set
+    without blocking the loop."""
 
     def __init__(self, discovery: Discovery, *,
                  transport: httpx.AsyncBaseTransport | None = None,
@@ -161,9 +165,17 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
         service = self._service_of(request)
         if service is None:
             return await self.transport.handle_async_request(request)
-        balancer = self.router.balancer(service)
-        if not balancer.ready:
-            await anyio.to_thread.run_sync(balancer.wait_ready, balancer.wait)
+        # the first request to a service subscribes to its hosts, which reads them from
+        # etcd: on a worker thread, not the loop
+        started = time.monotonic()   # the wait for the hosts counts from here
+        balancer = self.router.existing_balancer(service)
+        if balancer is None:
+            balancer = await anyio.to_thread.run_sync(self.router.balancer, service)
+        if not await _first_set(balancer, started):
+            # fail here: the pick below would wait for the set again, on the loop
+            raise httpx.ConnectError(f"service {service!r}: no host set of service "
+                                     f"{service!r} arrived within {balancer.wait:g} s",
+                                     request=request)
         attempts = self._start(request, service, balancer)
         loop = self._loop(request, attempts)
         prepared = next(loop)
@@ -182,6 +194,25 @@ class AsyncDiscoveryTransport(_Common, httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self.router.close()
         await self.transport.aclose()
+
+
+async def _first_set(balancer: Balancer, started: float) -> bool:
+    """Whether the balancer's first host set came within its wait from ``started``
+    (``time.monotonic()``), without blocking the loop nor taking a worker thread per request
+    (anyio lends 40 at a time: many requests while etcd is down would queue for them, several
+    waits in turn). The flag is set on the watch thread, so this polls it, more slowly as
+    the wait goes on."""
+    if balancer.ready:
+        return True
+    deadline = started + balancer.wait
+    interval = 0.002
+    while not balancer.ready:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await anyio.sleep(min(interval, left))
+        interval = min(interval * 2, 0.05)
+    return True
 
 
 class _CountedStream(httpx.SyncByteStream):

@@ -10,6 +10,7 @@ import base64
 import ipaddress
 import re
 import threading
+import time
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -17,7 +18,7 @@ from typing import Literal, TypeVar
 import reactivex
 from reactivex.scheduler import ImmediateScheduler
 
-from rx_discovery._errors import UnknownScheme
+from rx_discovery._errors import NoHostFound, UnknownScheme
 from rx_discovery.balance import Balancer
 from rx_discovery.discovery import Discovery
 from rx_discovery.keys import validate_service_name
@@ -137,8 +138,14 @@ class Router:
             return None
         return hostname
 
+    def existing_balancer(self, service: str) -> Balancer | None:
+        """The balancer of ``service`` if a request created it already (no I/O)."""
+        return self._balancers.get(service)
+
     def balancer(self, service: str) -> Balancer:
-        """The balancer of ``service``, created on its first request."""
+        """The balancer of ``service``, created on its first request: that subscribes to
+        its hosts, which reads them from etcd on this thread (an async caller runs this on a
+        worker thread)."""
         balancer = self._balancers.get(service)
         if balancer is not None:
             return balancer
@@ -215,11 +222,18 @@ class Attempts:
 
     __slots__ = ("_left", "_tried", "balancer", "host", "scheme", "target")
 
-    def __init__(self, router: Router, balancer: Balancer, scheme: str) -> None:
+    def __init__(self, router: Router, balancer: Balancer, scheme: str,
+                 started: float | None = None) -> None:
+        """``started``: when the request began (``time.monotonic()``); the wait for the
+        first host set counts from then (subscribing may have read etcd for a while)."""
         self.balancer = balancer
         self.scheme = scheme
         self._left = router.retries
         self._tried: set[str] = set()
+        if started is not None and not balancer.ready and \
+                not balancer.wait_ready(max(0.0, started + balancer.wait - time.monotonic())):
+            raise NoHostFound(f"no host set of service {balancer.service!r} arrived within "
+                              f"{balancer.wait:g} s")
         self.host = balancer.pick()
         self.target = self._target_of(router, self.host)
 

@@ -20,6 +20,7 @@ module does not need httpx (extra ``requests``).
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Collection, Generator, Mapping
 from typing import Any
@@ -79,9 +80,10 @@ class DiscoveryAdapter(requests.adapters.HTTPAdapter):
         service = self.router.service_of(url.scheme, url.hostname or "", url.port)
         if service is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
+        started = time.monotonic()   # the wait for the hosts counts from here
         balancer = self.router.balancer(service)
         try:
-            attempts = Attempts(self.router, balancer, url.scheme)
+            attempts = Attempts(self.router, balancer, url.scheme, started)
         except (NoHostFound, UnknownScheme) as error:
             raise requests.exceptions.ConnectionError(f"service {service!r}: {error}",
                                                       request=request) from error

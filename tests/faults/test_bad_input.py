@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 from faultkit import healthy_stream, host, last, raw_client, subscribe
 from helpers import wait_until
 
@@ -358,6 +359,7 @@ def test_valid_arguments_pass_the_same_checks(no_io: list[str]) -> None:
         with pytest.raises(DiscoveryError):  # the positive control: a real call is counted
             discovery.get(SERVICE).all()
         assert no_io
-    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    ca = trustme.CA().cert_pem.bytes()  # a real certificate: Settings checks that it loads
+    pem = base64.b64encode(ca).decode()
     with _from_env(ETCD_TLS_INMEMORY="true", ETCD_CACERT=pem) as configured:
-        assert configured.settings.ca_cert == b"-----BEGIN CERTIFICATE-----\n"
+        assert configured.settings.ca_cert == ca

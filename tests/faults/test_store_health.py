@@ -36,12 +36,22 @@ def store_on(endpoint: str) -> EtcdStore:
     return store
 
 
+def watch_health(store: EtcdStore) -> Any:
+    """A recorder of ``store.health`` that :func:`state` and :func:`states` settle first:
+    health reaches observers on a thread of its own."""
+    recorder = subscribe(store.health)
+    recorder.store = store
+    return recorder
+
+
 def state(recorder: Any) -> HealthState:
+    recorder.store._health._settle()
     return recorder.items[-1].state  # type: ignore[no-any-return]
 
 
 def states(recorder: Any) -> list[HealthState]:
     """The states in order, repeats (a new reason) folded."""
+    recorder.store._health._settle()
     out: list[HealthState] = []
     for health in recorder.items:
         if not out or out[-1] is not health.state:
@@ -60,7 +70,7 @@ def fails(call: Callable[[], object]) -> StoreError:
 def test_calls_connecting_connected_reconnecting_unavailable_connected_closed(
         server: EmbeddedEtcd) -> None:
     store = store_on(server.endpoint)
-    health = subscribe(store.health)
+    health = watch_health(store)
     assert states(health) == [HealthState.CONNECTING]  # no I/O yet
     store.put("/h/a", b"1")
     assert state(health) is HealthState.CONNECTED
@@ -92,7 +102,7 @@ def served(store: EtcdStore) -> bool:
 def test_watches_alone_report_health(server: EmbeddedEtcd) -> None:
     """No unary call at all: the watch stream's creation and failures drive health."""
     store = store_on(server.endpoint)
-    health = subscribe(store.health)
+    health = watch_health(store)
     watch = subscribe(store.watch("/w/", 1))
     wait_until(lambda: state(health) is HealthState.CONNECTED, timeout=10,
                message="CONNECTED once the watch is created")
@@ -119,7 +129,7 @@ def test_watches_alone_report_health(server: EmbeddedEtcd) -> None:
 def test_keepalives_alone_report_health(server: EmbeddedEtcd) -> None:
     store = store_on(server.endpoint)
     lease = store.grant(30).id
-    health = subscribe(store.health)
+    health = watch_health(store)
     assert store.keepalive_many([lease]) == {lease: None}
     server.kill()
     outcome = store.keepalive_many([lease])[lease]
@@ -134,7 +144,7 @@ def test_keepalives_alone_report_health(server: EmbeddedEtcd) -> None:
 
 def test_a_value_over_the_request_limit_is_denied_for_its_key(server: EmbeddedEtcd) -> None:
     store = store_on(server.endpoint)
-    health = subscribe(store.health)
+    health = watch_health(store)
     store.put("/big/ok", b"1")
     for size in (1_600_000, 3_000_000):  # etcd's limit (1.5 MiB), gRPC's server limit (2 MiB)
         error = fails(lambda size=size: store.put("/big/value", b"x" * size))  # type: ignore[misc]
@@ -150,7 +160,7 @@ def test_a_value_over_the_request_limit_is_denied_for_its_key(server: EmbeddedEt
 def test_an_endpoint_that_is_not_etcd_is_denied(server: EmbeddedEtcd) -> None:
     """The metrics port answers HTTP/1: calls and keepalives say "not an etcd endpoint"."""
     store = store_on(server.metrics_url)
-    health = subscribe(store.health)
+    health = watch_health(store)
     for call in (lambda: store.get("/k"), lambda: store.keepalive(1)):
         error = fails(call)
         assert error.permanent and "not an etcd endpoint" in str(error), repr(error)
@@ -162,7 +172,7 @@ def test_an_endpoint_that_is_not_etcd_is_denied(server: EmbeddedEtcd) -> None:
 def test_etcd_down_from_the_start_is_connecting_then_unavailable() -> None:
     never = EmbeddedEtcd(name="never")  # never started: its port is free
     store = store_on(never.endpoint)
-    health = subscribe(store.health)
+    health = watch_health(store)
     assert isinstance(fails(lambda: store.get("/k")), StoreUnavailable)
     assert state(health) is HealthState.CONNECTING
     assert health.items[-1].reason  # why: the last failure
@@ -171,3 +181,53 @@ def test_etcd_down_from_the_start_is_connecting_then_unavailable() -> None:
                interval=0.2, message="UNAVAILABLE after failing for a while")
     assert states(health) == [HealthState.CONNECTING, HealthState.UNAVAILABLE]
     store.close()
+
+
+def test_a_grpc_server_without_etcds_services_is_denied() -> None:
+    """An HTTP/2 gRPC server that is not etcd (wrong port, another service): UNIMPLEMENTED for
+    calls, keepalives and watches alike, reported as a configuration error, not retried as
+    'unavailable'."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        store = store_on(f"http://127.0.0.1:{port}")
+        health = watch_health(store)
+        for call in (lambda: store.get("/k"), lambda: store.keepalive(1),
+                     lambda: store.grant(5)):
+            error = fails(call)
+            assert error.permanent and "not an etcd endpoint" in str(error), repr(error)
+        watch = subscribe(store.watch("/k/", 1))
+        wait_until(lambda: watch.error is not None, timeout=10)
+        assert getattr(watch.error, "permanent", False), repr(watch.error)
+        assert state(health) is HealthState.DENIED
+        assert "not an etcd endpoint" in health.items[-1].reason
+        store.close()
+    finally:
+        server.stop(None)
+
+
+
+def test_a_health_observer_that_blocks_holds_no_library_thread(server: EmbeddedEtcd) -> None:
+    """A user's health observer doing slow work (an alert over HTTP that hangs) ran on the
+    thread that saw the change: here a call, which then blocked far beyond its timeout; the
+    same happens to a watch reader (its stream is not reopened meanwhile) and to the lease
+    keeper's thread (every keepalive of that TTL stops, and the leases expire)."""
+    import threading
+    import time
+
+    release = threading.Event()
+    store = store_on(server.endpoint)  # timeout 1 s
+    try:
+        store.health.subscribe(lambda health: health.state is HealthState.CONNECTED
+                               and release.wait(10))
+        started = time.monotonic()
+        store.get("/k")  # the first answer: CONNECTING -> CONNECTED
+        assert time.monotonic() - started < 1 + 2, "the call waited for a user's observer"
+    finally:
+        release.set()
+        store.close()

@@ -5,7 +5,9 @@ stopped gracefully; sync and grpc.aio."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -136,3 +138,64 @@ def test_a_module_named_grpc_in_the_package_does_not_shadow_grpcio() -> None:
     assert grpc.insecure_channel is not None and hasattr(grpc, "aio")
     assert rx_discovery.grpc.grpc is grpc
     assert getattr(etcd_store, "grpc", grpc) is grpc
+
+
+RETRY_UNAVAILABLE = json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": {
+    "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("retry", [False, True])
+def test_calls_in_flight_on_a_sigkilled_server(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]],
+        retry: bool) -> None:
+    # what the README says of calls in flight when a server is SIGKILLed: they fail with
+    # UNAVAILABLE (gRPC cannot know whether the server ran them), unless the caller declares
+    # its methods retryable with a retryPolicy in the channel's service config
+    options = [("grpc.service_config", RETRY_UNAVAILABLE)] if retry else []
+    with DiscoveryChannel(discovery, SERVICE, options=options) as channel:
+        backends = grpc_backends(backend_factory)
+        wait_until(lambda: (channel.target or "").count(",") == 2, message="3 hosts")
+        slow = channel.unary_unary("/test.Echo/Slow")
+        wait_until(lambda: {slow(b"0", timeout=10) for _ in range(6)} ==
+                   {b"b0", b"b1", b"b2"}, message="every backend answering")
+        futures = [slow.future(b"3", timeout=30) for _ in range(6)]
+        time.sleep(1.0)   # the calls reach the servers (one that has not is retried by gRPC)
+        backends[0].process.kill()
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result(timeout=60).decode())
+            except grpc.RpcError as error:
+                outcomes.append(error.code().name)
+    if retry:   # those on b0 were retried on the live ones
+        assert set(outcomes) <= {"b1", "b2"}, outcomes
+    else:       # those on b0 failed (one not sent yet by the kill would have been retried)
+        assert set(outcomes) <= {"b1", "b2", "UNAVAILABLE"}, outcomes
+
+
+def test_multicallables_of_one_method_keep_their_own_serializers(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
+    # two stubs may call the same method with different (de)serializers: each must get its
+    # own, not the one of whichever was called first on the underlying channel
+    with DiscoveryChannel(discovery, SERVICE) as channel:
+        backend_factory(1, "--grpc")
+        raw = channel.unary_unary(METHOD)
+        text = channel.unary_unary(METHOD, response_deserializer=lambda data: data.decode())
+        assert raw(b"", timeout=10) == b"b0"
+        assert text(b"", timeout=10) == "b0"
+
+
+def test_aio_multicallables_of_one_method_keep_their_own_serializers(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
+    backend_factory(1, "--grpc")
+
+    async def main() -> tuple[Any, Any]:
+        async with AioDiscoveryChannel(discovery, SERVICE) as channel:
+            raw = channel.unary_unary(METHOD)
+            text = channel.unary_unary(METHOD,
+                                       response_deserializer=lambda data: data.decode())
+            return await raw(b"", timeout=10), await text(b"", timeout=10)
+
+    assert asyncio.run(main()) == (b"b0", "b0")

@@ -87,3 +87,22 @@ def test_a_certificate_for_another_name_fails_then_another_host_is_used(
     right = Host(hostname="localhost", ports={"https": str(port)}, uuid="b-right")
     with client(ca, wrong, right) as http:
         assert all(http.get("https://secure/").text == f"localhost:{port}" for _ in range(4))
+
+
+def test_the_requests_adapter_verifies_and_sends_sni_for_the_address_too(
+        ca: trustme.CA, https_server: tuple[int, list[str | None]]) -> None:
+    import requests
+
+    from rx_discovery.http.requests import DiscoveryAdapter
+
+    port, server_names = https_server
+    discovery = Discovery.in_memory()
+    discovery.register("secure", Host(hostname="localhost", ports={"https": str(port)}),
+                       ttl=5).wait(5)
+    with ca.cert_pem.tempfile() as ca_file, requests.Session() as session:
+        session.mount("https://", DiscoveryAdapter(discovery))
+        response = session.get("https://secure/", verify=ca_file, timeout=10)
+    assert response.status_code == 200
+    assert response.text == f"localhost:{port}"        # the Host header
+    assert server_names[-1] == "localhost"              # SNI
+    discovery.close()

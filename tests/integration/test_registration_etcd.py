@@ -15,7 +15,14 @@ import etcd3
 import pytest
 from helpers import Recorder, wait_until
 
-from rx_discovery import Credentials, Discovery, Host, Registration, RegistrationStatus
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    Host,
+    Registration,
+    RegistrationError,
+    RegistrationStatus,
+)
 from rx_discovery.embedded import EmbeddedEtcd
 
 
@@ -213,3 +220,88 @@ def test_a_newcomer_in_another_process_writes_its_credentials_and_the_others_ado
                 assert adopted.items == [Credentials("u1", "p1"), Credentials("u2", "p2")]
             finally:
                 newcomer.communicate("", timeout=30)
+
+
+def test_status_observers_that_block_do_not_stop_the_keepalives_of_other_registrations(
+        etcd: EmbeddedEtcd, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
+    """Each of 10 registrations has a status observer that blocks once REGISTERED ("wait
+    until my peers are up"). Before: each took one of the Discovery's 8 I/O threads for as
+    long as it blocked, and the keepalive batches (run on the same threads) stopped: every
+    lease of the process expired, the bystander's too."""
+    discovery = Discovery(etcd.endpoint, prefix=unique_prefix)
+    release = threading.Event()
+    blocked: list[str] = []
+    try:
+        bystander = discovery.register("api", host(0), ttl=6).wait(10)
+        lease = raw.get(bystander.key)[1].lease_id
+
+        def block_once_registered(status: RegistrationStatus) -> None:
+            if (status is RegistrationStatus.REGISTERED
+                    and threading.current_thread() is not threading.main_thread()):
+                blocked.append(threading.current_thread().name)
+                release.wait(60)
+
+        for n in range(1, 11):
+            discovery.register("api", host(n), ttl=6).status.subscribe(block_once_registered)
+        wait_until(lambda: len(blocked) >= 8, timeout=20, message="the observers block")
+        last = [raw.get_lease_info(lease).TTL]
+        rises: list[int] = []
+
+        def refreshed_again() -> bool:  # the lease's TTL goes up at each refresh (every 2 s)
+            ttl = raw.get_lease_info(lease).TTL
+            if ttl > last[0]:
+                rises.append(ttl)
+            last[0] = ttl
+            return len(rises) >= 3
+
+        wait_until(refreshed_again, timeout=30, interval=0.1,
+                   message="the bystander's lease is still refreshed")
+        assert raw.get(bystander.key)[0] is not None
+    finally:
+        release.set()
+        discovery.close()
+
+
+
+def test_status_observers_that_wait_for_their_peers_do_not_starve_the_registrations(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """Twelve registrations whose status observer, once REGISTERED, waits for every peer
+    ("start serving once the whole set is up"); the last four are made once the first eight
+    observers wait. Before: the observers ran on the Discovery's 8 I/O threads and blocked
+    them all, so the last four registrations' work, queued behind, never ran: every wait
+    ended in its timeout (without one, the process hung for good)."""
+    discovery = Discovery(etcd.endpoint, prefix=unique_prefix)
+    registrations: list[Registration] = []
+    everyone = threading.Event()
+    waiting: list[int] = []
+    outcomes: list[str] = []
+
+    def wait_for_my_peers(status: RegistrationStatus) -> None:
+        if (status is RegistrationStatus.REGISTERED
+                and threading.current_thread() is not threading.main_thread()):
+            waiting.append(1)
+            try:
+                assert everyone.wait(30)
+                for peer in registrations:
+                    peer.wait(15)
+                outcomes.append("all up")
+            except RegistrationError as error:
+                outcomes.append(str(error))
+
+    def register(n: int) -> None:
+        registration = discovery.register("api", host(n), ttl=5)
+        registrations.append(registration)
+        registration.status.subscribe(wait_for_my_peers)
+
+    try:
+        for n in range(8):
+            register(n)
+        wait_until(lambda: len(waiting) == 8, timeout=20, message="eight observers wait")
+        for n in range(8, 12):
+            register(n)
+        everyone.set()
+        wait_until(lambda: len(outcomes) == 12, timeout=40, message="every observer is done")
+        assert outcomes == ["all up"] * 12
+    finally:
+        everyone.set()
+        discovery.close()

@@ -305,6 +305,7 @@ class TestStoreContractV2(StoreContract):
             store.health.subscribe(lambda health: states.append(health.state))
             with pytest.raises(StoreUnavailable):
                 store.get(f"{prefix}/k")
+        store._health._settle()  # closed: every change delivered, on health's own thread
         assert states[0] is HealthState.CONNECTING
         assert HealthState.RECONNECTING in states or HealthState.CONNECTING in states[1:]
         assert states[-1] is HealthState.CLOSED

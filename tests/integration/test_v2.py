@@ -18,7 +18,7 @@ import trustme
 from helpers import Recorder, wait_until
 
 from rx_discovery import Discovery, Host, RegistrationStatus
-from rx_discovery._errors import AuthenticationFailed, StoreError, StoreUnavailable
+from rx_discovery._errors import AuthenticationFailed, ConfigError, StoreError, StoreUnavailable
 from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles
 from rx_discovery.health import HealthState
@@ -148,12 +148,10 @@ def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
                        client_cert=pki["client_cert"],
                        client_key=pki["client_key"]) as discovery:  # type: ignore[arg-type]
             assert discovery.get("svc").service().name == "svc"  # the service key, read
-        # PEM that is not PEM: refused for good before any connection
-        with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
-                       ca_cert=b"not a certificate") as broken:
-            with pytest.raises(StoreError) as caught:
-                broken.store.get(f"{unique_prefix}/x")
-            assert caught.value.permanent
+        # PEM that is not PEM: refused when the settings are made, before any connection
+        with pytest.raises(ConfigError, match="ca_cert"):
+            Discovery(server.endpoint, api="v2", prefix=unique_prefix,
+                      ca_cert=b"not a certificate")
         # no client certificate: refused for good, and health says so
         with Discovery(server.endpoint, api="v2", prefix=unique_prefix,
                        ca_cert=pki["ca_pem"]) as refused:  # type: ignore[arg-type]
@@ -162,6 +160,7 @@ def test_tls_with_client_certificates_from_memory(pki: dict[str, bytes | str],
             with pytest.raises(StoreError) as caught:
                 refused.store.get(f"{unique_prefix}/x")
             assert caught.value.permanent
+            refused.store._health._settle()  # health reaches observers on its own thread
             assert health.items[-1].state is HealthState.DENIED
 
 
@@ -204,6 +203,7 @@ def test_basic_auth(v2_auth: EmbeddedEtcd, caplog: pytest.LogCaptureFixture) -> 
             with pytest.raises(AuthenticationFailed) as caught:
                 store.get("/services/svc")
             assert SVC_PASSWORD not in str(caught.value)
+            store._health._settle()  # health reaches observers on its own thread
             assert health.items[-1].state is HealthState.DENIED
             assert SVC_PASSWORD not in str(health.items[-1])
 
@@ -267,6 +267,7 @@ def test_an_etcd_without_v2_is_reported_not_retried_in_silence(unique_prefix: st
         with pytest.raises(StoreError) as caught:
             discovery.get("svc").all()
         assert caught.value.permanent and "--enable-v2=true" in str(caught.value)
+        discovery.store._health._settle()  # health reaches observers on its own thread
         assert health.items[-1].state is HealthState.DENIED
 
 

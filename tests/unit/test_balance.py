@@ -276,3 +276,99 @@ def test_picker_operator_follows_the_sets(scheduler: TestScheduler,
 def test_picker_operator_rejects_an_unknown_policy() -> None:
     with pytest.raises(ValueError, match="policy"):
         picker("sticky")
+
+
+# --- review: defects found by breaking the balancer ----------------------------------------
+
+def test_concurrent_failures_of_one_outage_eject_once_not_exponentially(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # eight calls in flight to one host all fail when it dies: that is one failure of the
+    # host (one ejection of eject_base), not eight in a row (2**7 s, capped at eject_max)
+    registered(scheduler, discovery, 1, 2)
+    balancer = discovery.balancer("api", scheduler=scheduler, eject_base=1, eject_max=60)
+    scheduler.advance_by(1)
+    host = balancer.hosts["uuid-1"]  # type: ignore[index]
+    start = scheduler.clock
+    for _ in range(8):
+        balancer.report(host, ok=False)
+    assert balancer.ejected == {"uuid-1"}
+    scheduler.advance_to(start + 1.0)
+    assert balancer.ejected == frozenset()
+    # failing again once it is back is the second ejection in a row: 2 s
+    began = scheduler.clock
+    for _ in range(3):
+        balancer.report(host, ok=False)
+    scheduler.advance_to(began + 1.9)
+    assert balancer.ejected == {"uuid-1"}
+    scheduler.advance_to(began + 2.0)
+    assert balancer.ejected == frozenset()
+
+
+def test_a_cancelled_call_neither_ejects_its_host_nor_stays_in_flight(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # cancelling an asyncio task (or Ctrl-C) inside `with balancer.call()` says nothing about
+    # the host: it must be counted out, not reported failed
+    import asyncio
+
+    registered(scheduler, discovery, 1, 2)
+    balancer = discovery.balancer("api", "least_requests", scheduler=scheduler)
+    scheduler.advance_by(1)
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def call() -> None:
+            with balancer.call():
+                entered.set()
+                await asyncio.Event().wait()   # a response that never comes
+
+        task = asyncio.get_running_loop().create_task(call())
+        await entered.wait()
+        assert sum(balancer.in_flight.values()) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert balancer.in_flight == {}
+    assert balancer.ejected == frozenset()
+    with pytest.raises(KeyboardInterrupt), balancer.call():
+        raise KeyboardInterrupt
+    assert balancer.in_flight == {} and balancer.ejected == frozenset()
+
+
+def test_picker_operator_reads_the_callers_in_flight_dict_even_when_it_starts_empty(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # the caller's counts live in its own dict, empty before the first call: the picker must
+    # read that dict, not a copy taken (or a new one made) while it was empty
+    in_flight: dict[str, int] = {}
+    pickers = record(discovery.hosts("api").pipe(picker("least_requests", in_flight)),
+                     scheduler)
+    registered(scheduler, discovery, 1, 2)
+    in_flight["uuid-1"] = 50
+    latest = pickers.items[-1]
+    assert len(latest) == 2
+    assert collections.Counter(latest.pick().uuid for _ in range(200)) == {"uuid-2": 200}
+
+
+def test_a_balancer_dropped_without_close_releases_its_watch(scheduler: TestScheduler,
+                                                             discovery: Discovery) -> None:
+    # a balancer nobody holds any more (a forgotten close) must not keep the service's watch
+    # open for ever: the subscription alone must not keep it alive
+    import gc
+    import weakref
+
+    store = discovery.store
+    for n in (1, 2):   # written as by other processes: no registration here watches "api"
+        store.put(f"/services/api/uuid-{n}", make_host(n, service_name="api").to_json().encode())
+    before = store.watch_count  # type: ignore[attr-defined]
+    balancer = discovery.balancer("api", scheduler=scheduler)
+    scheduler.advance_by(1)
+    assert balancer.pick().uuid in {"uuid-1", "uuid-2"}
+    assert store.watch_count == before + 1  # type: ignore[attr-defined]
+    dropped = weakref.ref(balancer)
+    del balancer
+    gc.collect()
+    scheduler.advance_by(1)
+    assert dropped() is None
+    assert store.watch_count == before  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import slow_reads, wait_until
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Discovery, Host, NoHostFound
@@ -43,3 +43,30 @@ def test_the_channel_targets_the_hosts_with_the_port_and_follows_them() -> None:
         a.dispose()
         scheduler.advance_by(1)
         wait_until(lambda: channel.target == "ipv4:10.0.0.3:9", timeout=10)
+
+
+def test_creating_an_aio_channel_does_not_read_etcd_on_the_loop() -> None:
+    # AioDiscoveryChannel is created on the event loop; subscribing to the hosts reads them
+    # from etcd at once, and with a slow etcd that read must not block the loop
+    import asyncio
+    import time
+
+    from rx_discovery.grpc import AioDiscoveryChannel
+
+    discovery = Discovery.in_memory(TestScheduler())
+    store = discovery.store
+    store.put("/services/api/u1", Host(hostname="10.0.0.1", ports={"grpc": "7"},
+                                       service_name="api", uuid="u1").to_json().encode())
+    slow = 1.5
+    slow_reads(store, slow)   # this test's own store: nothing to undo
+
+    async def main() -> tuple[str | None, float]:
+        started = time.monotonic()
+        channel = AioDiscoveryChannel(discovery, "api", wait=10)
+        blocked = time.monotonic() - started   # how long the constructor held the loop
+        async with channel:
+            return channel.target, blocked
+
+    target, blocked = asyncio.run(main())
+    assert target == "ipv4:10.0.0.1:7"
+    assert blocked < slow / 2

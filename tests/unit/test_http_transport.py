@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import slow_reads
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Discovery, Host
@@ -332,3 +333,171 @@ def test_a_target_never_shows_the_credentials(discovery: Discovery) -> None:
     target = Router(discovery).target(node(1, user="u", password="s3cret"), "http")
     assert target.authorization is not None
     assert "s3cret" not in repr(target) and target.authorization not in repr(target)
+
+
+
+async def longest_loop_gap(request: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``await request()`` while a ticker measures the loop: its result (or the exception
+    it raised) and the longest time the loop did not run."""
+    import time
+
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    while len(gaps) < 2:   # the ticker runs before the request starts
+        await asyncio.sleep(0.01)
+    try:
+        outcome: Any = await request()
+    except Exception as error:
+        outcome = error
+    count = len(gaps)
+    while len(gaps) < count + 2:   # the tick after the request ends measures its gap
+        await asyncio.sleep(0.01)
+    ticker.cancel()
+    return outcome, max(gaps)
+
+
+def test_the_async_transport_never_blocks_the_loop_when_no_host_set_comes(
+        discovery: Discovery, backends: Hosts) -> None:
+    # etcd is unreachable and stays so: the request must fail after the wait, and the loop
+    # must run all along (the pick after the threaded wait must not wait again on the loop)
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    wait = 1.5
+
+    async def main() -> tuple[Any, float]:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await longest_loop_gap(lambda: http.get("http://api/"))
+
+    error, gap = asyncio.run(main())
+    assert isinstance(error, httpx.ConnectError) and "'api'" in str(error)
+    assert gap < wait / 2   # a loop blocked by the pick would show one gap of the whole wait
+
+
+def test_the_first_async_request_does_not_read_etcd_on_the_loop(
+        discovery: Discovery, backends: Hosts) -> None:
+    # etcd answers, slowly: the first request's subscription reads the hosts at once, and
+    # that read must not run on the event loop
+
+    store = discovery.store
+    store.put("/services/api/uuid-1", node(1, service_name="api").to_json().encode())
+    slow = 1.5
+    slow_reads(store, slow)   # this test's own store: nothing to undo
+
+    async def main() -> tuple[Any, float]:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": 10})
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await longest_loop_gap(lambda: http.get("http://api/"))
+
+    response, gap = asyncio.run(main())
+    assert response.text == "10.0.0.1:8080"
+    assert gap < slow / 2   # a read on the loop would show one gap of the whole read
+
+
+def test_many_async_requests_while_etcd_is_down_fail_after_the_wait_not_in_turns(
+        discovery: Discovery, backends: Hosts) -> None:
+    # 200 requests at once while etcd is down: each must fail after about `wait`, not queue
+    # for the worker threads (anyio lends 40 at a time: 5 rounds of `wait`)
+    import time
+
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    wait = 1.0
+
+    async def main() -> tuple[list[object], float]:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(http.get("http://api/") for _ in range(200)),
+                                            return_exceptions=True)
+            return outcomes, time.monotonic() - started
+
+    outcomes, took = asyncio.run(main())
+    assert all(isinstance(outcome, httpx.ConnectError) for outcome in outcomes)
+    assert took < 3 * wait, took
+
+
+def test_a_cancelled_async_request_is_counted_out_and_ejects_nothing(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    discovery.register("api", node(1), ttl=5)
+    discovery.register("api", node(2), ttl=5)
+
+    async def main() -> tuple[dict[str, int], frozenset[str]]:
+        sent = asyncio.Event()
+
+        async def never_answers(request: httpx.Request) -> httpx.Response:
+            sent.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(
+            never_answers), policy="least_requests", balancer_options={"scheduler": scheduler})
+        balancer = transport.router.balancer("api")
+        scheduler.advance_by(1)
+        async with httpx.AsyncClient(transport=transport) as http:
+            task = asyncio.get_running_loop().create_task(http.get("http://api/"))
+            await sent.wait()
+            assert sum(balancer.in_flight.values()) == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return balancer.in_flight, balancer.ejected
+
+    assert asyncio.run(main()) == ({}, frozenset())
+
+
+def test_a_streamed_response_closed_unread_is_counted_out(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    http = client(scheduler, discovery, backends, node(1), policy="least_requests")
+    balancer = http._transport.router.balancer("api")  # type: ignore[attr-defined]
+    with http.stream("GET", "http://api/stream"):
+        assert balancer.in_flight == {"uuid-1": 1}
+    assert balancer.in_flight == {} and balancer.ejected == frozenset()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_the_first_request_fails_within_the_wait_when_etcd_does_not_answer(
+        discovery: Discovery, backends: Hosts, flavour: str) -> None:
+    # etcd unreachable without refusing (a lost route): its read takes the call timeout, then
+    # fails. The documented bound of a request waiting for the first host set is `wait`,
+    # counted from the request, not `wait` after that read
+    import time
+
+    discovery.store.disconnect()  # type: ignore[attr-defined]
+    slow_reads(discovery.store, 2.0)
+    wait = 2.0
+
+    def sync() -> object:
+        transport = DiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                       balancer_options={"wait": wait})
+        with httpx.Client(transport=transport) as http:
+            try:
+                return http.get("http://api/")
+            except httpx.ConnectError as error:
+                return error
+
+    async def run_async() -> object:
+        transport = AsyncDiscoveryTransport(discovery, transport=httpx.MockTransport(backends),
+                                            balancer_options={"wait": wait})
+        async with httpx.AsyncClient(transport=transport) as http:
+            try:
+                return await http.get("http://api/")
+            except httpx.ConnectError as error:
+                return error
+
+    started = time.monotonic()
+    outcome = sync() if flavour == "sync" else asyncio.run(run_async())
+    took = time.monotonic() - started
+    assert isinstance(outcome, httpx.ConnectError), outcome
+    assert f"within {wait:g} s" in str(outcome)
+    assert took < wait + 1.0, took   # the read and then a whole wait: 2 * wait

@@ -9,12 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from helpers import wait_until
 
 from rx_discovery import ConfigError, Discovery, DiscoveryError
 from rx_discovery.config import Settings
 from rx_discovery.keys import Keyspace, validate_service_name
 from rx_discovery.store.etcd import EtcdStore
+
+# real TLS material: Settings checks that it loads
+_CA = trustme.CA()
+_CLIENT = _CA.issue_cert("rx-discovery-client")
+CA_PEM = _CA.cert_pem.bytes()
+CERT_PEM = _CLIENT.cert_chain_pems[0].bytes()
+KEY_PEM = _CLIENT.private_key_pem.bytes()
 
 
 def test_keys_without_and_with_prefix() -> None:
@@ -53,7 +61,7 @@ def test_settings_from_env_hosts_prefix_and_failover_list() -> None:
 
 
 def test_settings_tls_in_memory_and_files(tmp_path: object) -> None:
-    pem = b"-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
+    pem = CA_PEM
     env = {"ETCD_TLS_INMEMORY": "true", "ETCD_CACERT": base64.b64encode(pem).decode()}
     assert Settings.from_env(env).ca_cert == pem
     with pytest.raises(ConfigError, match="ETCD_CACERT"):
@@ -77,9 +85,10 @@ def test_config_errors_name_the_variable_never_the_secret() -> None:
 
 
 def test_settings_repr_hides_secrets() -> None:
-    settings = Settings.build("http://a:1", user="u", password="hunter2", client_cert=b"C",
-                              client_key=b"PRIVATE")
-    assert "hunter2" not in repr(settings) and "PRIVATE" not in repr(settings)
+    settings = Settings.build("http://a:1", user="u", password="hunter2", client_cert=CERT_PEM,
+                              client_key=KEY_PEM)
+    key_line = KEY_PEM.decode().splitlines()[1]
+    assert "hunter2" not in repr(settings) and key_line not in repr(settings)
 
 
 def test_discovery_construction_does_no_io_and_survives_no_server(
@@ -121,9 +130,9 @@ def test_discovery_construction_does_no_io_and_survives_no_server(
 
 
 def test_ipv6_endpoints_keep_their_brackets() -> None:
-    settings = Settings.from_env({"ETCD_HOSTS": "http://[::1]:2379,https://[fd00::2]:4001,[::1]"})
+    settings = Settings.from_env({"ETCD_HOSTS": "http://[::1]:2379,https://[fd00::2]:4001,[::2]"})
     assert [e.url for e in settings.endpoints] == [
-        "http://[::1]:2379", "https://[fd00::2]:4001", "http://[::1]:2379"]
+        "http://[::1]:2379", "https://[fd00::2]:4001", "http://[::2]:2379"]
     assert settings.endpoints[0].host == "::1"
     assert settings.endpoints[0].netloc == "[::1]:2379"  # the gRPC target
     assert Settings.build("http://10.0.0.1:1").endpoints[0].netloc == "10.0.0.1:1"
@@ -141,7 +150,7 @@ def test_endpoint_paths_are_refused(endpoint: str) -> None:
 
 @pytest.mark.parametrize("spelling", ["true", "TRUE", "1", "yes", "Yes", "on", " on "])
 def test_tls_inmemory_truthy_spellings(spelling: str) -> None:
-    pem = b"-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
+    pem = CA_PEM
     env = {"ETCD_TLS_INMEMORY": spelling, "ETCD_CACERT": base64.b64encode(pem).decode()}
     assert Settings.from_env(env).ca_cert == pem
 
@@ -149,9 +158,9 @@ def test_tls_inmemory_truthy_spellings(spelling: str) -> None:
 @pytest.mark.parametrize("spelling", ["false", "0", "no", "off", "OFF", ""])
 def test_tls_inmemory_falsy_spellings_read_files(spelling: str, tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_bytes(b"PEM")
+    ca.write_bytes(CA_PEM)
     env = {"ETCD_TLS_INMEMORY": spelling, "ETCD_CACERT": str(ca)}
-    assert Settings.from_env(env).ca_cert == b"PEM"
+    assert Settings.from_env(env).ca_cert == CA_PEM
 
 
 @pytest.mark.parametrize("spelling", ["y", "enabled", "2", "truee"])
@@ -169,7 +178,7 @@ def test_credentials_without_tls_are_refused_before_any_io() -> None:
                            "ETCD_PASSWORD": "hunter2"})
     # TLS by scheme or by a CA: accepted
     assert Settings.build("https://a:2379", user="u", password="p").user == "u"
-    assert Settings.build("http://a:2379", user="u", password="p", ca_cert=b"CA").tls
+    assert Settings.build("http://a:2379", user="u", password="p", ca_cert=CA_PEM).tls
     # v2 sends HTTP basic auth: the v2 store decides (no gRPC token involved)
     assert Settings.build("http://a:2379", user="u", password="p", api="v2").api == "v2"
 

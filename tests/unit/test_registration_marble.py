@@ -503,3 +503,261 @@ def test_refused_keepalives_report_failed_then_registered_when_they_work_again(
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
                               RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
     assert registration.ready and registration.reason == ""
+
+
+# --- review: an answer for the lost lease must not end the healing ----------------------------
+
+@pytest.mark.parametrize("outcome", ["fails", "succeeds"])
+def test_a_service_key_write_answered_after_the_lease_was_lost_does_not_end_the_healing(
+        scheduler: TestScheduler, outcome: str) -> None:
+    """The service key is being written (repairing its deletion) when the lease is lost and
+    the new grant fails. Before: the write's answer was taken for the lease being healed: a
+    success reported REGISTERED with no host key (for as long as grants failed); a failure
+    scheduled its own retry over the registration's retry (the SerialDisposable), so the host
+    key was never written again, while the status said REGISTERED."""
+    from rx_discovery import StoreUnavailable
+
+    class LostDuringServiceWrite(MemoryStore):
+        during_service_put: Any = None
+        fail_grants = False
+
+        def grant(self, ttl: int) -> Any:
+            if self.fail_grants:
+                raise StoreUnavailable("grant: connection refused")
+            return super().grant(ttl)
+
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            hook, self.during_service_put = (
+                (self.during_service_put, None) if key == SERVICE_KEY
+                else (None, self.during_service_put))
+            if hook is not None:
+                hook()
+                if outcome == "fails":
+                    raise StoreUnavailable("put: connection reset")
+            return super().put(key, value, lease)
+
+    store = LostDuringServiceWrite(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=5)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+    assert registration.ready
+
+    def lose_the_lease() -> None:
+        store.fail_grants = True
+        store.revoke(registration._lease)  # the host key goes...
+        run_due_now(scheduler)  # ...and the watch tells it while the service write is in flight
+
+    def delete_the_service_key() -> None:
+        store.during_service_put = lose_the_lease
+        store.delete(SERVICE_KEY)
+
+    at(scheduler, 10, delete_the_service_key)
+    at(scheduler, 20, lambda: setattr(store, "fail_grants", False))
+    scheduler.advance_to(15)
+    assert store.get(registration.key) is None
+    assert registration.current_status is RegistrationStatus.LOST
+    scheduler.advance_to(40)
+    assert store.get(registration.key) is not None
+    assert store.get(SERVICE_KEY) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
+    assert len(store.leases) == 1
+
+
+
+def test_a_register_that_races_close_is_refused_and_retries_nothing(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    """register() (on another thread) found the Discovery open, then close() took its list of
+    registrations before register() recorded the new one. Before: close() never disposed it,
+    so it kept retrying its grant on the closed store, for ever."""
+    grants: list[float] = []
+    store = discovery.store
+    grant = store.grant
+
+    def counted_grant(ttl: int) -> Any:
+        grants.append(scheduler.clock)
+        return grant(ttl)
+
+    store.grant = counted_grant  # type: ignore[method-assign]
+    old = discovery.register("api", make_host(1), ttl=5)
+    scheduler.advance_to(1)
+    grants.clear()
+    checked, listed = threading.Event(), threading.Event()
+    outcome: list[object] = []
+    take = discovery._keepers.take
+
+    def take_once_close_listed(*args: Any) -> Any:
+        checked.set()  # register() found the Discovery open...
+        assert listed.wait(10)  # ...and close() takes its list meanwhile
+        return take(*args)
+
+    discovery._keepers.take = take_once_close_listed  # type: ignore[method-assign]
+
+    def register() -> None:
+        try:
+            outcome.append(discovery.register("api", make_host(2), ttl=5))
+        except RuntimeError as error:
+            outcome.append(error)
+
+    registrar = threading.Thread(target=register, daemon=True)
+    registrar.start()
+    assert checked.wait(10)
+    cancel = old._cancel
+
+    def cancel_once_registered() -> None:  # close() has its list: let register() go on
+        listed.set()
+        registrar.join(10)
+        cancel()
+
+    old._cancel = cancel_once_registered  # type: ignore[method-assign]
+    discovery.close()
+    assert not registrar.is_alive()
+    scheduler.advance_to(100)
+    assert grants == []  # nothing started (nor retried) on the closed Discovery
+    assert len(outcome) == 1
+    if isinstance(outcome[0], RuntimeError):
+        assert "closed" in str(outcome[0])
+    else:
+        assert outcome[0].current_status is RegistrationStatus.DISPOSED  # type: ignore[attr-defined]
+    assert len(discovery._groups) == 0 and len(discovery._keepers) == 0
+
+
+def _waits_in_stop(thread: threading.Thread) -> bool:
+    """True while ``thread`` waits inside Registration._stop (for a write or another stop)."""
+    import sys
+
+    frame = sys._current_frames().get(thread.ident or 0)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "_stop" in names and "wait" in names
+
+
+def test_close_while_a_dispose_waits_for_the_write_in_flight_waits_for_that_dispose(
+        scheduler: TestScheduler) -> None:
+    """One thread disposes a registration whose first write is in flight (it waits for it);
+    close() comes meanwhile. Before: close()'s dispose returned at once (already stopping),
+    close() closed the store, and the write's lease could no longer be revoked: the key
+    stayed a whole ttl after both had returned."""
+    store = PutHook(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    disposer = threading.Thread(target=registration.dispose, daemon=True)
+    closer = threading.Thread(target=discovery.close, daemon=True)
+
+    def dispose_and_close_meanwhile() -> None:
+        store.during_put = None
+        disposer.start()
+        wait_until(lambda: _waits_in_stop(disposer), message="dispose() waits for the write")
+        closer.start()
+        wait_until(lambda: not closer.is_alive() or _waits_in_stop(closer),
+                   message="close() returned or waits")
+
+    store.during_put = dispose_and_close_meanwhile
+    scheduler.advance_to(1)
+    for thread in (disposer, closer):
+        thread.join(10)
+        assert not thread.is_alive()
+    assert registration.key not in store._kvs
+    assert store.leases == {}
+
+
+
+def test_a_refused_service_key_rewrite_stays_failed_until_it_works(
+        scheduler: TestScheduler) -> None:
+    """The service key is deleted and its rewrite refused (PermissionDenied): FAILED with the
+    reason until the rewrite works. Before: every keepalive that worked (every ttl/3) took
+    it for a recovery from refused refreshes and reported REGISTERED, with an empty reason,
+    while the service key was missing; the slow retry then said FAILED again: it flapped."""
+
+    class DeniesServiceKey(MemoryStore):
+        deny = False
+
+        def put(self, key: str, value: bytes, lease: int = 0) -> int:
+            if self.deny and key == SERVICE_KEY:
+                raise PermissionDenied("put: permission denied (user 'app' on /services_infos/)")
+            return super().put(key, value, lease)
+
+    store = DeniesServiceKey(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+
+    def deny_and_delete() -> None:
+        store.deny = True
+        store.delete(SERVICE_KEY)
+
+    at(scheduler, 10, deny_and_delete)
+    at(scheduler, 300, lambda: setattr(store, "deny", False))
+    for time in range(11, 300, 7):
+        scheduler.advance_to(time)
+        assert registration.current_status is RegistrationStatus.FAILED, time
+        assert "PermissionDenied" in registration.reason
+    scheduler.advance_to(400)
+    assert store.get(SERVICE_KEY) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
+
+
+def test_a_second_registration_of_the_same_key_is_refused_before_any_io(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    """Two registrations of one key (an explicit uuid used twice) in one Discovery. Before:
+    both were accepted; the second took the first's place in the service's group, so once
+    it was disposed (revoking the key) the first said REGISTERED for ever with no key, and
+    never healed."""
+    store = discovery.store
+    first = discovery.register("api", make_host(1), ttl=5)
+    scheduler.advance_to(1)
+    revision = store.revision
+    with pytest.raises(ValueError, match="uuid-1"):
+        discovery.register("api", make_host(2, uuid=first.uuid), ttl=5)
+    assert store.revision == revision  # nothing written
+    discovery.register("other", make_host(2, uuid=first.uuid), ttl=5)  # another key: fine
+    at(scheduler, 10, lambda: store.delete(first.key))
+    scheduler.advance_to(20)
+    assert first.ready and store.get(first.key) is not None
+    first.dispose()
+    again = discovery.register("api", make_host(3, uuid=first.uuid), ttl=5)  # free again
+    scheduler.advance_to(21)
+    assert again.ready
+
+
+def test_a_keepalive_answer_for_the_lease_already_lost_changes_nothing(
+        scheduler: TestScheduler) -> None:
+    """A refresh is refused while the registration has already lost that lease (its key was
+    deleted meanwhile) and registers again. Before: the stale answer reported FAILED ("refused")
+    in the middle of the healing: LOST, FAILED, REGISTERED instead of LOST, REGISTERED."""
+    from rx_discovery import AuthenticationFailed, StoreUnavailable
+
+    class LostDuringRefresh(MemoryStore):
+        armed = False
+        fail_grants = False
+
+        def grant(self, ttl: int) -> Any:
+            if self.fail_grants:
+                raise StoreUnavailable("grant: connection refused")
+            return super().grant(ttl)
+
+        def keepalive(self, lease: int) -> int:
+            if self.armed:
+                self.armed, self.fail_grants = False, True
+                self.delete(registration.key)
+                run_due_now(scheduler)  # the watch tells the deletion meanwhile
+                raise AuthenticationFailed("keepalive: authentication failed")
+            return super().keepalive(lease)
+
+    store = LostDuringRefresh(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=9)  # refreshed every 3 s
+    statuses = record(registration.status, scheduler)
+    at(scheduler, 5, lambda: setattr(store, "armed", True))  # the refresh at 6
+    at(scheduler, 8, lambda: setattr(store, "fail_grants", False))
+    scheduler.advance_to(7)
+    assert registration.current_status is RegistrationStatus.LOST
+    scheduler.advance_to(20)
+    assert registration.ready and store.get(registration.key) is not None
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.LOST, RegistrationStatus.REGISTERED]

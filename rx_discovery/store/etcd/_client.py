@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -15,6 +17,15 @@ import grpc
 
 from rx_discovery._errors import StoreError
 from rx_discovery.config import Settings
+
+log = logging.getLogger(__name__)
+
+# python3-etcd3's client module (the package's name ``etcd3.client`` is a function)
+_etcd3_client = sys.modules["etcd3.client"]
+
+# A login that fails with these is tried on the next endpoint.
+_LOGIN_FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE,
+                                   grpc.StatusCode.DEADLINE_EXCEEDED})
 
 # A failed endpoint is skipped for this long (python3-etcd3's default is 300 s).
 _ENDPOINT_RETRY_S = 1.0
@@ -56,6 +67,54 @@ def make_endpoints(settings: Settings) -> list[Any]:
     return [etcd3.Endpoint(e.netloc.rpartition(":")[0], e.port, secure=settings.tls, creds=creds,
                            time_retry=_ENDPOINT_RETRY_S, opts=_GRPC_OPTIONS)
             for e in settings.endpoints]
+
+
+def login(endpoints: list[Any], settings: Settings) -> Any:
+    """A ``MultiEndpointEtcd3Client`` on ``endpoints``, logged in when credentials are set.
+
+    python3-etcd3 logs in from its constructor, on an endpoint drawn at random, and does not
+    mark it failed when it does not answer: with a member down, every login that drew it
+    failed, for as long as the member stayed down. Here the login is made on the client's
+    current endpoint and fails over, as calls do, to each other endpoint in turn.
+
+    Raises:
+        grpc.RpcError: the login was refused, or no endpoint answered (the last error).
+    """
+    client = etcd3.MultiEndpointEtcd3Client(endpoints=endpoints, timeout=settings.timeout,
+                                            failover=True)
+    if settings.user is None or settings.password is None:
+        return client
+    request = etcd3.etcdrpc.AuthenticateRequest(name=settings.user, password=settings.password)
+    for attempt in range(len(endpoints)):
+        try:
+            token = client.authstub.Authenticate(request, settings.timeout).token
+        except grpc.RpcError as error:
+            if _auth_not_enabled(error):
+                # as etcd's Go client: go on without a token; once auth is enabled, a call
+                # refused with "user name is empty" makes the store log in
+                log.info("etcd authentication is not enabled: calls are made without a token")
+                return client
+            if (attempt == len(endpoints) - 1 or not hasattr(error, "code")
+                    or error.code() not in _LOGIN_FAILOVER_CODES):
+                raise
+            # as python3-etcd3 does after a failed call (python3-etcd3==0.13.0 is pinned)
+            client.endpoint_in_use.fail()
+            client._clear_old_stubs()
+            continue
+        # what python3-etcd3's constructor sets after its own login
+        client.metadata = (("token", token),)
+        client.call_credentials = grpc.metadata_call_credentials(
+            _etcd3_client.EtcdTokenCallCredentials(token))
+        return client
+    raise AssertionError("unreachable")
+
+
+def _auth_not_enabled(error: grpc.RpcError) -> bool:
+    try:
+        return (error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and "authentication is not enabled" in (error.details() or ""))
+    except Exception:  # a non-Call RpcError
+        return False
 
 
 def _revive_if_all_failed(endpoints: list[Any]) -> None:

@@ -93,6 +93,10 @@ def _from_status(code: grpc.StatusCode, details: str, operation: str) -> StoreEr
     lowered = details.lower()
     if code == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in lowered:
         return _TokenExpired(message)
+    if "user name is empty" in lowered:
+        # a call without a token since auth was enabled: log in (as etcd's Go client does);
+        # without credentials, the store reports it as AuthenticationFailed
+        return _TokenExpired(message)
     if "revision in header is old" in lowered:  # auth store changed: a retry succeeds
         return StoreUnavailable(message)
     if any(reason in lowered for reason in _TOO_LARGE):

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import ssl
-import tempfile
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import etcd3
 import grpc
 
 from rx_discovery._errors import LeaseNotFound, StoreError, StoreUnavailable
-from rx_discovery.config import Settings
+from rx_discovery.config import Settings, load_cert_chain
 from rx_discovery.store._h2grpc import GrpcStream, StreamEnd
 from rx_discovery.store.etcd._client import grpc_proxy_applies
 from rx_discovery.store.etcd._errors import (
@@ -236,29 +235,9 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     else:
         context = ssl.create_default_context(cafile=grpc_roots_file())
     if settings.client_cert is not None and settings.client_key is not None:
-        _load_cert_chain(context, settings.client_cert + b"\n" + settings.client_key)
+        load_cert_chain(context, settings.client_cert, settings.client_key)
     context.set_alpn_protocols(["h2"])
     return context
-
-
-def _load_cert_chain(context: ssl.SSLContext, pem: bytes) -> None:
-    """Load a certificate and its key from memory. The ssl module reads them from a path
-    only: an anonymous in-memory file where Linux has them, else a private temporary file
-    removed at once."""
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
-        fd = memfd_create("rx-discovery-client-cert", getattr(os, "MFD_CLOEXEC", 0))
-        try:
-            os.write(fd, pem)
-            context.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="rx-discovery-") as folder:
-        path = os.path.join(folder, "client.pem")
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            out.write(pem)
-        context.load_cert_chain(path)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -9,11 +9,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import etcd3
 import reactivex
+from etcd3.etcdrpc import rpc_pb2
 from reactivex import Observer, abc
 
 from rx_discovery._errors import (
+    AuthenticationFailed,
     LeaseNotFound,
     PermissionDenied,
     RequestTooLarge,
@@ -23,7 +24,12 @@ from rx_discovery._errors import (
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import KeyValue, Lease, Snapshot, WatchResponse
-from rx_discovery.store.etcd._client import LoginGate, _revive_if_all_failed, make_endpoints
+from rx_discovery.store.etcd._client import (
+    LoginGate,
+    _revive_if_all_failed,
+    login,
+    make_endpoints,
+)
 from rx_discovery.store.etcd._codec import _encode, _key_value, _prefix_range
 from rx_discovery.store.etcd._errors import _NO_ENDPOINT, _public, _TokenExpired, _translate
 from rx_discovery.store.etcd._keepalive import _KeepAliveStream
@@ -39,6 +45,8 @@ _T = TypeVar("_T")
 # are 20 round trips; a page of 500 values at etcd's 1.5 MiB limit is still a finite message.
 _PAGE = 500
 _READ_ATTEMPTS = 3
+# The health scope of a refused login: cleared by a call served, not by an old watch.
+_LOGIN_SCOPE = "(login)"
 
 
 class EtcdStore:
@@ -67,7 +75,7 @@ class EtcdStore:
         self._keepalive = _KeepAliveStream(self, settings)
         self._watches = WatchMux(self)
         self._last_failure = ""  # why the last call could not reach etcd
-        self._health = HealthTracker("etcd")
+        self._health = HealthTracker("etcd", own_thread=True)
         self._login = LoginGate()
 
     def __repr__(self) -> str:
@@ -253,7 +261,7 @@ class EtcdStore:
             try:
                 client = self._get_client()
                 result = action(client)
-                self._served(scope)
+                self._served(scope, logged_in=True)
                 return result
             except Exception as exc:
                 error = _translate(exc, operation)
@@ -269,18 +277,27 @@ class EtcdStore:
             self._report(error, scope)
             raise error
 
-    def _served(self, scope: str = "") -> None:
-        """A call or stream was served: report it on health."""
+    def _served(self, scope: str = "", logged_in: bool = False) -> None:
+        """A call or stream was served: report it on health. Only a call made now
+        (``logged_in``) clears a refused login: a watch opened before the refusal (a password
+        rotated) goes on delivering while nothing can log in."""
         self._last_failure = ""
         self._health.connected(scope=scope)
+        if logged_in:
+            self._health.connected(scope=_LOGIN_SCOPE)
 
     def _report(self, error: StoreError, scope: str = "") -> None:
         """Report a failed call or stream on health: DENIED for a permanent error (for its
         scope, or the whole connection for a refused login or TLS), else RECONNECTING (then
         UNAVAILABLE). The reason is the error's message, which never holds a secret."""
         if error.permanent:
-            connection_wide = not isinstance(error, (PermissionDenied, RequestTooLarge))
-            self._health.denied(str(error), scope="" if connection_wide else scope)
+            if isinstance(error, (PermissionDenied, RequestTooLarge)):
+                pass  # its own key or prefix
+            elif isinstance(error, AuthenticationFailed):
+                scope = _LOGIN_SCOPE
+            else:
+                scope = ""  # the whole connection (TLS, not etcd)
+            self._health.denied(str(error), scope=scope)
         elif isinstance(error, StoreUnavailable) and not self._closed:
             self._health.failed(str(error))
 
@@ -316,9 +333,7 @@ class EtcdStore:
                     return self._client
             self._login.check()
             try:
-                client = etcd3.MultiEndpointEtcd3Client(
-                    endpoints=endpoints, timeout=self._settings.timeout, failover=True,
-                    user=self._settings.user, password=self._settings.password)
+                client = login(endpoints, self._settings)
             except Exception as exc:
                 error = _translate(exc, "login")
                 if error is not None and error.permanent:
@@ -332,7 +347,16 @@ class EtcdStore:
                 return client
 
     def _drop_client(self, stale: Any) -> None:
-        """Forget ``stale`` so that the next call builds (and logs in with) a new client."""
+        """Forget ``stale`` so that the next call builds (and logs in with) a new client,
+        unless its token is still good: a watch refused with "permission denied" (which is
+        what etcd answers for an expired token and for a missing permission alike) calls this
+        too, and a missing permission must not cost a login (bcrypt on the server) on every
+        retry of the watch."""
+        with self._lock:
+            if self._client is not stale:  # another caller dropped it already
+                return
+        if _token_still_valid(stale, self._settings.timeout):
+            return
         with self._lock:
             if self._client is stale:
                 self._client = None
@@ -385,6 +409,19 @@ class _Cancel(abc.DisposableBase):
 
     def dispose(self) -> None:
         self._cancel()
+
+
+def _token_still_valid(client: Any, timeout: float) -> bool:
+    """True when etcd still accepts ``client``'s auth token: an empty transaction needs a
+    valid token and no permission (etcd answers "invalid auth token" to an expired one)."""
+    if not client.metadata:
+        return False
+    try:
+        client.kvstub.Txn(rpc_pb2.TxnRequest(), timeout, credentials=client.call_credentials,
+                          metadata=client.metadata)
+    except Exception:  # expired, or not known: log in again
+        return False
+    return True
 
 
 def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:

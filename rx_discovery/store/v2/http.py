@@ -28,8 +28,7 @@ from rx_discovery._errors import (
     StoreError,
     StoreUnavailable,
 )
-from rx_discovery._pem import load_cert_chain
-from rx_discovery.config import Endpoint, Settings
+from rx_discovery.config import Endpoint, Settings, load_cert_chain
 from rx_discovery.health import HealthTracker
 
 __all__ = ["KEY_NOT_FOUND", "Answer", "TlsRefused", "V2Disabled", "V2Http", "keys_path",
@@ -138,7 +137,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     ca = settings.ca_cert.decode("ascii") if settings.ca_cert is not None else None
     context = ssl.create_default_context(cadata=ca)
     if settings.client_cert is not None and settings.client_key is not None:
-        load_cert_chain(context, settings.client_cert + b"\n" + settings.client_key)
+        load_cert_chain(context, settings.client_cert, settings.client_key)
     return context
 
 

@@ -68,7 +68,7 @@ class EtcdV2Store:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._health = HealthTracker("etcd v2")
+        self._health = HealthTracker("etcd v2", own_thread=True)
         self._http = V2Http(settings, self._health)
         self._watches = WatchLoop(self._http)
         self._lock = threading.Lock()

@@ -1,0 +1,80 @@
+"""Lifecycle helpers the core needs (the public ones are in :mod:`rx_discovery.lifecycle`):
+fork detection and the drain wait.
+
+Fork: grpcio is not fork-safe and background threads do not survive ``fork()``, so a
+:class:`~rx_discovery.Discovery` made before a fork cannot work in the child. Each process
+counts the forks it came from (``os.register_at_fork``); a Discovery remembers the count it was
+made under and raises :class:`UsedAfterFork` when used under another.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+from reactivex import abc
+from reactivex.scheduler import VirtualTimeScheduler
+
+from rx_discovery._errors import DiscoveryError
+
+__all__ = ["UsedAfterFork", "fork_generation", "validate_drain", "wait_on"]
+
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def fork_generation() -> int:
+    """How many forks separate this process from the first one (0 in the original)."""
+    return _generation
+
+
+class UsedAfterFork(DiscoveryError, RuntimeError):
+    """A Discovery (or one of its registrations or streams) made before ``fork()`` was used in
+    the forked child: grpcio is not fork-safe and its threads did not follow the fork."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} was created before this process forked (pid {os.getpid()} is a forked "
+            "child) and cannot be used here: grpcio is not fork-safe. Create the Discovery "
+            "in each worker (after fork), e.g. in gunicorn's post_fork hook / the ASGI "
+            "lifespan (rx_discovery.asgi.discovery_lifespan)")
+
+
+def check_fork(generation: int, what: str) -> None:
+    """Raise :class:`UsedAfterFork` unless this process is the one of ``generation``."""
+    if generation != _generation:
+        raise UsedAfterFork(what)
+
+
+def validate_drain(drain: object) -> float:
+    """``drain`` as seconds >= 0.
+
+    Raises:
+        ValueError: not a finite number >= 0.
+    """
+    if (isinstance(drain, bool) or not isinstance(drain, (int, float)) or math.isnan(drain)
+            or math.isinf(drain) or drain < 0):
+        raise ValueError(f"drain must be a finite number of seconds >= 0, got {drain!r}")
+    return float(drain)
+
+
+def wait_on(timer: abc.SchedulerBase, seconds: float) -> None:
+    """Block the calling thread for ``seconds`` measured on ``timer``: a virtual-time scheduler
+    (``TestScheduler``) counts them on its clock, which another thread advances; any other
+    scheduler keeps real time, so the wait is a plain timed wait."""
+    if seconds <= 0:
+        return
+    done = threading.Event()
+    if isinstance(timer, VirtualTimeScheduler):
+        timer.schedule_relative(seconds, lambda _s, _t: done.set())
+        done.wait()
+    else:
+        done.wait(seconds)

@@ -1,0 +1,196 @@
+"""rx_discovery.metrics with the OpenTelemetry SDK's in-memory reader (issue 15), in virtual
+time; and a no-op without OpenTelemetry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from reactivex.testing import TestScheduler
+
+from rx_discovery import Discovery, RegistrationStatus, StoreUnavailable
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.testing import make_host
+
+pytest.importorskip("opentelemetry.sdk")
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from rx_discovery import metrics
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.configure(provider)
+    yield reader
+    metrics.configure(None)
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
+    """(attributes, value) of each data point of ``name``: value for sums and gauges, the
+    point itself for histograms (``count``, ``sum``)."""
+    data = reader.get_metrics_data()
+    found = []
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        found.append((dict(point.attributes or {}),
+                                      getattr(point, "value", point)))
+    return found
+
+
+def value(reader: InMemoryMetricReader, name: str, **attributes: str) -> Any:
+    matching = [v for a, v in points(reader, name) if all(a.get(k) == x for k, x in
+                                                           attributes.items())]
+    assert len(matching) == 1, (name, attributes, points(reader, name))
+    return matching[0]
+
+
+class GrantFails(MemoryStore):
+    """Grants fail (etcd unreachable for writes) while ``down`` is set."""
+
+    down = False
+
+    def grant(self, ttl: int) -> Any:
+        if self.down:
+            raise StoreUnavailable("grant: connection refused")
+        return super().grant(ttl)
+
+
+def test_registration_status_reregister_time_keepalive_and_hosts(
+        reader: InMemoryMetricReader) -> None:
+    scheduler = TestScheduler()
+    store = GrantFails(scheduler)
+    discovery = Discovery(store=store)
+    discovery.hosts("api").subscribe()
+    one = discovery.register("api", make_host(1), ttl=6)
+    discovery.register("api", make_host(2), ttl=6)
+    scheduler.advance_to(9)
+    assert value(reader, "rx_discovery.hosts", service="api") == 2
+    assert value(reader, "rx_discovery.keepalive.duration").count >= 4  # every 2 s since 0
+    store.down = True
+    scheduler.schedule_absolute(10, lambda *_: store.delete(one.key))
+    scheduler.schedule_absolute(13, lambda *_: setattr(store, "down", False))
+    scheduler.advance_to(12)
+    assert value(reader, "rx_discovery.hosts", service="api") == 1
+    scheduler.advance_to(30)
+    assert one.current_status is RegistrationStatus.REGISTERED
+    assert value(reader, "rx_discovery.hosts", service="api") == 2
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="LOST") == 1
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="REGISTERED") == 3  # two first registrations, one healed
+    healed = value(reader, "rx_discovery.registration.reregister", service="api")
+    assert healed.count == 1 and 3 <= healed.sum <= 8  # lost at 10, grants work from 13
+    one.dispose()
+    scheduler.advance_to(31)
+    assert value(reader, "rx_discovery.hosts", service="api") == 1
+
+
+def test_watch_reconnects_resumes_resyncs_and_skipped_values(
+        reader: InMemoryMetricReader) -> None:
+    scheduler = TestScheduler()
+    discovery = Discovery.in_memory(scheduler)
+    store = discovery.store
+    discovery.hosts("api").subscribe()
+    discovery.register("api", make_host(1), ttl=6)
+    scheduler.advance_to(5)
+    store.put("/services/api/bad", b"not json")
+    scheduler.advance_to(6)
+    assert value(reader, "rx_discovery.skipped", stream="hosts of api") == 1
+    scheduler.schedule_absolute(10, lambda *_: store.restart())  # the watch drops...
+    scheduler.advance_to(12)  # ...reopens, and delivers the next change (resumed)
+    scheduler.schedule_absolute(12, lambda *_: discovery.register("api", make_host(2)))
+    scheduler.advance_to(14)
+    assert value(reader, "rx_discovery.watch.reconnects", stream="hosts of api") == 1
+    assert value(reader, "rx_discovery.watch.resumes", stream="hosts of api") == 1
+
+    def drop_then_compact() -> None:  # what the watch missed is compacted away
+        store.restart()
+        store.put("/services/other/x", b"{}")
+        store.put("/services/other/x", b"{}")
+        store.compact()
+
+    scheduler.schedule_absolute(20, lambda *_: drop_then_compact())
+    scheduler.advance_to(25)
+    assert value(reader, "rx_discovery.watch.resyncs", stream="hosts of api") == 1
+
+
+def test_balancer_picks_and_ejections_per_host(reader: InMemoryMetricReader) -> None:
+    scheduler = TestScheduler()
+    discovery = Discovery.in_memory(scheduler)
+    registrations = [discovery.register("api", make_host(n)) for n in range(2)]
+    balancer = discovery.balancer("api")
+    scheduler.advance_to(1)
+    picked = [balancer.pick() for _ in range(6)]
+    balancer.report(picked[0], ok=False)
+    for registration in registrations:
+        assert value(reader, "rx_discovery.balancer.picks", service="api",
+                     host=registration.uuid) == 3
+    assert value(reader, "rx_discovery.balancer.ejections", service="api",
+                 host=picked[0].uuid) == 1
+
+
+def test_without_opentelemetry_everything_is_a_no_op() -> None:
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+        from reactivex.testing import TestScheduler
+        from rx_discovery import Discovery, metrics
+        from rx_discovery.balance import _pickers
+        from rx_discovery.testing import make_host
+        scheduler = TestScheduler()
+        d = Discovery.in_memory(scheduler)
+        d.hosts("api").subscribe()
+        r = d.register("api", make_host(1))
+        b = d.balancer("api")
+        scheduler.advance_to(10)
+        assert r.ready and b.pick().uuid == r.uuid
+        b.report(b.pick(), ok=False)
+        assert not metrics.enabled()
+        assert b._choose.__module__ == _pickers.__name__  # the picker is not even wrapped
+        try:
+            metrics.configure(object())
+        except RuntimeError as error:
+            print("ok", error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok") and "otel extra" in result.stdout
+
+
+def test_the_readme_prometheus_recipe_exports_the_instruments() -> None:
+    """The README's recipe: OpenTelemetry's Prometheus reader on the global registry."""
+    exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
+    from prometheus_client import REGISTRY, generate_latest
+
+    prometheus = exporter.PrometheusMetricReader()
+    provider = MeterProvider(metric_readers=[prometheus])
+    metrics.configure(provider)
+    try:
+        scheduler = TestScheduler()
+        discovery = Discovery.in_memory(scheduler)
+        discovery.hosts("api").subscribe()
+        registration = discovery.register("api", make_host(1))
+        balancer = discovery.balancer("api")
+        scheduler.advance_to(1)
+        balancer.pick()
+        text = generate_latest(REGISTRY).decode()
+    finally:
+        metrics.configure(None)
+        provider.shutdown()  # unregisters its collector
+    lines = text.splitlines()
+    assert any(line.startswith("rx_discovery_balancer_picks") and registration.uuid in line
+               and line.endswith(" 1.0") for line in lines), text
+    assert any(line.startswith("rx_discovery_hosts") and 'service="api"' in line
+               and line.endswith(" 1.0") for line in lines), text
