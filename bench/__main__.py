@@ -24,7 +24,7 @@ from bench.common import BenchResult, Context
 from rx_discovery.embedded import EmbeddedEtcd, etcd_binary
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
-              "memory", "recovery", "calling"]
+              "memory", "recovery", "calling", "scale"]
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                            "latest.json")
 

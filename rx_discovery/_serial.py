@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from typing import Generic, TypeVar
 
 import reactivex
@@ -49,7 +48,9 @@ class SerialSubject(Generic[T]):
         self._replay = replay
         self._lock = threading.Lock()
         self._observers: tuple[abc.ObserverBase[T], ...] = ()
-        self._queue: deque[tuple[object, tuple[abc.ObserverBase[T], ...]]] = deque()
+        # a list, not a deque: it is almost always empty, and an empty deque costs ~600 bytes
+        # (one subject per subscriber of every watched service)
+        self._queue: list[tuple[object, tuple[abc.ObserverBase[T], ...]]] = []
         self._draining = False
         self._completed = False
         self._latest: T | None = initial
@@ -62,7 +63,7 @@ class SerialSubject(Generic[T]):
 
     def observe(self) -> reactivex.Observable[T]:
         """The values, delivered serially on the thread that flushes."""
-        return reactivex.create(lambda observer, _: self._subscribe(observer))
+        return reactivex.create(lambda observer, _: self.attach(observer))
 
     def enqueue(self, value: T) -> None:
         """Queue ``value`` for every current observer; safe under any lock. Call
@@ -102,7 +103,7 @@ class SerialSubject(Generic[T]):
                 if self._draining or not self._queue:
                     return
                 self._draining = True
-                value, observers = self._queue.popleft()
+                value, observers = self._queue.pop(0)
             try:
                 for observer in observers:
                     self._deliver(observer, value)
@@ -119,7 +120,9 @@ class SerialSubject(Generic[T]):
         except Exception:  # user code: it must not stop the library nor the others
             log.exception("%s: an observer raised; it keeps its subscription", self._label)
 
-    def _subscribe(self, observer: abc.ObserverBase[T]) -> abc.DisposableBase:
+    def attach(self, observer: abc.ObserverBase[T]) -> abc.DisposableBase:
+        """Subscribe ``observer`` itself (what :meth:`observe` does, without another layer
+        of reactivex subscription objects: ~1 KB per watched service and subscriber)."""
         with self._lock:
             if self._completed:
                 self._queue.append((_COMPLETED, (observer,)))
@@ -134,5 +137,5 @@ class SerialSubject(Generic[T]):
         with self._lock:
             self._observers = tuple(o for o in self._observers if o is not observer)
             # values already queued for it are dropped: it asked to stop
-            self._queue = deque((v, tuple(o for o in obs if o is not observer))
-                                for v, obs in self._queue)
+            self._queue = [(v, tuple(o for o in obs if o is not observer))
+                           for v, obs in self._queue]

@@ -37,6 +37,7 @@ from rx_discovery.sync import Change
 __all__ = ["CLOSED_MESSAGE", "SharedSync", "Stoppable"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger("rx_discovery")
 
@@ -76,6 +77,25 @@ class _Joiner(Generic[T]):
         self.subject.enqueue(change)
 
 
+class _Mapped(abc.ObserverBase[Change[T]], Generic[T, R]):
+    """An observer of changes that hands ``mapper(change)`` to another."""
+
+    __slots__ = ("_mapper", "_observer")
+
+    def __init__(self, observer: abc.ObserverBase[R], mapper: Callable[[Change[T]], R]) -> None:
+        self._observer = observer
+        self._mapper = mapper
+
+    def on_next(self, change: Change[T]) -> None:
+        self._observer.on_next(self._mapper(change))
+
+    def on_error(self, error: Exception) -> None:
+        self._observer.on_error(error)
+
+    def on_completed(self) -> None:
+        self._observer.on_completed()
+
+
 class SharedSync(Generic[T]):
     """One sync shared by every subscriber of :attr:`observable`.
 
@@ -108,6 +128,15 @@ class SharedSync(Generic[T]):
         ``on_error(RuntimeError)`` at once."""
         return reactivex.create(lambda observer, _: self._subscribe(observer, scheduler, wait))
 
+    def observe_mapped(self, mapper: Callable[[Change[T]], R],
+                       scheduler: abc.SchedulerBase | None = None, *, wait: bool = False
+                       ) -> reactivex.Observable[R]:
+        """:meth:`observe`, each change passed through ``mapper`` (which must not raise) on
+        its way: what ``observe().pipe(map(mapper))`` does, without reactivex's subscription
+        objects for the extra layer (~0.7 KB per subscriber of every watched service)."""
+        return reactivex.create(lambda observer, _: self._subscribe(
+            _Mapped(observer, mapper), scheduler, wait))
+
     def ensure_loaded(self) -> None:
         """Make the running sync read its first state now, on this thread, handing what it
         delivers off to the runtime's delivery threads (see :meth:`PrefixSync.ensure_loaded`:
@@ -134,7 +163,7 @@ class SharedSync(Generic[T]):
     def _subscribe(self, observer: abc.ObserverBase[Change[T]],
                    scheduler: abc.SchedulerBase | None, wait: bool) -> abc.DisposableBase:
         subject: SerialSubject[Change[T]] = SerialSubject(self._label)
-        inner = subject.observe().subscribe(observer)  # nothing queued yet: calls nothing
+        inner = subject.attach(observer)  # nothing queued yet: calls nothing
         joiner = _Joiner(subject)
         start: Stoppable | None = None
         with self._lock:

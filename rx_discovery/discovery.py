@@ -27,6 +27,7 @@ from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
 from rx_discovery._shelf import Shelf
+from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog_stream
 from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
@@ -133,6 +134,9 @@ class Discovery:
             weakref.WeakValueDictionary())
         self._service_syncs: weakref.WeakValueDictionary[str, SharedSync[Service]] = (
             weakref.WeakValueDictionary())
+        # the one catalog sync (key ""), weak as the others
+        self._catalog_syncs: weakref.WeakValueDictionary[str, SharedSync[Host | Service]] = (
+            weakref.WeakValueDictionary())
         self._registrations: dict[str, Registration] = {}  # by host key: one each
         # held while a registration uses them (released with the last one)
         self._groups: Shelf[str, ServiceGroup] = Shelf()
@@ -208,7 +212,8 @@ class Discovery:
             self._closed = True
             registrations = list(self._registrations.values())
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
-                                            *self._service_syncs.values()]
+                                            *self._service_syncs.values(),
+                                            *self._catalog_syncs.values()]
         for registration in registrations:  # all stop at once: none starts a new write
             registration._cancel()
         deadline = time.monotonic() + timeout
@@ -301,7 +306,7 @@ class Discovery:
         def to_set(change: Change[Host]) -> HostSet:
             return HostSet._wrap(name, change.items, change.revision)
 
-        stream = self.changes(name, scheduler=scheduler).pipe(operators.map(to_set))
+        stream = self._hosts_sync(name).observe_mapped(to_set, scheduler, wait=True)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -474,9 +479,10 @@ class Discovery:
             raise ValueError("shard must be a non-empty string or None")
         return ServiceQuery(self.store, self.keyspace, name, shard)
 
-    def catalog(self, service: str | None = None) -> dict[str, ServiceQuery]:
+    def read_catalog(self, service: str | None = None) -> dict[str, ServiceQuery]:
         """Every service that has hosts or a service key (or only ``service``), read at once,
-        as loaded queries keyed by name (sorted). Blocks on the caller's thread.
+        as loaded queries keyed by name (sorted). Blocks on the caller's thread. (For a live
+        view, subscribe to :meth:`catalog`.)
 
         Raises:
             ValueError: a bad service name.
@@ -484,6 +490,24 @@ class Discovery:
         self._check_fork()
         return read_catalog(self.store, self.keyspace,
                             None if service is None else validate_service_name(service))
+
+    def catalog(self, *, scheduler: abc.SchedulerBase | None = None,
+                observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[Catalog]:
+        """The whole deployment: a :class:`~rx_discovery.catalog.Catalog` (``service name ->
+        (HostSet, Service | None)``, revision-stamped) at once, then a new one on every change.
+
+        One etcd watch for every service (of the range holding ``/services/`` and
+        ``/services_infos/``), hot and shared by every catalog subscriber, gap-free across
+        reconnects and compaction like :meth:`hosts`; ``subscribe()`` returns once the
+        current catalog is known (read on the caller's thread when it starts the watch; when
+        etcd is unreachable then, see :meth:`changes`). Malformed values are skipped and
+        reported on :attr:`diagnostics`. Emits on the store's watch thread unless
+        ``observe_on`` is given, one catalog at a time, outside every library lock.
+        """
+        shared = self._shared(self._catalog_syncs, "", catalog_prefix(self.keyspace),
+                              catalog_codec(self.keyspace), "catalog", exact=False)
+        return _deliver(catalog_stream(shared.observe(scheduler, wait=True), self.keyspace),
+                        observe_on)
 
     # --- shared syncs -------------------------------------------------------------------
 

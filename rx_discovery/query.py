@@ -1,5 +1,5 @@
 """One-shot queries: ``Discovery.get(service).all() / first() / one() / url() / service()`` and
-``Discovery.catalog()`` (every service at once)."""
+``Discovery.read_catalog()`` (every service at once)."""
 
 from __future__ import annotations
 

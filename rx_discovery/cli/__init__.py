@@ -3,7 +3,7 @@
 Commands::
 
     rx-discovery demo [--duration 20]      hosts come and go; watch them live
-    rx-discovery ls [SERVICE] [--json]     services and their hosts (passwords shown as ***)
+    rx-discovery ls [SERVICE] [--json] [--watch]  services and hosts (passwords shown as ***)
     rx-discovery watch SERVICE [--json]    current hosts, then one line per event
     rx-discovery register SERVICE --hostname H --port http=80 ...   hold a registration
     rx-discovery etcd [--data-dir D]       run an embedded etcd in the foreground

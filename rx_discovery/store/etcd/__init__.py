@@ -26,13 +26,15 @@ the client's known gaps (``/work/shared/reference/ETCD-CLIENT-NOTES.md``):
 - every outcome (calls, watch streams, keepalives) feeds the store's
   :class:`~rx_discovery.health.HealthTracker`.
 
-Threads: calls block the caller's thread (up to ``Settings.timeout``); each watch subscription
-has one daemon reader thread, which emits its notifications; the shared lease keepalive
+Threads: calls block the caller's thread (up to ``Settings.timeout``); every watch of the
+store is multiplexed on one etcd ``Watch`` stream, whose one daemon reader thread emits every
+notification (:mod:`._watch`); the shared lease keepalive
 stream runs on one daemon asyncio event-loop thread.
 
 Modules: :mod:`._store` (the store: unary calls, health), :mod:`._client` (clients, endpoints
 and failover), :mod:`._errors` (error mapping), :mod:`._codec` (keys and events),
-:mod:`._watch` (watch streams), :mod:`._keepalive` (the shared lease keepalive stream).
+:mod:`._watch` (the multiplexed watch stream), :mod:`._keepalive` (the shared lease
+keepalive stream).
 """
 
 from rx_discovery.store.etcd._store import EtcdStore

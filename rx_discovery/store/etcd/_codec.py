@@ -56,18 +56,41 @@ def _watch_response(events: Any) -> WatchResponse:
 # python3-etcd3's generated messages predate etcd 3.4's watch fragmentation: the request flag
 # (WatchCreateRequest.fragment = 8) is appended as raw bytes, and the answer's
 # (WatchResponse.fragment = 7) is read from the unknown fields, which protobuf keeps.
+# The same holds for the client-chosen watch id (WatchCreateRequest.watch_id = 7, etcd 3.4+).
 _FRAGMENT_FLAG = bytes([8 << 3, 1])  # field 8, varint, true
+_WATCH_ID_TAG = bytes([7 << 3])  # field 7, varint
 _RESPONSE_FRAGMENT_FIELD = 7
 
 
-def watch_create_request(key: bytes, range_end: bytes, start_revision: int) -> Any:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def watch_create_request(key: bytes, range_end: bytes, start_revision: int,
+                         watch_id: int = 0) -> Any:
     """A ``WatchRequest`` creating a watch of ``[key, range_end)`` from ``start_revision``,
     with progress notifications, and fragmented answers: etcd then splits a response larger
-    than its request limit (1.5 MiB) into fragments instead of sending one huge message."""
+    than its request limit (1.5 MiB) into fragments instead of sending one huge message.
+
+    ``watch_id`` (> 0) names the watch on its stream: etcd then answers every response of it,
+    its refusal included, with that id (with ids chosen by the server, a refused creation
+    carries no id, and only the order of the answers tells which watch it was)."""
     create = rpc_pb2.WatchCreateRequest(key=key, range_end=range_end,
                                         start_revision=start_revision, progress_notify=True)
-    create = rpc_pb2.WatchCreateRequest.FromString(create.SerializeToString() + _FRAGMENT_FLAG)
+    extra = _FRAGMENT_FLAG + (_WATCH_ID_TAG + _varint(watch_id) if watch_id else b"")
+    create = rpc_pb2.WatchCreateRequest.FromString(create.SerializeToString() + extra)
     return rpc_pb2.WatchRequest(create_request=create)
+
+
+def watch_cancel_request(watch_id: int) -> Any:
+    """A ``WatchRequest`` cancelling the watch ``watch_id`` of its stream."""
+    return rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=watch_id))
 
 
 def is_fragment(response: Any) -> bool:

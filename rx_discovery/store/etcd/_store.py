@@ -11,8 +11,7 @@ from typing import Any, TypeVar
 
 import reactivex
 from etcd3.etcdrpc import rpc_pb2
-from reactivex import abc
-from reactivex.disposable import Disposable
+from reactivex import Observer, abc
 
 from rx_discovery._errors import (
     AuthenticationFailed,
@@ -34,7 +33,7 @@ from rx_discovery.store.etcd._client import (
 from rx_discovery.store.etcd._codec import _encode, _key_value, _prefix_range
 from rx_discovery.store.etcd._errors import _NO_ENDPOINT, _public, _TokenExpired, _translate
 from rx_discovery.store.etcd._keepalive import _KeepAliveStream
-from rx_discovery.store.etcd._watch import _WatchSubscription
+from rx_discovery.store.etcd._watch import WatchMux
 
 __all__ = ["EtcdStore"]
 
@@ -57,8 +56,9 @@ class EtcdStore:
     can be created before etcd is up. Every method is thread-safe and blocks its caller for at
     most ``settings.timeout`` (plus one transparent re-login when the auth token expired).
 
-    Threads: :meth:`watch` notifications are emitted on that subscription's own daemon reader
-    thread; lease keepalives run on one daemon event-loop thread shared by all leases.
+    Threads: :meth:`watch` notifications of every watch are emitted on the one daemon reader
+    thread of the store's shared watch stream; lease keepalives run on one daemon event-loop
+    thread shared by all leases.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -73,7 +73,7 @@ class EtcdStore:
         self._client: Any | None = None  # etcd3.MultiEndpointEtcd3Client
         self._closed = False
         self._keepalive = _KeepAliveStream(self, settings)
-        self._watches: set[_WatchSubscription] = set()
+        self._watches = WatchMux(self)
         self._last_failure = ""  # why the last call could not reach etcd
         self._health = HealthTracker("etcd", own_thread=True)
         self._login = LoginGate()
@@ -211,16 +211,11 @@ class EtcdStore:
         of the stream (server down, frozen, failover); never completes. Disposing cancels the
         stream; nothing is emitted afterwards.
 
-        Threads: subscribing returns at once; the stream is opened, and every notification is
-        emitted, on the subscription's own daemon reader thread.
+        Threads: subscribing returns at once (on a closed store, it fails at once); the
+        watch is created, and every notification of every watch of the store is emitted, on
+        the shared stream's daemon reader thread (see :mod:`._watch`).
         """
-        def subscribe(observer: abc.ObserverBase[WatchResponse],
-                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            subscription = _WatchSubscription(self, prefix, start_revision, observer, exact)
-            subscription.start()
-            return Disposable(subscription.dispose)
-
-        return reactivex.create(subscribe)
+        return _WatchObservable(self._watches, prefix, start_revision, exact)
 
     @property
     def health(self) -> reactivex.Observable[Health]:
@@ -237,11 +232,9 @@ class EtcdStore:
             if self._closed:
                 return
             self._closed = True
-            watches, self._watches = list(self._watches), set()
             endpoints, self._endpoints, self._client = self._endpoints, None, None
         try:
-            for watch in watches:
-                watch.dispose()
+            self._watches.close()
             self._health.closed()
             self._keepalive.close()
         finally:
@@ -383,16 +376,39 @@ class EtcdStore:
                 # way in _manage_grpc_errors (python3-etcd3==0.13.0 is pinned).
                 client._clear_old_stubs()
 
-    def _add_watch(self, watch: _WatchSubscription) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._watches.add(watch)
-            return True
 
-    def _remove_watch(self, watch: _WatchSubscription) -> None:
-        with self._lock:
-            self._watches.discard(watch)
+class _WatchObservable(reactivex.Observable[WatchResponse]):
+    """:meth:`EtcdStore.watch`: subscribing creates a watch on the shared stream, without
+    reactivex's per-subscription objects (an auto-detaching observer, two disposables, each
+    with a lock: ~1 KB for every watched service). The stream already calls the observer
+    serially, never after an error, and ends the watch when ``on_next`` raises."""
+
+    def __init__(self, mux: WatchMux, prefix: str, start_revision: int, exact: bool) -> None:
+        super().__init__()
+        self._mux = mux
+        self._prefix = prefix
+        self._start_revision = start_revision
+        self._exact = exact
+
+    def subscribe(self, on_next: Any = None, on_error: Any = None, on_completed: Any = None,
+                  *, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        # reactivex's rule: an object with a callable ``on_next`` is the observer
+        observer: abc.ObserverBase[WatchResponse] = (
+            on_next if callable(getattr(on_next, "on_next", None))
+            else Observer(on_next, on_error, on_completed))
+        return _Cancel(self._mux.watch(self._prefix, self._start_revision, self._exact, observer))
+
+
+class _Cancel(abc.DisposableBase):
+    """Disposes by calling a function (idempotent: the watch's cancel is)."""
+
+    __slots__ = ("_cancel",)
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+
+    def dispose(self) -> None:
+        self._cancel()
 
 
 def _token_still_valid(client: Any, timeout: float) -> bool:

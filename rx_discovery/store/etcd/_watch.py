@@ -1,11 +1,39 @@
-"""Watch streams, owned here over the generated gRPC stubs."""
+"""Every watch of a store on one etcd ``Watch`` stream, by watch id, read by one thread.
+
+etcd multiplexes any number of watches on one ``Watch`` call: a ``WatchCreateRequest`` per
+watch (its id chosen here, so that every answer, a refusal included, names its watch), a
+``WatchCancelRequest`` to end one, and the ``watch_id`` on every response. Its Go client keeps
+one such stream per connection; so does this module, instead of a call and a reader thread
+(plus gRPC's request-sending thread) per watch: watching 10,000 services costs two threads.
+
+Per watch, everything a stream of its own did stays true:
+
+- each watch remembers the revision after the last response it emitted; a new stream (after
+  a token renewal) re-creates every watch from its own revision;
+- compaction (``compact_revision``), a refusal (RBAC) or a cancel ends that watch alone, with
+  its error; the others go on;
+- fragments of a large response are joined per watch; progress notifications are emitted;
+- a refused creation is checked with a read of the same range: an expired token (the read
+  logs in again) re-creates the watches on a stream with the new token, a missing permission
+  fails the watch with :class:`PermissionDenied`.
+
+When the stream itself is lost (server down, frozen, failover) every watch on it fails with
+:class:`StoreUnavailable`, as the :class:`~rx_discovery.store.Store` port says; their syncs
+re-subscribe (jittered backoff) from their own revision + 1, onto the next stream, which the
+first of them opens.
+
+Threads: one daemon reader thread per open stream (it exits when no watch is left), which
+emits every notification of every watch, in order per watch, outside every lock; gRPC adds
+its request-sending thread. A refused creation is checked on a short-lived thread.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import etcd3
@@ -24,6 +52,7 @@ from rx_discovery.store.etcd._codec import (
     _prefix_range,
     _watch_response,
     is_fragment,
+    watch_cancel_request,
     watch_create_request,
 )
 from rx_discovery.store.etcd._errors import (
@@ -41,14 +70,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # etcd's require-leader metadata (as its Go client's WithRequireLeader, and Kubernetes): a
-# member cut off from the quorum cancels the watch ("no leader") instead of keeping it open
-# and silent until the partition heals, so the stream fails over to another member.
+# member cut off from the quorum cancels the stream ("no leader") instead of keeping it open
+# and silent until the partition heals, so the watches fail over to another member.
 _REQUIRE_LEADER = ("hasleader", "true")
-
-
-class _WatchRefused(_TokenExpired):
-    """etcd canceled the watch with "permission denied": an expired token (log in again and
-    retry once) or a missing permission (what it means when the retry is refused too)."""
 
 
 def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
@@ -56,143 +80,358 @@ def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
     while (request := requests.get()) is not None:
         yield request
 
-class _WatchSubscription:
-    """One subscription to :meth:`EtcdStore.watch`: one etcd watch stream and its reader
-    thread, which is the only thread calling the observer."""
 
-    def __init__(self, store: EtcdStore, prefix: str, start_revision: int,
-                 observer: abc.ObserverBase[WatchResponse], exact: bool = False) -> None:
+class _Watch:
+    """One subscription to :meth:`EtcdStore.watch`: a watch on the shared stream."""
+
+    __slots__ = ("done", "exact", "fragments", "id", "next_revision", "observer", "prefix",
+                 "range", "relogged")
+
+    def __init__(self, prefix: str, exact: bool, start_revision: int,
+                 observer: abc.ObserverBase[WatchResponse]) -> None:
+        self.prefix = prefix
+        self.exact = exact
+        # an empty range_end selects the key alone
+        self.range = (_encode(prefix), b"") if exact else _prefix_range(prefix)
+        self.observer = observer
+        self.next_revision = start_revision  # where a re-creation resumes
+        self.fragments: list[Any] = []  # events of a fragmented response, so far
+        self.id = 0  # its id on the stream it was last created on
+        self.relogged = False  # refused once already: a second refusal is final
+        self.done = False  # disposed or failed: the observer is not called again
+
+
+class _Stream:
+    """One ``Watch`` call and the watches created on it, by id."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.call: Any = None
+        self.watches: dict[int, _Watch] = {}
+        self.next_id = 1  # 0 asks etcd to choose
+        self.ended = False  # no watch may be created on it any more
+        self.refused: list[_Watch] = []  # refused creations awaiting their check
+
+    def create(self, watch: _Watch) -> None:
+        """Create ``watch`` on this stream (call under the mux's lock)."""
+        watch.id, self.next_id = self.next_id, self.next_id + 1
+        watch.fragments = []
+        self.watches[watch.id] = watch
+        start, end = watch.range
+        self.requests.put(watch_create_request(start, end, watch.next_revision, watch.id))
+
+    def forget(self, watch: _Watch, cancel: bool) -> bool:
+        """Remove ``watch`` (and ask etcd to cancel it); False when it is not on this stream
+        (call under the mux's lock)."""
+        if self.watches.get(watch.id) is not watch:
+            return False
+        del self.watches[watch.id]
+        if cancel and not self.ended:
+            self.requests.put(watch_cancel_request(watch.id))
+        return True
+
+
+class WatchMux:
+    """The watches of one :class:`EtcdStore` on one stream at a time (see the module)."""
+
+    def __init__(self, store: EtcdStore) -> None:
         self._store = store
-        self._prefix = prefix
-        self._exact = exact
-        self._start_revision = start_revision
-        self._observer = observer
         self._lock = threading.Lock()
-        self._disposed = False
-        self._call: Any | None = None
-        self._requests: queue.SimpleQueue[Any] | None = None  # of the open stream
-        self._fragments: list[Any] = []  # events of a fragmented response, so far
+        self._waiting: list[_Watch] = []  # to create on the next stream
+        self._stream: _Stream | None = None  # the open stream, if any
+        self._reading = False  # a reader thread runs (it opens the next stream)
+        self._closed = False
 
-    def start(self) -> None:
-        threading.Thread(target=self._run, name=f"rx-discovery-watch {self._prefix}",
-                         daemon=True).start()
-
-    def dispose(self) -> None:
-        """Cancel the stream; the observer is not called again. Idempotent."""
+    def watch(self, prefix: str, start_revision: int, exact: bool,
+              observer: abc.ObserverBase[WatchResponse]) -> Callable[[], None]:
+        """Create a watch for ``observer``; returns its cancel function. Never blocks."""
+        watch = _Watch(prefix, exact, start_revision, observer)
         with self._lock:
-            if self._disposed:
+            closed = watch.done = self._closed
+            stream = self._stream
+            if closed:
+                stream = None
+            elif stream is not None and not stream.ended:
+                stream.create(watch)
+            else:
+                self._waiting.append(watch)
+        if closed:
+            observer.on_error(StoreUnavailable("watch: the store is closed"))
+        else:
+            self._start_reader()
+        return lambda: self._cancel(watch)
+
+    @property
+    def count(self) -> int:
+        """Watches open or waiting for a stream."""
+        stream = self._stream
+        return len(self._waiting) + (len(stream.watches) if stream is not None else 0)
+
+    def close(self) -> None:
+        """End the stream; no observer is called again. Idempotent."""
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+            for watch in self._waiting:
+                watch.done = True
+            self._waiting = []
+            if stream is not None:
+                for watch in stream.watches.values():
+                    watch.done = True
+                stream.ended = True
+        if stream is not None and stream.call is not None:
+            stream.call.cancel()
+
+    def _cancel(self, watch: _Watch) -> None:
+        call = None
+        with self._lock:
+            if watch.done:
                 return
-            self._disposed = True
-            call = self._call
+            watch.done = True
+            if watch in self._waiting:
+                self._waiting.remove(watch)
+            stream = self._stream
+            if (stream is not None and stream.forget(watch, cancel=True)
+                    and not stream.watches and not self._waiting and not stream.refused):
+                stream.ended = True  # the last watch: end the stream and its thread
+                call = stream.call
         if call is not None:
             call.cancel()
-        self._store._remove_watch(self)
+
+    # -- the reader thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        """Reader thread: open the watch, emit its responses, report how it ended."""
-        if not self._store._add_watch(self):
-            self._fail(StoreUnavailable("watch: the store is closed"))
-            return
-        if self._disposed:  # disposed before this thread started
-            self._store._remove_watch(self)
-            return
+        """Open a stream while watches wait for one; read it until it ends."""
         relogged = False
         while True:
-            client: Any = None
+            with self._lock:
+                if self._closed or not self._waiting:
+                    self._reading = False
+                    return
+            client = None
+            stream = _Stream(None)
+            served = ended_here = False
             try:
                 client = self._store._get_client()
-                self._stream(client)
+                stream = _Stream(client)
+                served, ended_here = self._serve(stream)
                 error: StoreError = StoreUnavailable("watch: stream ended by the server")
             except Exception as exc:
-                error = _translate(exc, "watch") or self._unexpected(exc)
-            if self._disposed:
+                error = _translate(exc, "watch") or _unexpected(exc)
+            if served:
+                relogged = False
+            orphans = self._ended(stream)
+            if self._closed:
                 return
-            if isinstance(error, _TokenExpired) and not relogged and client is not None:
-                relogged = True
-                self._store._drop_client(client)
+            if ended_here:  # its last watch went, or a token renewal: go on with the rest
+                self._requeue(orphans)
                 continue
-            if isinstance(error, _WatchRefused):
-                # refused again with a fresh token: the user lacks the permission (RBAC)
-                error = PermissionDenied(str(error))
+            if isinstance(error, _TokenExpired) and not relogged and client is not None:
+                relogged = True  # the stream was refused: log in again, re-create them all
+                self._store._drop_client(client)
+                self._requeue(orphans)
+                continue
+            # Every watch fails, those waiting for this stream too: their syncs re-subscribe
+            # after a jittered backoff (a retry here would spin while etcd is down).
             error = _public(error)
-            self._store._report(error, self._prefix)
-            self._fail(error)
-            return
+            self._store._report(error, "")
+            for watch in (*orphans, *self._take_waiting()):
+                self._fail(watch, error)
 
-    def _stream(self, client: Any) -> None:
-        """Open the watch on ``client`` and emit until the stream ends or is disposed.
+    def _serve(self, stream: _Stream) -> tuple[bool, bool]:
+        """Open ``stream``, create the waiting watches on it and dispatch its responses until
+        it ends. Returns whether it delivered anything, and whether it was ended here (no
+        watch left, a token renewal, close) rather than by the server.
 
         Raises:
-            StoreError: a canceled watch; grpc.RpcError when the stream fails.
+            grpc.RpcError: the stream failed.
         """
-        channel, metadata = self._store._stream_target(client)
-        # an empty range_end selects the key alone
-        key, range_end = ((_encode(self._prefix), b"") if self._exact
-                          else _prefix_range(self._prefix))
-        # The request stream stays open (as Go's client keeps it) until the call ends; its
-        # None sentinel then ends gRPC's request-sending thread.
-        requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        requests.put(watch_create_request(key, range_end, self._start_revision))
+        channel, metadata = self._store._stream_target(stream.client)
         call = etcd3.etcdrpc.WatchStub(channel).Watch(
-            _queue_iterator(requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
-        self._fragments = []
+            _queue_iterator(stream.requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
         with self._lock:
-            self._call = call
-            disposed = self._disposed
+            stream.call = call
+            if self._closed:
+                stream.ended = True
+            else:
+                self._stream = stream
+                waiting, self._waiting = self._waiting, []
+                for watch in waiting:
+                    stream.create(watch)
+        served = False
         try:
-            if disposed:
-                call.cancel()
-                return
+            if stream.ended:
+                return served, True
             for response in call:
-                if self._disposed:
-                    return
-                self._on_response(response)
+                served = True
+                self._dispatch(stream, response)
+            return served, stream.ended
         except grpc.RpcError as exc:
-            if _status_code(exc) in _ENDPOINT_FAILURE_CODES and not self._disposed:
-                self._store._endpoint_failed(client, channel)
+            if stream.ended:  # cancelled here
+                return served, True
+            if _status_code(exc) in _ENDPOINT_FAILURE_CODES:
+                self._store._endpoint_failed(stream.client, channel)
             raise
         finally:
             call.cancel()  # no-op when already ended
-            requests.put(None)
+            stream.requests.put(None)  # ends gRPC's request-sending thread
 
-    def _unexpected(self, error: Exception) -> StoreError:
-        """An error that is not etcd's (e.g. raised by the observer): log it, and end the
-        stream as unavailable so that callers retry rather than lose the stream silently."""
-        if not self._disposed:
-            log.error("watch %r: unexpected error", self._prefix, exc_info=error)
-        return StoreUnavailable(f"watch: unexpected {type(error).__name__}")
+    def _ended(self, stream: _Stream) -> list[_Watch]:
+        """Detach the watches of an ended stream (to fail them, or re-create them)."""
+        with self._lock:
+            stream.ended = True
+            if self._stream is stream:
+                self._stream = None
+            orphans = [w for w in (*stream.watches.values(), *stream.refused) if not w.done]
+            stream.watches, stream.refused = {}, []
+            return orphans
 
-    def _on_response(self, response: Any) -> None:
+    def _requeue(self, watches: list[_Watch]) -> None:
+        with self._lock:
+            self._waiting[:0] = [w for w in watches if not w.done]
+
+    def _take_waiting(self) -> list[_Watch]:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+            return waiting
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _dispatch(self, stream: _Stream, response: Any) -> None:
+        watch = stream.watches.get(response.watch_id)
+        if watch is None or watch.done:
+            return  # cancelled meanwhile (its last answers may still come)
         if response.compact_revision > 0:
-            raise RevisionCompacted(response.compact_revision)
+            self._end(stream, watch, RevisionCompacted(response.compact_revision), False)
+            return
         if response.canceled:
             reason = str(response.cancel_reason)[:_MAX_DETAILS] or "canceled by the server"
             if "permission denied" in reason or "auth" in reason:
-                # etcd cancels a watch created with an expired token this way, and one the
-                # user may not read (RBAC) the same way.
-                raise _WatchRefused(f"watch: {reason}")
-            raise StoreUnavailable(f"watch: {reason}")
-        self._store._served(self._prefix)  # a stream alone keeps health up to date
+                # etcd refuses a watch created with an expired token this way, and one the
+                # user may not read (RBAC) the same way: check which it is.
+                self._refused(stream, watch, reason)
+                return
+            self._end(stream, watch, StoreUnavailable(f"watch: {reason}"), False)
+            return
+        watch.relogged = False  # served: a later refusal is checked again
+        self._store._served(watch.prefix)  # a stream alone keeps health up to date
         if is_fragment(response):
-            self._fragments.extend(response.events)
+            watch.fragments.extend(response.events)
             return
         events = response.events
-        if self._fragments:
-            events, self._fragments = [*self._fragments, *events], []
-        if not events:
-            if not response.created:  # a progress notification
-                self._emit(WatchResponse(revision=response.header.revision, events=()))
+        if watch.fragments:
+            events, watch.fragments = [*watch.fragments, *events], []
+        if events:
+            converted = _watch_response(events)
+        elif not response.created:  # a progress notification
+            converted = WatchResponse(revision=response.header.revision, events=())
+        else:
             return
-        self._emit(_watch_response(events))
+        watch.next_revision = max(watch.next_revision, converted.revision + 1)
+        try:
+            watch.observer.on_next(converted)
+        except Exception as exc:  # not etcd's: end this watch alone, as unavailable
+            log.error("watch %r: unexpected error", watch.prefix, exc_info=exc)
+            self._end(stream, watch, StoreUnavailable(
+                f"watch: unexpected {type(exc).__name__}"), True)
 
-    def _emit(self, response: WatchResponse) -> None:
-        if not self._disposed:
-            self._observer.on_next(response)
-
-    def _fail(self, error: StoreError) -> None:
+    def _end(self, stream: _Stream, watch: _Watch, error: StoreError, cancel: bool) -> None:
+        """Fail one watch of ``stream`` (etcd ended it, unless ``cancel``)."""
         with self._lock:
-            if self._disposed:
+            stream.forget(watch, cancel)
+        self._store._report(error, watch.prefix)
+        self._fail(watch, error)
+
+    def _fail(self, watch: _Watch, error: StoreError) -> None:
+        with self._lock:
+            if watch.done:
                 return
-            self._disposed = True  # nothing may follow an error
-        self._store._remove_watch(self)
-        self._observer.on_error(error)
+            watch.done = True  # nothing may follow an error
+        try:
+            watch.observer.on_error(error)
+        except Exception:  # an observer without on_error (reactivex's default raises)
+            log.exception("watch %r: the observer raised on the error", watch.prefix)
+
+    def _refused(self, stream: _Stream, watch: _Watch, reason: str) -> None:
+        if watch.relogged:
+            # refused again with a checked token: the user lacks the permission (RBAC)
+            self._end(stream, watch, PermissionDenied(f"watch: {reason}"), False)
+            return
+        with self._lock:
+            stream.forget(watch, cancel=False)
+            stream.refused.append(watch)
+            check = len(stream.refused) == 1  # one checking thread per stream at a time
+        if check:
+            threading.Thread(target=self._check_refused, args=(stream, reason),
+                             name="rx-discovery-watch-check", daemon=True).start()
+
+    def _check_refused(self, stream: _Stream, reason: str) -> None:
+        """Read each refused watch's range (one key): an expired token logs in again there,
+        a missing permission raises. Then re-create the watches that may read."""
+        while True:
+            with self._lock:
+                pending = [w for w in stream.refused if not w.done]
+                if not pending:
+                    stream.refused = []
+                    return
+            watch = pending[0]
+            try:
+                self._store._call("watch", functools.partial(_read_one, span=watch.range),
+                                  watch.prefix)
+                error: StoreError | None = None
+            except StoreError as exc:
+                error = exc
+            except Exception as exc:
+                error = _unexpected(exc)
+            call = None
+            with self._lock:
+                # not there any more: its stream ended meanwhile, and took it back
+                owned = watch in stream.refused
+                if owned:
+                    stream.refused.remove(watch)
+                retry = owned and error is None and not watch.done
+                if retry:
+                    watch.relogged = True
+                    if stream.ended or self._stream is not stream:
+                        self._waiting.append(watch)
+                    elif stream.client is not self._store._client:
+                        # the stream's token expired (the read logged in again): a new stream,
+                        # with the new token, re-creates every watch from its own revision
+                        self._waiting.append(watch)
+                        self._waiting.extend(w for w in stream.refused if not w.done)
+                        stream.refused = []
+                        stream.ended = True
+                        call = stream.call
+                    else:
+                        stream.create(watch)
+            if error is not None and owned:
+                if isinstance(error, PermissionDenied):
+                    error = PermissionDenied(f"watch: {reason}")
+                self._store._report(error, watch.prefix)
+                self._fail(watch, error)
+            if call is not None:
+                call.cancel()
+            self._start_reader()
+
+    def _start_reader(self) -> None:
+        """Start a reader thread when watches wait and none runs."""
+        with self._lock:
+            start = bool(self._waiting) and not self._reading and not self._closed
+            if start:
+                self._reading = True
+        if start:
+            threading.Thread(target=self._run, name="rx-discovery-watch", daemon=True).start()
+
+
+def _unexpected(error: Exception) -> StoreError:
+    """An error that is not etcd's: log it, and end as unavailable so that callers retry
+    rather than lose the stream silently."""
+    log.error("watch: unexpected error", exc_info=error)
+    return StoreUnavailable(f"watch: unexpected {type(error).__name__}")
+
+
+def _read_one(client: Any, span: tuple[bytes, bytes]) -> Any:
+    """Read one key of a watch's range: what a watch needs permission for."""
+    start, end = span
+    return client.get_range_response(start, end or None, limit=1, keys_only=True)

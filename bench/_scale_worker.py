@@ -1,0 +1,207 @@
+"""The worker of bench.scale: one side (ours or raw) in a fresh interpreter, which imports
+only what that side needs (the raw side never imports rx_discovery), so that the peak RSS and
+thread figures are each side's own. ``python -m bench._scale_worker watch|catalog ours|raw HOST
+PORT [N SAMPLES]`` prints its figures as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid as uuidlib
+from typing import Any
+
+now_ns = time.perf_counter_ns
+SLOW_MS = 20  # what the slow subscriber spends on each event
+UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)]
+
+
+def service_name(index: int) -> str:
+    return f"scale-{index}"
+
+
+def host_json(service: str, index: int) -> tuple[str, bytes]:
+    """``(uuid, host JSON)`` as a registration writes it (Go's field order, ~330 bytes),
+    built without importing rx_discovery."""
+    node = f"node-{index}.{service}.internal.example.com"
+    uuid = f"{uuidlib.uuid4()}-{node}"
+    ports = {"http": "8080", "https": "8443", "metrics": "9100"}
+    value = {"name": node, "service_name": service, "ports": ports, "private_hostname": node,
+             "private_ports": ports, "shard": f"shard-{index % 8}", "uuid": uuid}
+    return uuid, json.dumps(value, separators=(",", ":")).encode()
+
+
+def _ms(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * q))] / 1e6
+
+
+class _Stamp:
+    """A timestamp set by a callback thread and awaited by the driver."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ns = 0
+
+    def hit(self) -> None:
+        self.ns = now_ns()
+        self.event.set()
+
+    def wait(self, timeout: float) -> int | None:
+        ok = self.event.wait(timeout)
+        self.event.clear()
+        return self.ns if ok else None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM: the peak of this process image (ru_maxrss would include the parent's peak,
+    which Linux keeps across fork and exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> dict[str, Any]:
+    import etcd3
+
+    writer = etcd3.client(host, port, grpc_options=UNLIMITED)
+    writer.get("/warm-up")
+    stamps = {index: _Stamp() for index in (0, 1)}
+    slow = threading.Event()  # while set, service 0's subscriber is slow
+    firsts = threading.Semaphore(0)
+
+    def on_event(index: int) -> None:
+        if index == 0 and slow.is_set():
+            time.sleep(SLOW_MS / 1000)
+        if index in stamps:
+            stamps[index].hit()
+
+    if side == "ours":
+        from rx_discovery import Discovery
+
+        discovery = Discovery(endpoints=[f"http://{host}:{port}"])
+        discovery.store.get("/warm-up")  # type: ignore[attr-defined]
+        threads, rss = threading.active_count(), _rss_bytes()
+        started = now_ns()
+        subscriptions = []
+        for index in range(count):
+            first = [True]
+
+            def on_next(_hosts: Any, index: int = index, first: list[bool] = first) -> None:
+                if first[0]:
+                    first[0] = False
+                    firsts.release()
+                else:
+                    on_event(index)
+
+            subscriptions.append(discovery.hosts(service_name(index)).subscribe(on_next))
+    else:
+        client = etcd3.client(host, port, grpc_options=UNLIMITED)
+        client.get("/warm-up")
+        threads, rss = threading.active_count(), _rss_bytes()
+        started = now_ns()
+        state: dict[str, dict[str, Any]] = {}
+        for index in range(count):
+            prefix = f"/services/{service_name(index)}/"
+
+            def on_raw(response: Any, index: int = index) -> None:
+                if isinstance(response, Exception):
+                    return
+                for event in response.events:
+                    if event.value:
+                        json.loads(event.value)
+                on_event(index)
+
+            state[prefix] = {meta.key.decode(): json.loads(value)
+                             for value, meta in client.get_prefix(prefix)}
+            firsts.release()
+            client.add_watch_prefix_callback(prefix, on_raw)
+    for _ in range(count):
+        if not firsts.acquire(timeout=60):
+            raise RuntimeError("a first state never came")
+    first_state_s = (now_ns() - started) / 1e9
+    extra_threads = threading.active_count() - threads
+    rss_per_service = (_rss_bytes() - rss) / count
+
+    def put(index: int, serial: int) -> None:
+        uuid, value = host_json(service_name(index), 1_000_000 + serial)
+        writer.put(f"/services/{service_name(index)}/{uuid}", value)
+
+    latencies: list[int] = []
+    for serial in range(samples + 20):
+        start = now_ns()
+        put(0, serial)
+        arrived = stamps[0].wait(10)
+        if arrived is None:
+            raise RuntimeError("an event never came")
+        if serial >= 20:  # warm-up first
+            latencies.append(arrived - start)
+    blocked: list[int] = []
+    slow.set()
+    for serial in range(10):
+        put(0, 10_000 + serial)
+        start = now_ns()
+        put(1, 10_000 + serial)
+        arrived = stamps[1].wait(10)
+        stamps[0].wait(10)
+        if arrived is not None:
+            blocked.append(arrived - start)
+    return {"first_state_s": first_state_s, "extra_threads": extra_threads,
+            "peak_rss_mb": _peak_rss_bytes() / 2**20, "rss_per_service_b": rss_per_service,
+            "p50_ms": _ms(latencies, 0.5), "p99_ms": _ms(latencies, 0.99),
+            "blocked_ms": statistics.median(blocked) / 1e6}
+
+
+def _catalog_worker(side: str, host: str, port: int) -> dict[str, Any]:
+    import etcd3
+
+    if side == "ours":
+        from rx_discovery import Discovery
+
+        discovery = Discovery(endpoints=[f"http://{host}:{port}"], prefix="/cat")
+        discovery.store.get("/warm-up")  # type: ignore[attr-defined]
+        started = now_ns()
+        done = threading.Event()
+        sizes: list[int] = []
+
+        def on_catalog(catalog: Any) -> None:
+            sizes.append(sum(len(entry.hosts) for entry in catalog.values()))
+            done.set()
+
+        discovery.catalog().subscribe(on_catalog)
+        done.wait(120)
+        hosts = sizes[0]
+    else:
+        client = etcd3.client(host, port, grpc_options=UNLIMITED)
+        client.get("/warm-up")
+        started = now_ns()
+        state = {meta.key.decode(): json.loads(value)
+                 for value, meta in client.get_prefix("/cat/services/")}
+        hosts = len(state)
+    return {"first_s": (now_ns() - started) / 1e9, "hosts": hosts,
+            "peak_rss_mb": _peak_rss_bytes() / 2**20}
+
+
+
+def main(argv: list[str]) -> None:
+    kind, side, host, port, *rest = argv
+    if kind == "watch":
+        figures = _watch_worker(side, host, int(port), int(rest[0]), int(rest[1]))
+    else:
+        figures = _catalog_worker(side, host, int(port))
+    print(json.dumps(figures), flush=True)
+    os._exit(0)  # skip the clients' shutdown: the figures are out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,94 @@
+"""10. Scale: one process watching thousands of services, and the catalog of a deployment.
+
+Watched services: N services of one host each; ours subscribes ``hosts(name)`` for each, the
+raw side does what a raw-client user does, ``get_prefix`` + ``add_watch_prefix_callback`` per
+service. Each side runs in a fresh interpreter (``python -m bench._scale_worker watch ours|raw
+HOST PORT N SAMPLES`` prints its figures as JSON), against the same etcd:
+- extra threads: threads once every watch is open, minus threads after the client's first call;
+- peak RSS of the process (ru_maxrss), and RSS added per watched service;
+- time until every first state: from the first subscribe to the last service's first state;
+- put -> event latency of one service while the N watches are open (the writer is a raw
+  client of its own in the same process; each value JSON-decoded on both sides);
+- one thread's worth of head-of-line blocking: the latency of service 1's event put right after
+  service 0's, whose subscriber spends 20 ms on each event.
+
+Catalog: 10,000 services x 3 hosts (quick: 200 x 3) under ``/cat``; ours subscribes
+``Discovery(prefix="/cat").catalog()`` until the first catalog arrives, raw does
+``get_prefix("/cat/services/")`` + ``json.loads`` of every value (``python -m
+bench._scale_worker catalog ours|raw HOST PORT``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from bench._scale_worker import SLOW_MS, host_json, service_name
+from bench.common import BenchResult, Context, bulk_put
+
+NAME = "scale"
+TITLE = "10. scale: thousands of services"
+
+
+def _spawn(*args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench._scale_worker", *args],
+                          capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {args[:2]} failed: {done.stderr[-1500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _populate(ctx: Context, count: int, hosts: int, root: str) -> None:
+    client = ctx.raw_client()
+    items = []
+    for index in range(count):
+        for number in range(hosts):
+            uuid, value = host_json(service_name(index), number)
+            items.append((f"{root}/services/{service_name(index)}/{uuid}", value))
+    bulk_put(client, items)
+
+
+def run(ctx: Context) -> BenchResult:
+    result = BenchResult(NAME, TITLE)
+    sizes = [200] if ctx.quick else [1000, 10000]
+    samples = ctx.size(200, 30)
+    _populate(ctx, max(sizes), 1, "")
+    address = (ctx.host, str(ctx.port))
+    for count in sizes:
+        ours = _spawn("watch", "ours", *address, str(count), str(samples))
+        raw = _spawn("watch", "raw", *address, str(count), str(samples))
+        label = f"{count:,} services"
+        result.add(f"{label}: extra threads", "count", ours["extra_threads"],
+                   raw["extra_threads"], ("<=", raw["extra_threads"] + 4))
+        result.add(f"{label}: peak RSS", "MB", ours["peak_rss_mb"], raw["peak_rss_mb"],
+                   ("ratio<=", 1.3))
+        result.add(f"{label}: RSS per watched service", "B", ours["rss_per_service_b"],
+                   raw["rss_per_service_b"])
+        result.add(f"{label}: time until every first state", "s", ours["first_state_s"],
+                   raw["first_state_s"], ("ratio<=", 1.0))
+        result.add(f"{label}: put -> event p50", "ms", ours["p50_ms"], raw["p50_ms"],
+                   ("ratio<=", 1.15))
+        result.add(f"{label}: put -> event p99", "ms", ours["p99_ms"], raw["p99_ms"],
+                   ("ratio<=", 1.3))
+        result.add(f"{label}: event behind a {SLOW_MS} ms subscriber", "ms",
+                   ours["blocked_ms"], raw["blocked_ms"])
+    services = ctx.size(10000, 200)
+    _populate(ctx, services, 3, "/cat")
+    ours = _spawn("catalog", "ours", *address)
+    raw = _spawn("catalog", "raw", *address)
+    if ours["hosts"] != raw["hosts"] or raw["hosts"] != services * 3:
+        raise RuntimeError(f"catalog sizes differ: {ours['hosts']} vs {raw['hosts']}")
+    label = f"catalog of {services:,} x 3 hosts"
+    result.add(f"{label}: time to the first catalog", "s", ours["first_s"], raw["first_s"])
+    result.add(f"{label}: peak RSS", "MB", ours["peak_rss_mb"], raw["peak_rss_mb"])
+    result.notes.append(
+        f"each side in a fresh interpreter; raw = python3-etcd3 get_prefix + "
+        f"add_watch_prefix_callback per service (one watcher thread, like ours); latency over "
+        f"{samples} sequential puts to one service with the others watched; 'behind a slow "
+        f"subscriber' = service 1's event put right after service 0's, whose subscriber "
+        f"sleeps {SLOW_MS} ms (both sides deliver on one thread); catalog raw = get_prefix + "
+        f"json.loads of every value.")
+    return result
