@@ -133,6 +133,38 @@ def test_etcd_command_passes_its_data_dir_once() -> None:
     assert command[command.index("--data-dir") + 1] == "/tmp/rx-discovery-test-data"
 
 
+@pytest.mark.parametrize("content", ['{"client_port": 99999, "peer_port": 2390}',
+                                     '{"client_port": -5}', '[1, 2]',
+                                     '{"client_port": null}', '{"client_port": true}',
+                                     'not json'])
+def test_etcd_command_refuses_a_ports_file_it_did_not_write(tmp_path: Path,
+                                                             content: str) -> None:
+    """A data dir whose ports file is damaged (or written by another tool) is refused with one
+    line naming the file, before etcd starts: neither a traceback nor a silent move to another
+    port (which clients would never find)."""
+    (tmp_path / "rx-discovery-etcd.json").write_text(content)
+    result = run_cli("etcd", "--data-dir", str(tmp_path), env=base_env(), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr)
+    assert "rx-discovery-etcd.json" in result.stderr
+    assert "export ETCD_HOSTS" not in result.stdout
+
+
+def test_etcd_command_with_both_ports_rewrites_a_damaged_ports_file(
+        cli_processes: list[Cli], tmp_path: Path) -> None:
+    """The refusal's advice holds: with --port and --peer-port the damaged file is not read,
+    and it is rewritten with the ports used."""
+    (tmp_path / "rx-discovery-etcd.json").write_text("not json")
+    port, peer = _free_port(), _free_port()
+    server, endpoint = _start_etcd(cli_processes, "--data-dir", str(tmp_path),
+                                   "--port", str(port), "--peer-port", str(peer))
+    assert endpoint == f"http://127.0.0.1:{port}"
+    kept = json.loads((tmp_path / "rx-discovery-etcd.json").read_text())
+    assert kept == {"client_port": port, "peer_port": peer}
+    server.proc.send_signal(signal.SIGINT)
+    assert server.finish() == 0
+
+
 # --- 3. the demo never touches real services ------------------------------------------------
 
 
