@@ -219,6 +219,18 @@ def test_no_option_is_taken_as_an_abbreviation() -> None:
     assert_one_error_line(result.stderr)
 
 
+def test_a_password_given_as_the_password_env_name_is_not_echoed() -> None:
+    """A newcomer who puts the password itself after --password-env must not see it printed
+    back (terminal scrollback, CI logs): the error names the option, not its value."""
+    result = run_cli("register", "api", "--hostname", "h", "--port", "http=80", "--user", "u",
+                     "--password-env", "Tr0ub4dor&3",
+                     env=base_env(ETCD_HOSTS="http://127.0.0.1:1"))
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr)
+    assert "--password-env" in result.stderr
+    assert "Tr0ub4dor" not in result.stderr + result.stdout
+
+
 def test_register_says_the_truth_when_the_revoke_fails(cli_processes: list[Cli]) -> None:
     with EmbeddedEtcd(name="revoke") as server:
         register = Cli("register", "api", "--hostname", "h", "--port", "http=80", "--ttl", "3",
