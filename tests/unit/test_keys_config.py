@@ -197,3 +197,23 @@ def test_a_prefix_that_cannot_be_in_a_key_is_refused_before_any_io(prefix: str) 
 def test_service_names_that_cannot_be_a_key_segment(name: str) -> None:
     with pytest.raises(ValueError, match="service name"):
         validate_service_name(name)
+
+
+_KEY_B64 = base64.b64encode(b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANsecretkeymaterial\n"
+                            b"-----END PRIVATE KEY-----\n").decode()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Settings.from_env({"ETCD_HOSTS": "https://127.0.0.1:2379",
+                               "ETCD_TLS_CERT": "/etc/hostname", "ETCD_TLS_KEY": _KEY_B64}),
+    lambda: Settings.build("https://127.0.0.1:2379", client_cert="/etc/hostname",
+                           client_key=base64.b64decode(_KEY_B64).decode()),  # str, not bytes
+])
+def test_a_private_key_given_where_a_path_is_expected_is_not_echoed(make: Any) -> None:
+    """A base64 key in ETCD_TLS_KEY without ETCD_TLS_INMEMORY=true (or PEM text where a path
+    or bytes are expected) is refused without printing the key back as a "file name"."""
+    with pytest.raises(ConfigError) as caught:
+        make()
+    message = str(caught.value)
+    assert "secretkeymaterial" not in message and _KEY_B64 not in message
+    assert "ETCD_TLS_KEY" in message or "client_key" in message
