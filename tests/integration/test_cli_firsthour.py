@@ -265,6 +265,34 @@ def test_an_http_server_that_is_not_etcd_is_named_so() -> None:
     assert "not an etcd endpoint" in result.stderr
 
 
+def test_a_server_that_does_not_speak_http_is_not_said_to_answer_http() -> None:
+    """An SSH-like server (a banner, then close) is not etcd either, and the message must not
+    claim it answers HTTP."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        result = run_cli("ls", "--timeout", "3", env=base_env(
+            ETCD_HOSTS=f"http://127.0.0.1:{listener.getsockname()[1]}"))
+    finally:
+        listener.close()
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert "not an etcd endpoint" in result.stderr
+    assert "HTTP" not in result.stderr.split("(")[0]
+
+
 def test_watch_shows_health_and_sorts_rows(cli_processes: list[Cli]) -> None:
     with EmbeddedEtcd(name="health") as server, Discovery(server.endpoint) as discovery:
         for name in ("c-host", "a-host", "b-host"):
