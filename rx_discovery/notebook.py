@@ -70,10 +70,14 @@ class LiveView:
         self._handles: list[Any] = []
         self._clock = clock
         self._subscriptions = CompositeDisposable()
-        for stream in streams:
-            self._subscriptions.add(stream.subscribe(on_next=self._on_hosts))
-        if health is not None:
-            self._subscriptions.add(health.subscribe(on_next=self._on_health))
+        try:
+            for stream in streams:
+                self._subscriptions.add(stream.subscribe(on_next=self._on_hosts))
+            if health is not None:
+                self._subscriptions.add(health.subscribe(on_next=self._on_health))
+        except BaseException:  # the kernel interrupted the cell: keep no watch behind
+            self._subscriptions.dispose()
+            raise
 
     # --- streams (any thread) -------------------------------------------------------------
 

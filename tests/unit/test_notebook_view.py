@@ -99,3 +99,24 @@ def test_re_running_a_cell_stops_the_view_it_replaces(monkeypatch: pytest.Monkey
     assert len(other.latest()["db"]) == 1
     again.dispose()
     other.dispose()
+
+
+def test_an_interrupt_while_the_view_subscribes_leaves_no_subscription() -> None:
+    """The kernel interrupts the cell (KeyboardInterrupt) while the view subscribes to its
+    second stream: the first stream's subscription is released, not leaked for ever."""
+    import reactivex
+    from reactivex.disposable import Disposable
+
+    from rx_discovery.notebook import LiveView
+
+    disposed: list[str] = []
+
+    def watched(_observer: Any, _scheduler: Any = None) -> Disposable:
+        return Disposable(lambda: disposed.append("first"))
+
+    def interrupted(_observer: Any, _scheduler: Any = None) -> Disposable:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LiveView([reactivex.create(watched), reactivex.create(interrupted)])
+    assert disposed == ["first"]
