@@ -239,15 +239,13 @@ def live(source: Discovery | abc.ObservableBase[HostSet], *services: str,
     if isinstance(source, Discovery):
         if not services:
             raise ValueError("live(discovery, ...) needs at least one service name")
-        key = (id(source), services)
-        with _LATEST_LOCK:
-            replaced = _LATEST.pop(key, None)
-        if replaced is not None:  # the same cell run again: stop the view it replaces
-            replaced.dispose()
         view = LiveView([source.hosts(name) for name in services], services,
                         source.health if health is None else health)
+        key = (id(source), services)
         with _LATEST_LOCK:
-            _LATEST[key] = view
+            replaced, _LATEST[key] = _LATEST.get(key), view
+        if replaced is not None:  # the same cell run again: stop the view it replaces (after
+            replaced.dispose()    # the new one subscribed, so the shared watch is kept)
         return view
     if services:
         raise ValueError("services are named only with a Discovery: live(d, 'api', 'db')")
