@@ -70,6 +70,28 @@ def test_watch_exits_on_sigint_at_any_moment_even_during_start_up(etcd: Embedded
     assert outcomes == [], "\n".join(map(str, outcomes))
 
 
+def test_the_quiet_ctrl_c_handler_is_installed_before_any_import() -> None:
+    """``rx_discovery._cli_start`` installs the quiet Ctrl-C handler before importing anything
+    (``import signal`` alone imports ``enum``, milliseconds in which a Ctrl-C printed a
+    traceback through enum.py): in Python's import trace, it has no child import."""
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "rx_discovery",
+                             "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            env=base_env(PYTHONPATH=os.pathsep.join(dict.fromkeys(
+                                [str(ROOT), *site.getsitepackages(),
+                                 sysconfig.get_paths()["purelib"]]))), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [line.rsplit("|", 1)[1] for line in result.stderr.splitlines()
+             if line.startswith("import time:") and line.count("|") == 2]
+    index = next(i for i, name in enumerate(names) if name.strip() == "rx_discovery._cli_start")
+    indent = len(names[index]) - len(names[index].lstrip())
+    children = []
+    for name in reversed(names[:index]):
+        if len(name) - len(name.lstrip()) <= indent:
+            break
+        children.append(name.strip())
+    assert children == [], children
+
+
 # --- 2. rx-discovery etcd keeps its port -----------------------------------------------------
 
 
