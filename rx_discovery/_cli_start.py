@@ -2,12 +2,14 @@
 command line, a Ctrl-C while the library is still being imported (before
 :func:`rx_discovery.cli.main` takes the signals over) exits quietly with 130, instead of a
 traceback through the import machinery. Nothing is started yet then, so nothing needs
-cleaning up. In any other process this module does nothing."""
+cleaning up. In any other process this module does nothing.
 
-from __future__ import annotations
+It imports nothing that Python has not loaded at start-up: ``_signal`` (built in) instead of
+``signal``, whose import of ``enum`` took milliseconds in which a Ctrl-C printed a traceback.
+"""
 
+import _signal  # type: ignore[import-not-found]  # no stub; the built-in behind `signal`
 import os
-import signal
 import sys
 
 
@@ -22,5 +24,5 @@ def _exit_interrupted(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-if _is_the_cli() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _exit_interrupted)
+if _is_the_cli() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _exit_interrupted)

@@ -323,11 +323,19 @@ def _prefix(value: str, source: str) -> str:
     return value
 
 
+# Sources whose value may be a private key pasted where a path was expected: never echoed.
+_SECRET_SOURCES = ("ETCD_TLS_KEY", "client_key")
+
+
 def _read_file(path: str, source: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as error:
+        if source in _SECRET_SOURCES:
+            raise ConfigError(f"{source}: cannot read the file it names ({error.strerror}); a "
+                              "key itself goes in bytes, or base64 with ETCD_TLS_INMEMORY=true"
+                              ) from None
         raise ConfigError(f"{source}: cannot read file {path!r} ({error.strerror})") from None
 
 

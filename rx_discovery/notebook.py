@@ -27,6 +27,7 @@ import html
 import importlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,10 +70,14 @@ class LiveView:
         self._handles: list[Any] = []
         self._clock = clock
         self._subscriptions = CompositeDisposable()
-        for stream in streams:
-            self._subscriptions.add(stream.subscribe(on_next=self._on_hosts))
-        if health is not None:
-            self._subscriptions.add(health.subscribe(on_next=self._on_health))
+        try:
+            for stream in streams:
+                self._subscriptions.add(stream.subscribe(on_next=self._on_hosts))
+            if health is not None:
+                self._subscriptions.add(health.subscribe(on_next=self._on_health))
+        except BaseException:  # the kernel interrupted the cell: keep no watch behind
+            self._subscriptions.dispose()
+            raise
 
     # --- streams (any thread) -------------------------------------------------------------
 
@@ -205,6 +210,14 @@ class LiveView:
         return "".join(parts)
 
 
+# The latest view of each (Discovery, services): a notebook cell run again replaces its view,
+# which would otherwise keep its watches and update its vanished output for ever. Weak: a view
+# the user dropped is not kept alive here.
+_LATEST: weakref.WeakValueDictionary[tuple[int, tuple[str, ...]], LiveView] = (
+    weakref.WeakValueDictionary())
+_LATEST_LOCK = threading.Lock()
+
+
 def live(source: Discovery | abc.ObservableBase[HostSet], *services: str,
          health: abc.ObservableBase[Health] | None = None) -> LiveView:
     """A live view of host sets, for notebooks: display it (the last expression of a cell) and
@@ -216,14 +229,24 @@ def live(source: Discovery | abc.ObservableBase[HostSet], *services: str,
         services: the services to show, with a Discovery.
         health: a health stream to show with a plain stream (e.g. ``d.health``).
 
+    A view of a Discovery replaces (stops) the previous view of the same Discovery and services,
+    so re-running a cell never piles up watches; a plain stream's view is stopped with
+    ``view.dispose()``.
+
     Raises:
         ValueError: a Discovery without services, or services with a stream.
     """
     if isinstance(source, Discovery):
         if not services:
             raise ValueError("live(discovery, ...) needs at least one service name")
-        return LiveView([source.hosts(name) for name in services], services,
+        view = LiveView([source.hosts(name) for name in services], services,
                         source.health if health is None else health)
+        key = (id(source), services)
+        with _LATEST_LOCK:
+            replaced, _LATEST[key] = _LATEST.get(key), view
+        if replaced is not None:  # the same cell run again: stop the view it replaces (after
+            replaced.dispose()    # the new one subscribed, so the shared watch is kept)
+        return view
     if services:
         raise ValueError("services are named only with a Discovery: live(d, 'api', 'db')")
     return LiveView([source], (), health)

@@ -64,7 +64,8 @@ def _first_read(discovery: Discovery, settings: Settings) -> None:
         discovery.store.get(discovery.keyspace.services_root)
     except Exception as error:
         if _not_etcd(error):
-            raise StoreUnavailable(f"{where} answers HTTP but this is not an etcd endpoint "
+            # neutral wording: the server may not speak HTTP at all (an SSH port)
+            raise StoreUnavailable(f"{where} answers, but this is not an etcd endpoint "
                                    "(no etcd v3 gRPC API there); check the port") from None
         if isinstance(error, StoreUnavailable):
             raise StoreUnavailable(f"cannot reach etcd at {where} ({_one_line(error)}); set "

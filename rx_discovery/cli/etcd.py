@@ -8,7 +8,6 @@ directory comes back at the same address and running watchers and registrations 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -36,13 +35,30 @@ def _port_free(port: int) -> bool:
 
 
 def _remembered(data_dir: str | None) -> dict[str, int]:
+    """The ports kept in ``data_dir`` (none when there is no ports file yet).
+
+    Raises:
+        ConfigError: the ports file is not one this command wrote (damaged, or another
+            tool's): guessing would move etcd to a port its clients never find.
+    """
     if data_dir is None:
         return {}
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(data_dir, _PORTS_FILE)) as handle:
+    path = os.path.join(data_dir, _PORTS_FILE)
+    try:
+        with open(path) as handle:
             value = json.load(handle)
-        return {k: int(v) for k, v in value.items() if k in ("client_port", "peer_port")}
-    return {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {path} ({type(error).__name__}); fix or delete it, "
+                          "or pass --port and --peer-port") from None
+    ports = value if isinstance(value, dict) else {}
+    kept = {k: v for k, v in ports.items() if k in ("client_port", "peer_port")}
+    if not kept or not all(type(v) is int and 1 <= v <= 65535 for v in kept.values()):
+        raise ConfigError(f"{path} does not hold the ports rx-discovery wrote there "
+                          "(client_port, peer_port: 1-65535); fix or delete it, or pass "
+                          "--port and --peer-port")
+    return kept
 
 
 def _choose(asked: int | None, remembered: int | None, default: int, what: str) -> int:
@@ -78,7 +94,8 @@ def etcd_server(data_dir: str | None, client_port: int, peer_port: int) -> Embed
 
 def run(args: argparse.Namespace) -> int:
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    kept = _remembered(data_dir)
+    both_asked = args.port is not None and args.peer_port is not None
+    kept = {} if both_asked else _remembered(data_dir)  # both asked: the file is rewritten
     client_port = _choose(args.port, kept.get("client_port"), _CLIENT_PORT, "client port")
     peer_port = _choose(args.peer_port, kept.get("peer_port"), _PEER_PORT, "peer port")
     if client_port == peer_port:

@@ -53,8 +53,9 @@ def _host_from_args(args: argparse.Namespace) -> Host:
             raise ConfigError("--password-env needs --user")
         password = os.environ.get(args.password_env, "")
         if not password:
-            raise ConfigError(f"--password-env: environment variable {args.password_env} "
-                              "is not set or empty")
+            # the value is not echoed: it may be the password itself, typed by mistake
+            raise ConfigError("--password-env: the environment variable it names is not set "
+                              "or empty (give the variable's name, never the password)")
     return Host(hostname=args.hostname, ports=dict(args.port),
                 private_ports=dict(args.private_port or []), public=args.public,
                 critical=args.critical, user=args.user or "", password=password,

@@ -70,6 +70,28 @@ def test_watch_exits_on_sigint_at_any_moment_even_during_start_up(etcd: Embedded
     assert outcomes == [], "\n".join(map(str, outcomes))
 
 
+def test_the_quiet_ctrl_c_handler_is_installed_before_any_import() -> None:
+    """``rx_discovery._cli_start`` installs the quiet Ctrl-C handler before importing anything
+    (``import signal`` alone imports ``enum``, milliseconds in which a Ctrl-C printed a
+    traceback through enum.py): in Python's import trace, it has no child import."""
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "rx_discovery",
+                             "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                            env=base_env(PYTHONPATH=os.pathsep.join(dict.fromkeys(
+                                [str(ROOT), *site.getsitepackages(),
+                                 sysconfig.get_paths()["purelib"]]))), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [line.rsplit("|", 1)[1] for line in result.stderr.splitlines()
+             if line.startswith("import time:") and line.count("|") == 2]
+    index = next(i for i, name in enumerate(names) if name.strip() == "rx_discovery._cli_start")
+    indent = len(names[index]) - len(names[index].lstrip())
+    children = []
+    for name in reversed(names[:index]):
+        if len(name) - len(name.lstrip()) <= indent:
+            break
+        children.append(name.strip())
+    assert children == [], children
+
+
 # --- 2. rx-discovery etcd keeps its port -----------------------------------------------------
 
 
@@ -133,6 +155,38 @@ def test_etcd_command_passes_its_data_dir_once() -> None:
     assert command[command.index("--data-dir") + 1] == "/tmp/rx-discovery-test-data"
 
 
+@pytest.mark.parametrize("content", ['{"client_port": 99999, "peer_port": 2390}',
+                                     '{"client_port": -5}', '[1, 2]',
+                                     '{"client_port": null}', '{"client_port": true}',
+                                     'not json'])
+def test_etcd_command_refuses_a_ports_file_it_did_not_write(tmp_path: Path,
+                                                             content: str) -> None:
+    """A data dir whose ports file is damaged (or written by another tool) is refused with one
+    line naming the file, before etcd starts: neither a traceback nor a silent move to another
+    port (which clients would never find)."""
+    (tmp_path / "rx-discovery-etcd.json").write_text(content)
+    result = run_cli("etcd", "--data-dir", str(tmp_path), env=base_env(), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr)
+    assert "rx-discovery-etcd.json" in result.stderr
+    assert "export ETCD_HOSTS" not in result.stdout
+
+
+def test_etcd_command_with_both_ports_rewrites_a_damaged_ports_file(
+        cli_processes: list[Cli], tmp_path: Path) -> None:
+    """The refusal's advice holds: with --port and --peer-port the damaged file is not read,
+    and it is rewritten with the ports used."""
+    (tmp_path / "rx-discovery-etcd.json").write_text("not json")
+    port, peer = _free_port(), _free_port()
+    server, endpoint = _start_etcd(cli_processes, "--data-dir", str(tmp_path),
+                                   "--port", str(port), "--peer-port", str(peer))
+    assert endpoint == f"http://127.0.0.1:{port}"
+    kept = json.loads((tmp_path / "rx-discovery-etcd.json").read_text())
+    assert kept == {"client_port": port, "peer_port": peer}
+    server.proc.send_signal(signal.SIGINT)
+    assert server.finish() == 0
+
+
 # --- 3. the demo never touches real services ------------------------------------------------
 
 
@@ -187,6 +241,18 @@ def test_no_option_is_taken_as_an_abbreviation() -> None:
     assert_one_error_line(result.stderr)
 
 
+def test_a_password_given_as_the_password_env_name_is_not_echoed() -> None:
+    """A newcomer who puts the password itself after --password-env must not see it printed
+    back (terminal scrollback, CI logs): the error names the option, not its value."""
+    result = run_cli("register", "api", "--hostname", "h", "--port", "http=80", "--user", "u",
+                     "--password-env", "Tr0ub4dor&3",
+                     env=base_env(ETCD_HOSTS="http://127.0.0.1:1"))
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr)
+    assert "--password-env" in result.stderr
+    assert "Tr0ub4dor" not in result.stderr + result.stdout
+
+
 def test_register_says_the_truth_when_the_revoke_fails(cli_processes: list[Cli]) -> None:
     with EmbeddedEtcd(name="revoke") as server:
         register = Cli("register", "api", "--hostname", "h", "--port", "http=80", "--ttl", "3",
@@ -219,6 +285,34 @@ def test_an_http_server_that_is_not_etcd_is_named_so() -> None:
     assert result.returncode == 1
     assert_one_error_line(result.stderr)
     assert "not an etcd endpoint" in result.stderr
+
+
+def test_a_server_that_does_not_speak_http_is_not_said_to_answer_http() -> None:
+    """An SSH-like server (a banner, then close) is not etcd either, and the message must not
+    claim it answers HTTP."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        result = run_cli("ls", "--timeout", "3", env=base_env(
+            ETCD_HOSTS=f"http://127.0.0.1:{listener.getsockname()[1]}"))
+    finally:
+        listener.close()
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr)
+    assert "not an etcd endpoint" in result.stderr
+    assert "HTTP" not in result.stderr.split("(")[0]
 
 
 def test_watch_shows_health_and_sorts_rows(cli_processes: list[Cli]) -> None:

@@ -218,3 +218,23 @@ def test_empty_segments_of_a_prefix_are_dropped(prefix: str, normal: str) -> Non
     key = keyspace.host_key("svc", "u-1")
     assert "//" not in key
     assert keyspace.service_of(key) == "svc" and keyspace.uuid_of("svc", key) == "u-1"
+
+
+_KEY_B64 = base64.b64encode(b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANsecretkeymaterial\n"
+                            b"-----END PRIVATE KEY-----\n").decode()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Settings.from_env({"ETCD_HOSTS": "https://127.0.0.1:2379",
+                               "ETCD_TLS_CERT": "/etc/hostname", "ETCD_TLS_KEY": _KEY_B64}),
+    lambda: Settings.build("https://127.0.0.1:2379", client_cert="/etc/hostname",
+                           client_key=base64.b64decode(_KEY_B64).decode()),  # str, not bytes
+])
+def test_a_private_key_given_where_a_path_is_expected_is_not_echoed(make: Any) -> None:
+    """A base64 key in ETCD_TLS_KEY without ETCD_TLS_INMEMORY=true (or PEM text where a path
+    or bytes are expected) is refused without printing the key back as a "file name"."""
+    with pytest.raises(ConfigError) as caught:
+        make()
+    message = str(caught.value)
+    assert "secretkeymaterial" not in message and _KEY_B64 not in message
+    assert "ETCD_TLS_KEY" in message or "client_key" in message

@@ -75,3 +75,48 @@ def test_live_takes_a_plain_stream_and_refuses_mixed_arguments() -> None:
         live(discovery)
     with pytest.raises(ValueError):
         live(discovery.hosts("api"), "api")
+
+
+def test_re_running_a_cell_stops_the_view_it_replaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running ``live(d, "api")`` (a notebook cell run again) stops the view it replaces:
+    its watch is released and its old output no longer updated, instead of one more
+    subscription per run, updated for ever."""
+    fake = FakeDisplay()
+    monkeypatch.setattr(notebook, "_ipython_display", lambda: fake)
+    scheduler = TestScheduler()
+    discovery = Discovery.in_memory(scheduler)
+    first = live(discovery, "api")
+    first._ipython_display_()
+    scheduler.advance_by(1)
+    again = live(discovery, "api")               # the same cell, run again
+    other = live(discovery, "db")                # another view is left alone
+    scheduler.advance_by(1)
+    discovery.register("api", Host("a-host", ports={"http": "8081"}), ttl=5)
+    discovery.register("db", Host("d-host", ports={"pg": "5432"}), ttl=5)
+    scheduler.advance_by(1)
+    assert len(first.latest()["api"]) == 0      # stopped before the host came
+    assert "api" in again.latest() and len(again.latest()["api"]) == 1
+    assert len(other.latest()["db"]) == 1
+    again.dispose()
+    other.dispose()
+
+
+def test_an_interrupt_while_the_view_subscribes_leaves_no_subscription() -> None:
+    """The kernel interrupts the cell (KeyboardInterrupt) while the view subscribes to its
+    second stream: the first stream's subscription is released, not leaked for ever."""
+    import reactivex
+    from reactivex.disposable import Disposable
+
+    from rx_discovery.notebook import LiveView
+
+    disposed: list[str] = []
+
+    def watched(_observer: Any, _scheduler: Any = None) -> Disposable:
+        return Disposable(lambda: disposed.append("first"))
+
+    def interrupted(_observer: Any, _scheduler: Any = None) -> Disposable:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LiveView([reactivex.create(watched), reactivex.create(interrupted)])
+    assert disposed == ["first"]
