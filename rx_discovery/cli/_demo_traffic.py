@@ -137,8 +137,11 @@ class DemoTraffic:
         self.interval = interval
         self.enabled = _http_available() if enabled is None else enabled
         self.counts = _Counts(time.monotonic, window)
+        # added on the main thread, read by the client and by rich's refresh thread: both
+        # are replaced whole, never changed in place
         self.servers: dict[str, _ApiServer] = {}   # name -> server
         self._names: dict[str, str] = {}           # uuid -> name
+        self._balancer: Balancer | None = None
         self._retiring: dict[str, float] = {}      # uuid -> stop at the latest
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -154,14 +157,15 @@ class DemoTraffic:
             return Host(hostname=f"{name}.demo.local", ports={"http": str(8080 + n)},
                         shard=f"shard-{n % 2}")
         server = _ApiServer(name)
-        self.servers[name] = server
+        self.servers = {**self.servers, name: server}
         return Host(hostname=f"{name}.demo.local", ports={"http": str(server.port)},
                     shard=f"shard-{n % 2}", private_hostname="127.0.0.1",
                     private_ports={"http": str(server.port)})
 
     def registered(self, registration: Registration) -> Registration:
         """Remember which server ``registration`` is (its hostname names it)."""
-        self._names[registration.uuid] = registration.host.hostname.split(".", 1)[0]
+        name = registration.host.hostname.split(".", 1)[0]
+        self._names = {**self._names, registration.uuid: name}
         return registration
 
     def retire(self, registration: Registration, drain: float = 5.0) -> None:
@@ -194,7 +198,7 @@ class DemoTraffic:
         from rx_discovery.http import DiscoveryTransport
 
         transport = DiscoveryTransport(self._discovery, services={_SERVICE})
-        balancer = transport.router.balancer(_SERVICE)
+        self._balancer = balancer = transport.router.balancer(_SERVICE)
         self._client = threading.Thread(target=self._run, args=(transport, balancer),
                                         name="rx-discovery-demo-client", daemon=True)
         self._client.start()
@@ -280,7 +284,10 @@ class DemoTraffic:
                       caption_justify="left")
         for column in ("host", "server", f"req/s (last {window:g}s)", "total"):
             table.add_column(column)
+        ejected = {self._names.get(uuid) for uuid in
+                   (self._balancer.ejected if self._balancer is not None else ())}
         for name, server in sorted(self.servers.items()):
-            table.add_row(name, server.state, f"{recent.get(name, 0) / window:.1f}",
+            state = f"{server.state}, ejected" if name in ejected else server.state
+            table.add_row(name, state, f"{recent.get(name, 0) / window:.1f}",
                           str(totals.get(name, 0)))
         return table

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 from reactivex.testing import TestScheduler
+from rich.console import Console
 
 from rx_discovery import Discovery
 from rx_discovery.cli._demo_traffic import DemoTraffic
@@ -35,7 +36,7 @@ def test_demo_requests_follow_the_api_hosts(etcd: EmbeddedEtcd, unique_prefix: s
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["ETCD_HOSTS"] = etcd.endpoint
     result = subprocess.run(
-        [sys.executable, "-m", "rx_discovery", "demo", "--duration", "10", "--prefix",
+        [sys.executable, "-m", "rx_discovery", "demo", "--duration", "12", "--prefix",
          unique_prefix], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
         check=False)
 
@@ -43,7 +44,7 @@ def test_demo_requests_follow_the_api_hosts(etcd: EmbeddedEtcd, unique_prefix: s
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
     requests = [n for n, line in enumerate(lines) if line.startswith("~ requests: ")]
-    assert len(requests) >= 8, result.stdout
+    assert len(requests) == 12, result.stdout
     assert all(" | failed 0 | " in lines[n] for n in requests), result.stdout
     final = _counts(lines[requests[-1]])
     assert sum(total > 0 for total in final.values()) >= 3, result.stdout
@@ -57,7 +58,7 @@ def test_demo_requests_follow_the_api_hosts(etcd: EmbeddedEtcd, unique_prefix: s
     # api-1 leaves gracefully: it answered before, never after its key went
     uuid_1 = next(line.split()[3] for line in lines if line.startswith("* disposing api "))
     assert totals_after(f"- api {uuid_1.rstrip(':')}", 0).get("api-1", 0) > 0, result.stdout
-    assert totals_after(f"- api {uuid_1.rstrip(':')}", 1)["api-1"] == final["api-1"]
+    assert totals_after(f"- api {uuid_1.rstrip(':')}", 2)["api-1"] == final["api-1"]
     # api-2 crashes: not one answer after its server died, and still no failed request
     assert totals_after("* crashing api-2 ", 1)["api-2"] == final["api-2"], result.stdout
     assert int(lines[requests[-1]].rsplit(" ", 1)[1]) >= 1   # ejections
@@ -124,6 +125,10 @@ def test_graceful_stop_costs_nothing_and_a_crash_no_failed_request(
     more_answers("api-3", 3)
     demo.crash(third)
     wait_until(lambda: failed_and_ejections()[1] >= 1, timeout=30, message="api-3 ejected")
+    console = Console(width=120, record=True)
+    console.print(demo)   # the demo's live table
+    table = console.export_text()
+    assert "crashed, ejected" in table and "api-1 │ stopped" in table, table
     crashed = totals()["api-3"]
     more_answers("api-2")
     assert totals()["api-3"] == crashed
