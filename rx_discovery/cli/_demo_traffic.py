@@ -195,9 +195,25 @@ class DemoTraffic:
         subscribes to the api hosts here, on the caller's thread."""
         if not self.enabled or self._client is not None:
             return
+        import httpx
+
         from rx_discovery.http import DiscoveryTransport
 
-        transport = DiscoveryTransport(self._discovery, services={_SERVICE})
+        counts = self.counts
+
+        class Refusals(httpx.HTTPTransport):
+            """Counts refused connects: with one request at a time and a live host left,
+            each one ejects its host (and the request is retried on another one)."""
+
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                try:
+                    return super().handle_request(request)
+                except httpx.ConnectError:
+                    counts.ejected(1)
+                    raise
+
+        transport = DiscoveryTransport(self._discovery, services={_SERVICE},
+                                       transport=Refusals())
         self._balancer = balancer = transport.router.balancer(_SERVICE)
         self._client = threading.Thread(target=self._run, args=(transport, balancer),
                                         name="rx-discovery-demo-client", daemon=True)
@@ -219,16 +235,12 @@ class DemoTraffic:
             # would fail for a reason that is not the demo's point
             while not self._stop.is_set() and not balancer.hosts:
                 self._stop.wait(0.02)
-            ejected: frozenset[str] = frozenset()
             while not self._stop.is_set():
                 try:
                     response = client.get(f"http://{_SERVICE}/")
                     self.counts.answered(response.text)
                 except Exception as error:   # counted and shown; the demo goes on
                     self.counts.failure(error)
-                now_ejected = balancer.ejected
-                self.counts.ejected(len(now_ejected - ejected))
-                ejected = now_ejected
                 self._stop_drained(balancer.hosts)
                 self._stop.wait(self.interval)
 
