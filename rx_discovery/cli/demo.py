@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from rx_discovery.cli._connect import _connected, _etcd_configured, _settings, _subscribe_hosts
+from rx_discovery.cli._demo_traffic import DemoTraffic
 from rx_discovery.cli._loop import _blocking, _pump, _Step
 from rx_discovery.cli._options import _add_command, _connection_options, _positive
 from rx_discovery.cli._output import _note, _Output
@@ -39,11 +40,6 @@ from rx_discovery.registration import Registration
 _DEMO_SERVICES = ("api", "db")
 
 
-def _api_host(n: int) -> Host:
-    return Host(hostname=f"api-{n}.demo.local", ports={"http": str(8080 + n)},
-                shard=f"shard-{n % 2}")
-
-
 def _db_host(n: int, password: str) -> Host:
     return Host(hostname="db.demo.example", ports={"postgres": "5432"}, public=True,
                 critical=True, user="demo", password=password,
@@ -53,8 +49,10 @@ def _db_host(n: int, password: str) -> Host:
 class _DemoScript:
     """Registers hosts of two services and churns them on a timetable."""
 
-    def __init__(self, discovery: Discovery, say: Callable[[str], None]) -> None:
+    def __init__(self, discovery: Discovery, say: Callable[[str], None],
+                 traffic: DemoTraffic) -> None:
         self._discovery = discovery
+        self._traffic = traffic
         self._say = say
         self._password = secrets.token_urlsafe(12)  # never printed
         self.registrations: list[Registration] = []
@@ -74,7 +72,7 @@ class _DemoScript:
     def start(self) -> None:
         self._say("* registering api x3 (sharded) and db x2 (public, with credentials)")
         for n in (1, 2, 3):
-            self._register("api", _api_host(n))
+            self._traffic.registered(self._register("api", self._traffic.host(n)))
         self._register("db", _db_host(1, self._password))
         self._register("db", _db_host(2, self._password), ttl=3.0)
 
@@ -82,6 +80,7 @@ class _DemoScript:
         registration = self.registrations[0]
         self._say(f"* disposing api {registration.uuid}: its key is revoked at once")
         registration.dispose()
+        self._traffic.retire(registration)
 
     def crash_one(self) -> None:
         from rx_discovery.testing import crash
@@ -97,14 +96,16 @@ class _DemoScript:
 
     def add_one(self) -> None:
         self._say("* a new api host registers")
-        self._register("api", _api_host(4))
+        self._traffic.registered(self._register("api", self._traffic.host(4)))
 
 
 class _DemoView:
     """Shows the demo: event lines, plus a live table of hosts on a terminal."""
 
-    def __init__(self, out: _Output, live: Live | None) -> None:
+    def __init__(self, out: _Output, live: Live | None, traffic: DemoTraffic | None = None
+                 ) -> None:
         self._out = out
+        self._traffic = traffic
         self._live = live
         self._tracker = _Tracker()
 
@@ -129,7 +130,7 @@ class _DemoView:
                 uuid, *cells = _host_cells(host)
                 table.add_row(service, uuid[:8] + "…", *cells)
         revision = max((h.revision for h in self._tracker.current.values()), default=0)
-        return Group(table, f"revision {revision}")
+        return Group(table, f"revision {revision}", *filter(None, [self._traffic]))
 
     def summary(self) -> None:
         for service in _DEMO_SERVICES:
@@ -181,14 +182,17 @@ def run(args: argparse.Namespace) -> int:
         live = None
         if out.tty:
             live = stack.enter_context(Live(console=out.console, refresh_per_second=8))
-        view = _DemoView(out, live)
+        traffic = DemoTraffic(discovery, out.line, lines=not out.tty)
+        view = _DemoView(out, live, traffic if traffic.enabled else None)
         for service in _DEMO_SERVICES:
             stack.callback(_subscribe_hosts(discovery, service, inbox))
-        script = _DemoScript(discovery, view.say)
+        script = _DemoScript(discovery, view.say, traffic)
         stack.callback(script.dispose_all)
+        stack.callback(traffic.close)   # first: the client stops before the hosts go
         start = time.monotonic()
         _pump(inbox, view.handle, until=start + args.duration,
-              steps=script.steps(start, args.duration))
+              steps=script.steps(start, args.duration) + traffic.steps(
+                  start, args.duration, lambda: script.registrations[1]))
         view.summary()
     return 0
 
