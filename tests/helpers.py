@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rx_discovery import Host
+
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01,
                message: str = "") -> None:
@@ -60,3 +62,15 @@ def slow_reads(store: Any, seconds: float) -> Callable[[], None]:
 
     store.get_prefix = slow_read
     return lambda: setattr(store, "get_prefix", read)
+
+
+def subscribe(observable: Any) -> Recorder:
+    """Subscribe a :class:`Recorder` (kept in its ``subscription``) and return it."""
+    recorder = Recorder()
+    recorder.subscription = observable.subscribe(recorder)
+    return recorder
+
+
+def host(n: int, **fields: Any) -> Host:
+    """Host n of a test: ``host-n.test``, http on port 8000 + n."""
+    return Host(hostname=f"host-{n}.test", ports={"http": str(8000 + n)}, **fields)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import etcd3
 import pytest
-from helpers import Recorder, wait_until
+from helpers import Recorder, host, subscribe, wait_until
 
 from rx_discovery import (
     Credentials,
@@ -36,24 +36,6 @@ from rx_discovery.testing import TcpProxy
 def discovery(etcd: EmbeddedEtcd, unique_prefix: str) -> Iterator[Discovery]:
     with Discovery(etcd.endpoint, prefix=unique_prefix) as d:
         yield d
-
-
-@pytest.fixture
-def raw(etcd: EmbeddedEtcd) -> Iterator[etcd3.Etcd3Client]:
-    host, port = etcd.endpoint.rsplit("//", 1)[1].split(":")
-    client = etcd3.client(host=host, port=int(port))
-    yield client
-    client.close()
-
-
-def host(n: int, **fields: object) -> Host:
-    return Host(hostname=f"host-{n}.test", ports={"http": str(8000 + n)}, **fields)  # type: ignore[arg-type]
-
-
-def subscribe(observable: object) -> Recorder:
-    recorder = Recorder()
-    recorder.subscription = observable.subscribe(recorder)  # type: ignore[attr-defined]
-    return recorder
 
 
 def watchers(server: EmbeddedEtcd) -> float:

@@ -9,11 +9,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 
 import etcd3
-import pytest
-from helpers import Recorder, wait_until
+from helpers import host, subscribe, wait_until
 
 from rx_discovery import (
     Credentials,
@@ -24,24 +22,6 @@ from rx_discovery import (
     RegistrationStatus,
 )
 from rx_discovery.embedded import EmbeddedEtcd
-
-
-@pytest.fixture
-def raw(etcd: EmbeddedEtcd) -> Iterator[etcd3.Etcd3Client]:
-    host, port = etcd.endpoint.rsplit("//", 1)[1].split(":")
-    client = etcd3.client(host=host, port=int(port))
-    yield client
-    client.close()
-
-
-def host(n: int, **fields: object) -> Host:
-    return Host(hostname=f"host-{n}.test", ports={"http": str(8000 + n)}, **fields)  # type: ignore[arg-type]
-
-
-def subscribe(observable: object) -> Recorder:
-    recorder = Recorder()
-    recorder.subscription = observable.subscribe(recorder)  # type: ignore[attr-defined]
-    return recorder
 
 
 def revision_now(raw: etcd3.Etcd3Client, prefix: str) -> int:

@@ -18,16 +18,6 @@ from rx_discovery.balance import Balancer, LeastRequests, picker
 from rx_discovery.testing import make_host, record
 
 
-@pytest.fixture
-def scheduler() -> TestScheduler:
-    return TestScheduler()
-
-
-@pytest.fixture
-def discovery(scheduler: TestScheduler) -> Discovery:
-    return Discovery.in_memory(scheduler)
-
-
 def registered(scheduler: TestScheduler, discovery: Discovery, *numbers: int,
                service: str = "api", **fields: Any) -> dict[int, Any]:
     regs = {n: discovery.register(service, make_host(n, **fields), ttl=5) for n in numbers}

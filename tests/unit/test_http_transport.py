@@ -54,16 +54,6 @@ class Body(httpx.SyncByteStream):
 
 
 @pytest.fixture
-def scheduler() -> TestScheduler:
-    return TestScheduler()
-
-
-@pytest.fixture
-def discovery(scheduler: TestScheduler) -> Discovery:
-    return Discovery.in_memory(scheduler)
-
-
-@pytest.fixture
 def backends() -> Hosts:
     return Hosts()
 

@@ -34,16 +34,6 @@ from rx_discovery.testing import make_host, record
 SERVICE_KEY = "/services_infos/api"
 
 
-@pytest.fixture
-def scheduler() -> TestScheduler:
-    return TestScheduler()
-
-
-@pytest.fixture
-def discovery(scheduler: TestScheduler) -> Discovery:
-    return Discovery.in_memory(scheduler)
-
-
 def at(scheduler: TestScheduler, time: float, action: Any) -> None:
     scheduler.schedule_absolute(time, lambda *_: action())
 
