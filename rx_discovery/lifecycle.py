@@ -108,7 +108,9 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
     The handler itself returns at once (the main thread keeps serving): the removal and the
     drain run on a thread of their own, which then delivers the signal again to this process
     to run the previous handler on the main thread. A second signal during the drain runs the
-    previous handler at once (an impatient operator).
+    previous handler at once (an impatient operator), and only then: it does not run again
+    when the drain ends. A signal ignored (``SIG_IGN``) when this is called stays ignored (a
+    background job started by a shell ignores SIGINT: it is not an order to leave).
 
     Call it from the main thread, after your own signal handlers are installed (and after a
     framework's, e.g. in an ASGI lifespan: see :mod:`rx_discovery.asgi`). Returns a Disposable
@@ -116,18 +118,24 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
 
     Raises:
         ValueError: a bad ``drain`` (before anything is installed).
-        RuntimeError: not called from the main thread (``signal.signal`` refuses).
+        RuntimeError: not called from the main thread (``signal.signal`` refuses), before
+            anything is installed.
     """
     seconds = validate_drain(drain)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("drain_on_signal must be called from the main thread (Python "
+                           "installs signal handlers only there)")
     previous: dict[int, Any] = {}
     draining = threading.Event()
+    chained = threading.Event()  # a signal during the drain ran the previous handler
 
     def remove_and_drain(signum: int) -> None:
         try:
             _leave(target, seconds)
         except Exception:
             log.exception("removing the registrations on signal %s failed", signum)
-        os.kill(os.getpid(), signum)  # the previous handler runs on the main thread
+        if not chained.is_set():  # else it ran already: once is what the signal asked
+            os.kill(os.getpid(), signum)  # the previous handler runs on the main thread
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not draining.is_set():  # handlers run one at a time, on the main thread
@@ -137,10 +145,12 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
             threading.Thread(target=remove_and_drain, args=(signum,),
                              name="rx-discovery-drain", daemon=True).start()
             return
+        chained.set()
         _chain(previous.get(signum), signum, frame)
 
     for signum in signals:
-        previous[signum] = signal.signal(signum, handler)
+        if signal.getsignal(signum) != signal.SIG_IGN:  # ignored: left ignored
+            previous[signum] = signal.signal(signum, handler)
 
     def restore() -> None:
         for signum, old in previous.items():
