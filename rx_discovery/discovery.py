@@ -259,7 +259,9 @@ class Discovery:
         Hot: only problems found after you subscribe. Also logged at WARNING. Emitted on the
         thread of the stream that found it, after the stream's own emissions and outside
         every library lock; an observer that raises is logged and never stops the stream.
+        Raises UsedAfterFork in a process forked after the Discovery was made.
         """
+        self._check_fork()
         return self._diagnostics.observe()
 
     def changes(self, service: str, *, scheduler: abc.SchedulerBase | None = None

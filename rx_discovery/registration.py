@@ -487,14 +487,20 @@ class Registration(abc.DisposableBase):
         Emits on a delivery thread of the Discovery (or the caller's, on dispose), outside every
         library lock, one value at a time; an observer that raises is logged and changes
         nothing else.
+
+        Raises:
+            UsedAfterFork: in a process forked after the registration was made.
         """
+        check_fork(self._fork_generation, "this Registration")
         return self._status.observe().pipe(operators.distinct_until_changed())
 
     @property
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
         another host of a public service (the host key is rewritten with them first).
-        Emits on a delivery thread, outside every library lock; completes after DISPOSED."""
+        Emits on a delivery thread, outside every library lock; completes after DISPOSED.
+        Raises UsedAfterFork in a process forked after the registration was made."""
+        check_fork(self._fork_generation, "this Registration")
         return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
@@ -504,7 +510,10 @@ class Registration(abc.DisposableBase):
             RegistrationError: not registered within ``timeout`` seconds (the message says the
                 last error), disposed first, or refused by etcd (FAILED: authentication,
                 permission, request size; the message says why).
+            UsedAfterFork: in a process forked after the registration was made (nothing
+                keeps it registered there).
         """
+        check_fork(self._fork_generation, "this Registration")
         with self._lock:
             ok = self._lock.wait_for(self._settled, timeout)
             if self._disposed:

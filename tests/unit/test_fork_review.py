@@ -1,0 +1,60 @@
+"""Review of fork detection (issue 11 §8 / 15): every entry point of a Discovery or a
+Registration made before fork() raises UsedAfterFork in the child, none blocks there."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rx_discovery import Discovery
+from rx_discovery.lifecycle import UsedAfterFork
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.testing import make_host
+
+
+def in_child(use: Callable[[], Any]) -> str:
+    """Run ``use`` in a forked child; what it raised (its class name) or "nothing"."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, whatever happens
+        try:
+            os.close(read)
+            try:
+                use()
+                outcome = "nothing"
+            except BaseException as error:
+                outcome = type(error).__name__
+            os.write(write, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.fixture
+def made_before_fork() -> Any:
+    discovery = Discovery(store=MemoryStore())
+    registration = discovery.register("api", make_host(1), ttl=30).wait(10)
+    yield discovery, registration
+    discovery.close()
+
+
+@pytest.mark.parametrize("entry", [
+    "diagnostics", "registration.wait", "registration.status", "registration.credentials"])
+def test_every_entry_point_raises_used_after_fork_in_the_child(
+        made_before_fork: Any, entry: str) -> None:
+    discovery, registration = made_before_fork
+    use = {
+        "diagnostics": lambda: discovery.diagnostics.subscribe(),
+        "registration.wait": lambda: registration.wait(timeout=0.5),
+        "registration.status": lambda: registration.status.subscribe(),
+        "registration.credentials": lambda: registration.credentials.subscribe(),
+    }[entry]
+    assert in_child(use) == UsedAfterFork.__name__
+    assert registration.ready  # the parent's registration is untouched
