@@ -660,8 +660,9 @@ class Registration(abc.DisposableBase):
 
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
+        if status is not self._state:  # a change (the observers see changes only too)
+            metrics.registration_status(self, status)
         self._state = status
-        metrics.registration_status(self, status)
         if reason is not None:
             self._reason = reason
         self._status.enqueue(status)

@@ -194,3 +194,24 @@ def test_the_readme_prometheus_recipe_exports_the_instruments() -> None:
                and line.endswith(" 1.0") for line in lines), text
     assert any(line.startswith("rx_discovery_hosts") and 'service="api"' in line
                and line.endswith(" 1.0") for line in lines), text
+
+
+def test_the_status_counter_counts_changes_only_not_a_status_entered_again(
+        reader: InMemoryMetricReader) -> None:
+    """Review: a registered host rewriting its deleted service key stays REGISTERED; the
+    status observers see no change (distinct), so neither may the status counter."""
+    scheduler = TestScheduler()
+    store = MemoryStore(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    scheduler.advance_to(1)
+    assert registration.current_status is RegistrationStatus.REGISTERED
+    seen: list[RegistrationStatus] = []
+    registration.status.subscribe(seen.append)
+    for at in (2, 4, 6):  # someone deletes the service key; the host writes it again
+        scheduler.schedule_absolute(at, lambda *_: store.delete(registration._service_key))
+    scheduler.advance_to(8)
+    assert store.get(registration._service_key) is not None  # rewritten
+    assert seen == [RegistrationStatus.REGISTERED]
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="REGISTERED") == 1
