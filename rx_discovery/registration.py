@@ -590,9 +590,7 @@ class Registration(abc.DisposableBase):
             self._revoke(lease, "on dispose")
         log.info("%s: disposed", self._label)
         with self._lock:
-            self._state = RegistrationStatus.DISPOSED
-            self._lock.notify_all()
-            self._status.enqueue(RegistrationStatus.DISPOSED)
+            self._enter(RegistrationStatus.DISPOSED, None)
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
         self._flush()

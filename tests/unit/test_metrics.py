@@ -215,3 +215,13 @@ def test_the_status_counter_counts_changes_only_not_a_status_entered_again(
     assert seen == [RegistrationStatus.REGISTERED]
     assert value(reader, "rx_discovery.registration.status", service="api",
                  status="REGISTERED") == 1
+
+
+def test_disposed_is_counted_as_a_status_change(reader: InMemoryMetricReader) -> None:
+    """Review: DISPOSED is a status the observers see; the counter of changes saw none."""
+    scheduler = TestScheduler()
+    registration = Discovery(store=MemoryStore(scheduler)).register("api", make_host(1), ttl=30)
+    scheduler.advance_to(1)
+    registration.dispose()
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="DISPOSED") == 1
