@@ -673,7 +673,9 @@ class Registration(abc.DisposableBase):
         permanent = isinstance(error, StoreError) and error.permanent
         reason = f"{what} failed ({type(error).__name__}: {error})"
         with self._lock:
-            self._last_error, self._reason = error, reason
+            self._last_error = error
+            if self._gate_open:  # withdrawn: the reason says why (a write nobody wants failed)
+                self._reason = reason
             self._lock.notify_all()
         backoff = self._slow if permanent else self._backoff
         delay = backoff.next()
