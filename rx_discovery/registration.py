@@ -436,6 +436,7 @@ class Registration(abc.DisposableBase):
         self._gate_applying = False  # an _apply_gate task runs or is scheduled
         self._gate_aborted = False  # a write in flight revoked its lease: the gate closed
         self._health_failure = ""  # the health observable failed: withdrawn for good
+        self._health_ended = False  # the health observable completed: its last value holds
         self._withdrawing = 0  # thread id of a withdrawal revoking its lease (dispose waits)
         self._fork_generation = fork_generation()
         self._state = (RegistrationStatus.REGISTERING if healthy is None
@@ -508,8 +509,10 @@ class Registration(abc.DisposableBase):
 
         Raises:
             RegistrationError: not registered within ``timeout`` seconds (the message says the
-                last error), disposed first, or refused by etcd (FAILED: authentication,
-                permission, request size; the message says why).
+                last error), disposed first, refused by etcd (FAILED: authentication,
+                permission, request size; the message says why), or withdrawn for good (the
+                health observable failed, or completed on False: at once, not after
+                ``timeout``). While merely withdrawn (not healthy now) it keeps waiting.
             UsedAfterFork: in a process forked after the registration was made (nothing
                 keeps it registered there).
         """
@@ -521,6 +524,10 @@ class Registration(abc.DisposableBase):
             if self._state is RegistrationStatus.FAILED:
                 raise RegistrationError(
                     f"registration of {self.service!r} refused: {self._reason}")
+            if self._withdrawn_for_good():
+                raise RegistrationError(
+                    f"registration of {self.service!r} withdrawn for good: "
+                    + (self._health_failure or "its health observable completed on False"))
             if not ok:
                 raise RegistrationError(
                     f"registration of {self.service!r} not done after {timeout}s"
@@ -622,8 +629,13 @@ class Registration(abc.DisposableBase):
         return f"registration {self.service}/{self.uuid}"
 
     def _settled(self) -> bool:
-        return self._disposed or self._state in (RegistrationStatus.REGISTERED,
-                                                 RegistrationStatus.FAILED)
+        return self._disposed or self._withdrawn_for_good() or self._state in (
+            RegistrationStatus.REGISTERED, RegistrationStatus.FAILED)
+
+    def _withdrawn_for_good(self) -> bool:
+        """Under the lock: the health observable failed, or completed on False (or before
+        any value): nothing will register the host again."""
+        return bool(self._health_failure) or (self._health_ended and not self._gate_wanted)
 
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
@@ -893,12 +905,16 @@ class Registration(abc.DisposableBase):
     def _on_health_completed(self) -> None:
         """The health observable completed: its last value holds (until disposed)."""
         log.info("%s: its health observable completed; its last value holds", self._label)
+        with self._lock:
+            self._health_ended = True
+            self._lock.notify_all()  # wait() gives up if that value is False
 
     def _gate_changed(self, healthy: bool, failure: str) -> None:
         with self._lock:
             if self._disposed or self._health_failure:
                 return
             self._gate_wanted, self._health_failure = healthy, failure
+            self._lock.notify_all()  # wait() gives up on a failure
             start = not self._gate_applying
             self._gate_applying = True
         if start:

@@ -31,3 +31,35 @@ def test_a_write_failing_after_the_withdrawal_leaves_the_reason_withdrawn() -> N
     assert store.during_put is None  # the scenario happened
     assert registration.current_status is RegistrationStatus.WITHDRAWN
     assert registration.reason == "withdrawn: not healthy"
+
+
+def test_wait_raises_at_once_once_the_health_observable_failed_or_completed_false() -> None:
+    """A failed health observable withdraws the host until disposed, and one that completed
+    on False never changes again: wait() cannot succeed, so it must not block (for ever,
+    without a timeout)."""
+    from reactivex.subject import Subject
+
+    from rx_discovery import Discovery, RegistrationError
+    from rx_discovery.store.memory import MemoryStore
+    from rx_discovery.testing import make_host
+
+    scheduler = TestScheduler()
+    discovery = Discovery(store=MemoryStore(scheduler))
+    failing: Subject[bool] = Subject()
+    ended: Subject[bool] = Subject()
+    one = discovery.register("api", make_host(1), healthy=failing)
+    two = discovery.register("api", make_host(2), healthy=ended)
+    failing.on_next(True)
+    ended.on_next(True)
+    scheduler.advance_to(1)
+    failing.on_error(OSError("probe broke"))
+    ended.on_next(False)
+    ended.on_completed()
+    scheduler.advance_to(2)
+    for registration, why in ((one, "probe broke"), (two, "completed")):
+        try:
+            registration.wait(timeout=3.0)  # the failing version blocks, then says "not done"
+        except RegistrationError as error:
+            assert why in str(error) and "not done" not in str(error), error
+        else:
+            raise AssertionError("wait() returned while withdrawn for good")
