@@ -58,3 +58,16 @@ def test_every_entry_point_raises_used_after_fork_in_the_child(
     }[entry]
     assert in_child(use) == UsedAfterFork.__name__
     assert registration.ready  # the parent's registration is untouched
+
+
+def test_a_balancer_made_before_fork_raises_used_after_fork_in_the_child(
+        made_before_fork: Any) -> None:
+    """Its host set is frozen in the child (no watch thread follows a fork) and its lock may
+    have been held by a parent thread at the fork: picking there must not silently use (or
+    hang on) the parent's state."""
+    discovery, registration = made_before_fork
+    balancer = discovery.balancer("api")
+    assert balancer.pick(timeout=10).uuid == registration.uuid
+    assert in_child(lambda: balancer.pick(timeout=0.5)) == UsedAfterFork.__name__
+    assert in_child(lambda: balancer.pick_other((), timeout=0.5)) == UsedAfterFork.__name__
+    assert balancer.pick().uuid == registration.uuid  # the parent's still works
