@@ -71,3 +71,25 @@ def test_a_balancer_made_before_fork_raises_used_after_fork_in_the_child(
     assert in_child(lambda: balancer.pick(timeout=0.5)) == UsedAfterFork.__name__
     assert in_child(lambda: balancer.pick_other((), timeout=0.5)) == UsedAfterFork.__name__
     assert balancer.pick().uuid == registration.uuid  # the parent's still works
+
+
+def test_the_module_level_default_discovery_is_made_again_in_a_forked_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcuts' Discovery is "process-wide": a pre-fork server that used it in its
+    master (e.g. a preloaded app) must not leave its workers with one that raises
+    UsedAfterFork (they never made it: they cannot "create it after fork")."""
+    import rx_discovery
+
+    monkeypatch.setenv("ETCD_HOST", "http://127.0.0.1:1")  # nothing there: no I/O is needed
+    monkeypatch.setattr(rx_discovery, "_default", None)
+    parent = rx_discovery.default()
+    try:
+        def use() -> None:
+            child = rx_discovery.default()
+            assert child is not parent
+            child.health.subscribe().dispose()  # raises UsedAfterFork if it were the parent's
+            child.close()
+
+        assert in_child(use) == "nothing"
+    finally:
+        parent.close()
