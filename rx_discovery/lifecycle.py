@@ -73,7 +73,8 @@ def http_probe(url: str, interval: float = 1.0, *, timeout: float | None = None,
                scheduler: abc.SchedulerBase | None = None) -> reactivex.Observable[bool]:
     """An Observable of bool: True while ``GET url`` answers 2xx or 3xx within ``timeout``
     seconds (default: ``interval``, at most 5); False on any other answer, a refused
-    connection or a timeout. Polls as :func:`poll` does (at once, then every ``interval``;
+    connection or a timeout. Asks ``url`` directly (the environment's ``HTTP_PROXY`` is not
+    used). Polls as :func:`poll` does (at once, then every ``interval``;
     only changes are emitted; on a thread of its own unless ``scheduler`` is given).
 
     Example: ``discovery.register("api", host, healthy=http_probe("http://127.0.0.1:8000/healthz"))``
@@ -86,9 +87,13 @@ def http_probe(url: str, interval: float = 1.0, *, timeout: float | None = None,
     seconds = min(_seconds("interval", interval), 5.0) if timeout is None else _seconds(
         "timeout", timeout)
 
+    # the endpoint itself, never through the environment's HTTP_PROXY (a pod's proxy must not
+    # decide whether this process is ready)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=seconds) as response:
+            with opener.open(url, timeout=seconds) as response:
                 return 200 <= int(response.status) < 400
         except urllib.error.HTTPError:  # an answer, but 4xx/5xx
             return False
