@@ -225,3 +225,28 @@ def test_disposed_is_counted_as_a_status_change(reader: InMemoryMetricReader) ->
     registration.dispose()
     assert value(reader, "rx_discovery.registration.status", service="api",
                  status="DISPOSED") == 1
+
+
+def test_an_opentelemetry_api_without_a_synchronous_gauge_does_not_break_the_import() -> None:
+    """Review: opentelemetry-api before 1.23 has no ``Meter.create_gauge`` (another package may
+    pin one): ``import rx_discovery`` must still work, the other instruments still record."""
+    script = textwrap.dedent("""
+        from opentelemetry.metrics import _internal
+        for cls in (_internal.Meter, _internal._ProxyMeter, _internal.NoOpMeter):
+            if "create_gauge" in vars(cls):
+                delattr(cls, "create_gauge")  # as in opentelemetry-api 1.20-1.22
+        from reactivex.testing import TestScheduler
+        from rx_discovery import Discovery, metrics
+        from rx_discovery.testing import make_host
+        scheduler = TestScheduler()
+        d = Discovery.in_memory(scheduler)
+        d.hosts("api").subscribe()
+        r = d.register("api", make_host(1))
+        scheduler.advance_to(10)
+        assert r.ready and metrics.enabled()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok")
