@@ -22,7 +22,13 @@ from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 from rx_discovery import metrics
 from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
-from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
+from rx_discovery._lifecycle import (
+    check_fork,
+    fork_generation,
+    not_picklable,
+    validate_drain,
+    wait_on,
+)
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -224,6 +230,9 @@ class Discovery:
         self.store.close()
         for release in self._owned:
             release()
+
+    def __reduce__(self) -> Any:
+        raise not_picklable("a Discovery")
 
     def _check_fork(self) -> None:
         """Raise :class:`~rx_discovery.lifecycle.UsedAfterFork` in a process forked after

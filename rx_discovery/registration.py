@@ -52,7 +52,13 @@ from rx_discovery._errors import (
     StoreError,
 )
 from rx_discovery._keeper import LeaseKeeper
-from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
+from rx_discovery._lifecycle import (
+    check_fork,
+    fork_generation,
+    not_picklable,
+    validate_drain,
+    wait_on,
+)
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -601,6 +607,9 @@ class Registration(abc.DisposableBase):
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
         self._flush()
+
+    def __reduce__(self) -> Any:
+        raise not_picklable("a Registration")
 
     def __enter__(self) -> Registration:
         return self

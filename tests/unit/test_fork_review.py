@@ -93,3 +93,18 @@ def test_the_module_level_default_discovery_is_made_again_in_a_forked_child(
         assert in_child(use) == "nothing"
     finally:
         parent.close()
+
+
+def test_sending_a_discovery_or_registration_to_a_spawned_process_names_the_fix() -> None:
+    """multiprocessing's spawn and forkserver start methods pickle the arguments: the error
+    must say what to do (as UsedAfterFork does), not "cannot pickle '_thread.lock'"."""
+    import pickle
+
+    discovery = Discovery(store=MemoryStore())
+    try:
+        registration = discovery.register("api", make_host(1), ttl=30)
+        for thing in (discovery, registration):
+            with pytest.raises(TypeError, match="in each process"):
+                pickle.dumps(thing)
+    finally:
+        discovery.close()
