@@ -971,7 +971,7 @@ class Registration(abc.DisposableBase):
             if self._disposed:
                 return
             self._enter(RegistrationStatus.WITHDRAWN, reason)
-        self._flush()
+        self._deliver()  # on the delivery threads: this is an I/O thread
 
     def _resume(self) -> None:
         """Open the gate: REGISTERING, and register (unless a write is still in flight: it
@@ -986,7 +986,7 @@ class Registration(abc.DisposableBase):
         if start:
             self._runtime.run(self._register)
         log.info("%s: healthy; registering", self._label)
-        self._flush()
+        self._deliver()  # on the delivery threads: this is an I/O thread
 
     # --- what others write --------------------------------------------------------------
 
