@@ -156,6 +156,12 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
     for signum in signals:
         if signal.getsignal(signum) != signal.SIG_IGN:  # ignored: left ignored
             previous[signum] = signal.signal(signum, handler)
+            if _by_asyncio(previous[signum]):
+                log.warning(
+                    "signal %s is handled by an asyncio event loop (loop.add_signal_handler): "
+                    "the loop's handler runs at once on the signal, the drain cannot delay "
+                    "it; drain in that handler instead (close(drain=...) on a worker thread)",
+                    signum)
 
     def restore() -> None:
         for signum, old in previous.items():
@@ -180,6 +186,13 @@ def _leave(target: Discovery | Registration, drain: float) -> None:
         target.close(drain=drain)
     else:
         target.dispose(drain=drain)
+
+
+def _by_asyncio(handler: Any) -> bool:
+    """Whether ``handler`` is the placeholder asyncio installs for ``loop.add_signal_handler``
+    (the loop is woken through the signal wakeup fd, whatever Python handler runs)."""
+    return (getattr(handler, "__name__", "") == "_sighandler_noop"
+            and getattr(handler, "__module__", "").startswith("asyncio"))
 
 
 def _chain(old: Any, signum: int, frame: FrameType | None) -> None:

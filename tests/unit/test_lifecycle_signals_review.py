@@ -93,3 +93,24 @@ def test_drain_on_signal_off_the_main_thread_is_a_runtime_error_installing_nothi
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
     assert "main thread" in str(errors[0])
     assert signal.getsignal(SIG) == before
+
+
+def test_a_signal_handled_by_an_asyncio_loop_is_reported_since_the_drain_cannot_delay_it(
+        saved: None, caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's loop.add_signal_handler is woken by the signal itself (the wakeup fd), so its
+    handler runs at once whatever Python handler is installed: the drain cannot come first.
+    That must not pass in silence."""
+    import asyncio
+
+    async def install() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(SIG, lambda: None)
+        try:
+            drain_on_signal(Target(), 1.0, signals=[SIG]).dispose()  # type: ignore[arg-type]
+        finally:
+            loop.remove_signal_handler(SIG)
+
+    with caplog.at_level("WARNING", logger="rx_discovery"):
+        asyncio.run(install())
+    assert any("asyncio" in r.getMessage() and "at once" in r.getMessage()
+               for r in caplog.records), caplog.text
