@@ -533,7 +533,8 @@ class Registration(abc.DisposableBase):
             if self._withdrawn_for_good():
                 raise RegistrationError(
                     f"registration of {self.service!r} withdrawn for good: "
-                    + (self._health_failure or "its health observable completed on False"))
+                    + (self._health_failure
+                       or "its health observable completed, its last value not True"))
             if not ok:
                 raise RegistrationError(
                     f"registration of {self.service!r} not done after {timeout}s"
