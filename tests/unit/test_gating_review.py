@@ -63,3 +63,31 @@ def test_wait_raises_at_once_once_the_health_observable_failed_or_completed_fals
             assert why in str(error) and "not done" not in str(error), error
         else:
             raise AssertionError("wait() returned while withdrawn for good")
+
+
+def test_the_async_wait_also_raises_once_withdrawn_for_good() -> None:
+    """rx_discovery.aio's wait has "the same outcomes as Registration.wait"."""
+    import asyncio
+
+    from reactivex.subject import Subject
+
+    from rx_discovery import Discovery, RegistrationError, aio
+    from rx_discovery.testing import make_host
+
+    failing: Subject[bool] = Subject()
+    discovery = Discovery.in_memory()
+    try:
+        registration = discovery.register("api", make_host(1), healthy=failing)
+        failing.on_error(OSError("probe broke"))
+
+        async def wait() -> str:
+            try:
+                await aio.wait(registration, timeout=3.0)
+            except RegistrationError as error:
+                return str(error)
+            return "registered"
+
+        outcome = asyncio.run(wait())
+        assert "probe broke" in outcome and "not done" not in outcome, outcome
+    finally:
+        discovery.close()
