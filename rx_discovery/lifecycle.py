@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -80,10 +81,14 @@ def http_probe(url: str, interval: float = 1.0, *, timeout: float | None = None,
     Example: ``discovery.register("api", host, healthy=http_probe("http://127.0.0.1:8000/healthz"))``
 
     Raises:
-        ValueError: ``url`` is not an http(s) URL, or a bad ``interval``/``timeout``.
+        ValueError: ``url`` is not an http(s) URL or holds credentials, or a bad
+            ``interval``/``timeout``.
     """
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ValueError("url must be an http:// or https:// URL")
+    if "@" in urllib.parse.urlsplit(url).netloc:  # urllib cannot send them; its error shows them
+        raise ValueError("url must not hold credentials (user:password@); use "
+                         "lifecycle.poll with a check of your own")
     seconds = min(_seconds("interval", interval), 5.0) if timeout is None else _seconds(
         "timeout", timeout)
 

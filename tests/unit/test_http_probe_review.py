@@ -43,3 +43,16 @@ def test_the_probe_ignores_the_environments_http_proxy(
     http_probe(server, interval=1.0, scheduler=scheduler).subscribe(seen.append)
     scheduler.advance_to(0.5)
     assert seen == [True]
+
+
+def test_a_url_with_credentials_is_refused_before_any_io_without_showing_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """urllib cannot send user:password@ (it reads "password@host" as a port) and its error,
+    logged by the probe, held the password: refuse such a URL at once, naming the field."""
+    scheduler = TestScheduler()
+    with (caplog.at_level("DEBUG", logger="rx_discovery"),
+          pytest.raises(ValueError, match="url") as raised):
+        http_probe("http://probe:s3cret@127.0.0.1/healthz", scheduler=scheduler
+                   ).subscribe(lambda _v: None)
+        scheduler.advance_to(0.1)
+    assert "s3cret" not in str(raised.value) and "s3cret" not in caplog.text
