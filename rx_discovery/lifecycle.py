@@ -158,20 +158,24 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
         chained.set()
         _chain(previous.get(signum), signum, frame)
 
-    for signum in signals:
-        if signal.getsignal(signum) != signal.SIG_IGN:  # ignored: left ignored
-            previous[signum] = signal.signal(signum, handler)
-            if _by_asyncio(previous[signum]):
-                log.warning(
-                    "signal %s is handled by an asyncio event loop (loop.add_signal_handler): "
-                    "the loop's handler runs at once on the signal, the drain cannot delay "
-                    "it; drain in that handler instead (close(drain=...) on a worker thread)",
-                    signum)
-
     def restore() -> None:
         for signum, old in previous.items():
             if signal.getsignal(signum) is handler:
                 signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+    for signum in signals:
+        if signal.getsignal(signum) == signal.SIG_IGN:  # ignored: left ignored
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except BaseException:  # e.g. SIGKILL: not half installed
+            restore()
+            raise
+        if _by_asyncio(previous[signum]):
+            log.warning(
+                "signal %s is handled by an asyncio event loop (loop.add_signal_handler): "
+                "the loop's handler runs at once on the signal, the drain cannot delay it; "
+                "drain in that handler instead (close(drain=...) on a worker thread)", signum)
 
     return Disposable(restore)
 

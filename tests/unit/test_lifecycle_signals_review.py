@@ -114,3 +114,12 @@ def test_a_signal_handled_by_an_asyncio_loop_is_reported_since_the_drain_cannot_
         asyncio.run(install())
     assert any("asyncio" in r.getMessage() and "at once" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+def test_a_signal_that_cannot_be_handled_installs_nothing(saved: None) -> None:
+    """SIGKILL cannot be caught: the call fails, and the signals before it in the list are
+    left as they were (not half installed)."""
+    before = signal.getsignal(SIG)
+    with pytest.raises((OSError, ValueError)):
+        drain_on_signal(Target(), 1.0, signals=[SIG, signal.SIGKILL])  # type: ignore[arg-type]
+    assert signal.getsignal(SIG) == before
