@@ -574,7 +574,11 @@ class Registration(abc.DisposableBase):
             self._disposed = True
             self._lock.notify_all()
         self._pending.dispose()
-        self._health.dispose()  # outside the lock: it may call the user's observable
+        try:
+            self._health.dispose()  # outside the lock: it may call the user's observable
+        except Exception:  # user code: it must not stop a dispose (nor close) half way
+            log.exception("%s: disposing the subscription to its health observable failed",
+                          self._label)
 
     def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
         """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from reactivex.testing import TestScheduler
 from test_lifecycle_marble import PutHook, at, emitting, gated
 
@@ -91,3 +93,32 @@ def test_the_async_wait_also_raises_once_withdrawn_for_good() -> None:
         assert "probe broke" in outcome and "not done" not in outcome, outcome
     finally:
         discovery.close()
+
+
+def test_a_health_subscription_whose_dispose_raises_does_not_stop_dispose_or_close() -> None:
+    """User code (the health observable's disposal) that raises must not leave the key
+    registered nor stop Discovery.close from disposing the other registrations."""
+    import reactivex
+    from reactivex.disposable import Disposable
+
+    from rx_discovery import Discovery
+    from rx_discovery.testing import make_host
+
+    def broken_dispose() -> None:
+        raise RuntimeError("user dispose broke")
+
+    def subscribe(observer: Any, _scheduler: Any = None) -> Any:
+        observer.on_next(True)
+        return Disposable(broken_dispose)
+
+    scheduler = TestScheduler()
+    store = PutHook(scheduler)
+    discovery = Discovery(store=store)
+    one = discovery.register("api", make_host(1), healthy=reactivex.create(subscribe))
+    two = discovery.register("api", make_host(2))
+    scheduler.advance_to(5)
+    assert one.ready and two.ready
+    discovery.close()
+    assert len(store.revoked_at) == 2  # both leases revoked: both keys gone at once
+    assert one.current_status is RegistrationStatus.DISPOSED
+    assert two.current_status is RegistrationStatus.DISPOSED
