@@ -10,6 +10,7 @@ from __future__ import annotations
 import rx_discovery._cli_start  # noqa: F401
 
 # isort: split
+import os
 import threading
 from typing import Any
 
@@ -86,9 +87,19 @@ _default: Discovery | None = None
 _default_lock = threading.Lock()
 
 
+def _forget_default_in_child() -> None:
+    """A forked child makes its own default Discovery (the parent's cannot work there: see
+    :class:`~rx_discovery.lifecycle.UsedAfterFork`); the lock may have been held at the fork."""
+    global _default, _default_lock
+    _default, _default_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_default_in_child)
+
+
 def default() -> Discovery:
     """The process-wide Discovery used by the module-level shortcuts, created on first use
-    with :meth:`Discovery.from_env`."""
+    with :meth:`Discovery.from_env` (in a forked child: again, a Discovery of its own)."""
     global _default
     with _default_lock:
         if _default is None:

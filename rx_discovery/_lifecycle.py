@@ -48,6 +48,14 @@ class UsedAfterFork(DiscoveryError, RuntimeError):
             "lifespan (rx_discovery.asgi.discovery_lifespan)")
 
 
+def not_picklable(what: str) -> TypeError:
+    """The error of pickling a Discovery (or its registration): what multiprocessing's spawn
+    and forkserver start methods do to the arguments of a new process."""
+    return TypeError(
+        f"{what} cannot be sent to another process (its client and threads belong to this "
+        "one): create a Discovery in each process instead, e.g. in the worker function")
+
+
 def check_fork(generation: int, what: str) -> None:
     """Raise :class:`UsedAfterFork` unless this process is the one of ``generation``."""
     if generation != _generation:

@@ -241,8 +241,8 @@ async def wait(registration: Registration, timeout: float | None = None) -> Regi
     stream (and re-checked every 0.2 s), it checks with ``wait(0)``, which never blocks.
 
     Raises:
-        RegistrationError: not registered within ``timeout`` seconds, disposed first, or
-            refused by etcd.
+        RegistrationError: not registered within ``timeout`` seconds, disposed first,
+            refused by etcd, or withdrawn for good (its health observable failed or ended).
     """
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
@@ -261,7 +261,8 @@ async def wait(registration: Registration, timeout: float | None = None) -> Regi
                     return registration.wait(0)
                 except RegistrationError as error:  # settled for good, or not yet
                     if (registration.current_status is RegistrationStatus.DISPOSED
-                            or " refused: " in str(error)):
+                            or " refused: " in str(error)
+                            or " withdrawn for good: " in str(error)):
                         raise
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_RECHECK_S):

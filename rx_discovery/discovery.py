@@ -22,7 +22,13 @@ from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 from rx_discovery import metrics
 from rx_discovery._errors import ConfigError, MalformedValue
 from rx_discovery._keeper import LeaseKeeper
-from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
+from rx_discovery._lifecycle import (
+    check_fork,
+    fork_generation,
+    not_picklable,
+    validate_drain,
+    wait_on,
+)
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -228,6 +234,9 @@ class Discovery:
         for release in self._owned:
             release()
 
+    def __reduce__(self) -> Any:
+        raise not_picklable("a Discovery")
+
     def _check_fork(self) -> None:
         """Raise :class:`~rx_discovery.lifecycle.UsedAfterFork` in a process forked after
         this Discovery was made."""
@@ -262,7 +271,9 @@ class Discovery:
         Hot: only problems found after you subscribe. Also logged at WARNING. Emitted on the
         thread of the stream that found it, after the stream's own emissions and outside
         every library lock; an observer that raises is logged and never stops the stream.
+        Raises UsedAfterFork in a process forked after the Discovery was made.
         """
+        self._check_fork()
         return self._diagnostics.observe()
 
     def changes(self, service: str, *, scheduler: abc.SchedulerBase | None = None

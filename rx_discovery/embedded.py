@@ -146,6 +146,16 @@ _LIVE: weakref.WeakSet[EmbeddedEtcd] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 
 
+def _forget_servers_in_child() -> None:
+    """A forked child owns none of its parent's servers: its exit (atexit) must neither kill
+    them nor delete their data (a gunicorn worker, an os.fork child that exits normally)."""
+    global _LIVE, _LIVE_LOCK
+    _LIVE, _LIVE_LOCK = weakref.WeakSet(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_servers_in_child)
+
+
 _REAPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
 _reaper: subprocess.Popen[str] | None = None  # started with the first server (_LIVE_LOCK)
 

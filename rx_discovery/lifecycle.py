@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -73,22 +74,31 @@ def http_probe(url: str, interval: float = 1.0, *, timeout: float | None = None,
                scheduler: abc.SchedulerBase | None = None) -> reactivex.Observable[bool]:
     """An Observable of bool: True while ``GET url`` answers 2xx or 3xx within ``timeout``
     seconds (default: ``interval``, at most 5); False on any other answer, a refused
-    connection or a timeout. Polls as :func:`poll` does (at once, then every ``interval``;
+    connection or a timeout. Asks ``url`` directly (the environment's ``HTTP_PROXY`` is not
+    used). Polls as :func:`poll` does (at once, then every ``interval``;
     only changes are emitted; on a thread of its own unless ``scheduler`` is given).
 
     Example: ``discovery.register("api", host, healthy=http_probe("http://127.0.0.1:8000/healthz"))``
 
     Raises:
-        ValueError: ``url`` is not an http(s) URL, or a bad ``interval``/``timeout``.
+        ValueError: ``url`` is not an http(s) URL or holds credentials, or a bad
+            ``interval``/``timeout``.
     """
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ValueError("url must be an http:// or https:// URL")
+    if "@" in urllib.parse.urlsplit(url).netloc:  # urllib cannot send them; its error shows them
+        raise ValueError("url must not hold credentials (user:password@); use "
+                         "lifecycle.poll with a check of your own")
     seconds = min(_seconds("interval", interval), 5.0) if timeout is None else _seconds(
         "timeout", timeout)
 
+    # the endpoint itself, never through the environment's HTTP_PROXY (a pod's proxy must not
+    # decide whether this process is ready)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=seconds) as response:
+            with opener.open(url, timeout=seconds) as response:
                 return 200 <= int(response.status) < 400
         except urllib.error.HTTPError:  # an answer, but 4xx/5xx
             return False
@@ -108,7 +118,9 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
     The handler itself returns at once (the main thread keeps serving): the removal and the
     drain run on a thread of their own, which then delivers the signal again to this process
     to run the previous handler on the main thread. A second signal during the drain runs the
-    previous handler at once (an impatient operator).
+    previous handler at once (an impatient operator), and only then: it does not run again
+    when the drain ends. A signal ignored (``SIG_IGN``) when this is called stays ignored (a
+    background job started by a shell ignores SIGINT: it is not an order to leave).
 
     Call it from the main thread, after your own signal handlers are installed (and after a
     framework's, e.g. in an ASGI lifespan: see :mod:`rx_discovery.asgi`). Returns a Disposable
@@ -116,18 +128,24 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
 
     Raises:
         ValueError: a bad ``drain`` (before anything is installed).
-        RuntimeError: not called from the main thread (``signal.signal`` refuses).
+        RuntimeError: not called from the main thread (``signal.signal`` refuses), before
+            anything is installed.
     """
     seconds = validate_drain(drain)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("drain_on_signal must be called from the main thread (Python "
+                           "installs signal handlers only there)")
     previous: dict[int, Any] = {}
     draining = threading.Event()
+    chained = threading.Event()  # a signal during the drain ran the previous handler
 
     def remove_and_drain(signum: int) -> None:
         try:
             _leave(target, seconds)
         except Exception:
             log.exception("removing the registrations on signal %s failed", signum)
-        os.kill(os.getpid(), signum)  # the previous handler runs on the main thread
+        if not chained.is_set():  # else it ran already: once is what the signal asked
+            os.kill(os.getpid(), signum)  # the previous handler runs on the main thread
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not draining.is_set():  # handlers run one at a time, on the main thread
@@ -137,15 +155,27 @@ def drain_on_signal(target: Discovery | Registration, drain: float = 2.0, *,
             threading.Thread(target=remove_and_drain, args=(signum,),
                              name="rx-discovery-drain", daemon=True).start()
             return
+        chained.set()
         _chain(previous.get(signum), signum, frame)
-
-    for signum in signals:
-        previous[signum] = signal.signal(signum, handler)
 
     def restore() -> None:
         for signum, old in previous.items():
             if signal.getsignal(signum) is handler:
                 signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+    for signum in signals:
+        if signal.getsignal(signum) == signal.SIG_IGN:  # ignored: left ignored
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except BaseException:  # e.g. SIGKILL: not half installed
+            restore()
+            raise
+        if _by_asyncio(previous[signum]):
+            log.warning(
+                "signal %s is handled by an asyncio event loop (loop.add_signal_handler): "
+                "the loop's handler runs at once on the signal, the drain cannot delay it; "
+                "drain in that handler instead (close(drain=...) on a worker thread)", signum)
 
     return Disposable(restore)
 
@@ -165,6 +195,13 @@ def _leave(target: Discovery | Registration, drain: float) -> None:
         target.close(drain=drain)
     else:
         target.dispose(drain=drain)
+
+
+def _by_asyncio(handler: Any) -> bool:
+    """Whether ``handler`` is the placeholder asyncio installs for ``loop.add_signal_handler``
+    (the loop is woken through the signal wakeup fd, whatever Python handler runs)."""
+    return (getattr(handler, "__name__", "") == "_sighandler_noop"
+            and getattr(handler, "__module__", "").startswith("asyncio"))
 
 
 def _chain(old: Any, signum: int, frame: FrameType | None) -> None:

@@ -89,8 +89,18 @@ class _Instruments:
         meter = (provider.get_meter("rx_discovery") if provider is not None
                  else _otel.get_meter("rx_discovery"))
         for attribute, kind, name, unit, description in _INSTRUMENTS:
-            create = getattr(meter, f"create_{kind}")
-            setattr(self, attribute, create(name, unit=unit, description=description))
+            create = getattr(meter, f"create_{kind}", None)
+            # opentelemetry-api < 1.23 (pinned by another package) has no synchronous gauge:
+            # that instrument is then a no-op, the import and the others still work
+            setattr(self, attribute, _NoOp() if create is None else create(
+                name, unit=unit, description=description))
+
+
+class _NoOp:
+    """An instrument the installed opentelemetry-api cannot make."""
+
+    def set(self, *_args: object, **_kwargs: object) -> None:
+        pass
 
 
 _on: _Instruments | None = None if _otel is None else _Instruments(None)

@@ -52,7 +52,13 @@ from rx_discovery._errors import (
     StoreError,
 )
 from rx_discovery._keeper import LeaseKeeper
-from rx_discovery._lifecycle import check_fork, fork_generation, validate_drain, wait_on
+from rx_discovery._lifecycle import (
+    check_fork,
+    fork_generation,
+    not_picklable,
+    validate_drain,
+    wait_on,
+)
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
@@ -452,6 +458,7 @@ class Registration(abc.DisposableBase):
         self._gate_applying = False  # an _apply_gate task runs or is scheduled
         self._gate_aborted = False  # a write in flight revoked its lease: the gate closed
         self._health_failure = ""  # the health observable failed: withdrawn for good
+        self._health_ended = False  # the health observable completed: its last value holds
         self._withdrawing = 0  # thread id of a withdrawal revoking its lease (dispose waits)
         self._fork_generation = fork_generation()
         self._state = (RegistrationStatus.REGISTERING if healthy is None
@@ -503,14 +510,20 @@ class Registration(abc.DisposableBase):
         Emits on a delivery thread of the Discovery (or the caller's, on dispose), outside every
         library lock, one value at a time; an observer that raises is logged and changes
         nothing else.
+
+        Raises:
+            UsedAfterFork: in a process forked after the registration was made.
         """
+        check_fork(self._fork_generation, "this Registration")
         return self._status.observe().pipe(operators.distinct_until_changed())
 
     @property
     def credentials(self) -> reactivex.Observable[Credentials]:
         """The host's current credentials, then each change written to the service key by
         another host of a public service (the host key is rewritten with them first).
-        Emits on a delivery thread, outside every library lock; completes after DISPOSED."""
+        Emits on a delivery thread, outside every library lock; completes after DISPOSED.
+        Raises UsedAfterFork in a process forked after the registration was made."""
+        check_fork(self._fork_generation, "this Registration")
         return self._credentials.observe().pipe(operators.distinct_until_changed())
 
     def wait(self, timeout: float | None = None) -> Registration:
@@ -518,9 +531,14 @@ class Registration(abc.DisposableBase):
 
         Raises:
             RegistrationError: not registered within ``timeout`` seconds (the message says the
-                last error), disposed first, or refused by etcd (FAILED: authentication,
-                permission, request size; the message says why).
+                last error), disposed first, refused by etcd (FAILED: authentication,
+                permission, request size; the message says why), or withdrawn for good (the
+                health observable failed, or completed on False: at once, not after
+                ``timeout``). While merely withdrawn (not healthy now) it keeps waiting.
+            UsedAfterFork: in a process forked after the registration was made (nothing
+                keeps it registered there).
         """
+        check_fork(self._fork_generation, "this Registration")
         with self._lock:
             ok = self._lock.wait_for(self._settled, timeout)
             if self._disposed:
@@ -528,6 +546,11 @@ class Registration(abc.DisposableBase):
             if self._state is RegistrationStatus.FAILED:
                 raise RegistrationError(
                     f"registration of {self.service!r} refused: {self._reason}")
+            if self._withdrawn_for_good():
+                raise RegistrationError(
+                    f"registration of {self.service!r} withdrawn for good: "
+                    + (self._health_failure
+                       or "its health observable completed, its last value not True"))
             if not ok:
                 raise RegistrationError(
                     f"registration of {self.service!r} not done after {timeout}s"
@@ -567,7 +590,11 @@ class Registration(abc.DisposableBase):
             self._disposed = True
             self._lock.notify_all()
         self._pending.dispose()
-        self._health.dispose()  # outside the lock: it may call the user's observable
+        try:
+            self._health.dispose()  # outside the lock: it may call the user's observable
+        except Exception:  # user code: it must not stop a dispose (nor close) half way
+            log.exception("%s: disposing the subscription to its health observable failed",
+                          self._label)
 
     def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
         """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
@@ -597,12 +624,13 @@ class Registration(abc.DisposableBase):
             self._revoke(lease, "on dispose")
         log.info("%s: disposed", self._label)
         with self._lock:
-            self._state = RegistrationStatus.DISPOSED
-            self._lock.notify_all()
-            self._status.enqueue(RegistrationStatus.DISPOSED)
+            self._enter(RegistrationStatus.DISPOSED, None)
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
         self._flush()
+
+    def __reduce__(self) -> Any:
+        raise not_picklable("a Registration")
 
     def __enter__(self) -> Registration:
         return self
@@ -631,8 +659,13 @@ class Registration(abc.DisposableBase):
         return f"registration {self.service}/{self.uuid}"
 
     def _settled(self) -> bool:
-        return self._disposed or self._state in (RegistrationStatus.REGISTERED,
-                                                 RegistrationStatus.FAILED)
+        return self._disposed or self._withdrawn_for_good() or self._state in (
+            RegistrationStatus.REGISTERED, RegistrationStatus.FAILED)
+
+    def _withdrawn_for_good(self) -> bool:
+        """Under the lock: the health observable failed, or completed on False (or before
+        any value): nothing will register the host again."""
+        return bool(self._health_failure) or (self._health_ended and not self._gate_wanted)
 
     def start(self) -> None:
         """Begin registering in the background (called by Discovery.register)."""
@@ -667,8 +700,9 @@ class Registration(abc.DisposableBase):
 
     def _enter(self, status: RegistrationStatus, reason: str | None) -> None:
         """Under the lock: the new state, queued for the status observers."""
+        if status is not self._state:  # a change (the observers see changes only too)
+            metrics.registration_status(self, status)
         self._state = status
-        metrics.registration_status(self, status)
         if reason is not None:
             self._reason = reason
         self._status.enqueue(status)
@@ -681,7 +715,9 @@ class Registration(abc.DisposableBase):
         permanent = isinstance(error, StoreError) and error.permanent
         reason = f"{what} failed ({type(error).__name__}: {error})"
         with self._lock:
-            self._last_error, self._reason = error, reason
+            self._last_error = error
+            if self._gate_open:  # withdrawn: the reason says why (a write nobody wants failed)
+                self._reason = reason
             self._lock.notify_all()
         backoff = self._slow if permanent else self._backoff
         delay = backoff.next()
@@ -899,12 +935,16 @@ class Registration(abc.DisposableBase):
     def _on_health_completed(self) -> None:
         """The health observable completed: its last value holds (until disposed)."""
         log.info("%s: its health observable completed; its last value holds", self._label)
+        with self._lock:
+            self._health_ended = True
+            self._lock.notify_all()  # wait() gives up if that value is False
 
     def _gate_changed(self, healthy: bool, failure: str) -> None:
         with self._lock:
             if self._disposed or self._health_failure:
                 return
             self._gate_wanted, self._health_failure = healthy, failure
+            self._lock.notify_all()  # wait() gives up on a failure
             start = not self._gate_applying
             self._gate_applying = True
         if start:
@@ -952,7 +992,7 @@ class Registration(abc.DisposableBase):
             if self._disposed:
                 return
             self._enter(RegistrationStatus.WITHDRAWN, reason)
-        self._flush()
+        self._deliver()  # on the delivery threads: this is an I/O thread
 
     def _resume(self) -> None:
         """Open the gate: REGISTERING, and register (unless a write is still in flight: it
@@ -967,7 +1007,7 @@ class Registration(abc.DisposableBase):
         if start:
             self._runtime.run(self._register)
         log.info("%s: healthy; registering", self._label)
-        self._flush()
+        self._deliver()  # on the delivery threads: this is an I/O thread
 
     # --- what others write --------------------------------------------------------------
 

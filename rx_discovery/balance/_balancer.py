@@ -10,7 +10,7 @@ from types import TracebackType
 import reactivex
 from reactivex import abc
 
-from rx_discovery import metrics
+from rx_discovery import _lifecycle, metrics
 from rx_discovery._errors import NoHostFound, NoHostFoundOnShard
 from rx_discovery.balance._ejection import Ejections
 from rx_discovery.balance._pickers import make_picker
@@ -62,6 +62,8 @@ class Balancer:
         self._choose = metrics.counting_picks(service, make_picker(policy, self._in_flight))
         self.wait = float(wait)
         self._lock = threading.Lock()
+        # made before a fork, it is frozen in the child (and its lock may be held there)
+        self._fork_generation = _lifecycle.fork_generation()
         self._hosts: HostSet | None = None
         self._service_has_hosts = False   # on any shard: which error a pick raises
         self._candidates: tuple[Host, ...] = ()   # what picks choose from; swapped whole
@@ -112,7 +114,10 @@ class Balancer:
             NoHostFound: no host is registered (or none arrived in time);
                 NoHostFoundOnShard: none on the balancer's shard.
             RuntimeError: the balancer is closed.
+            UsedAfterFork: the balancer was made before this process forked.
         """
+        if self._fork_generation != _lifecycle._generation:  # a global read: picks are hot
+            _lifecycle.check_fork(self._fork_generation, "this Balancer")
         candidates = self._candidates
         if candidates:
             return self._choose(candidates)
@@ -125,6 +130,7 @@ class Balancer:
         Raises:
             the errors of :meth:`pick`.
         """
+        _lifecycle.check_fork(self._fork_generation, "this Balancer")
         candidates = self._candidates or self._require_candidates(timeout)
         pool = [host for host in candidates if host.uuid not in tried]
         if not pool:

@@ -231,7 +231,9 @@ def test_health_values_after_dispose_write_nothing_and_user_code_runs_outside_th
 
 def test_wait_blocks_while_withdrawn(scheduler: TestScheduler) -> None:
     discovery = Discovery.in_memory(scheduler)
-    registration = discovery.register("api", make_host(1), healthy=reactivex.of(False))
+    not_yet: Subject[bool] = Subject()  # not healthy now, may be later (one that completed
+    registration = discovery.register("api", make_host(1), healthy=not_yet)  # on False: see
+    not_yet.on_next(False)  # test_gating_review.py)
     scheduler.advance_to(1)
     with pytest.raises(RegistrationError, match="not done after 0"):
         registration.wait(timeout=0)

@@ -194,3 +194,59 @@ def test_the_readme_prometheus_recipe_exports_the_instruments() -> None:
                and line.endswith(" 1.0") for line in lines), text
     assert any(line.startswith("rx_discovery_hosts") and 'service="api"' in line
                and line.endswith(" 1.0") for line in lines), text
+
+
+def test_the_status_counter_counts_changes_only_not_a_status_entered_again(
+        reader: InMemoryMetricReader) -> None:
+    """Review: a registered host rewriting its deleted service key stays REGISTERED; the
+    status observers see no change (distinct), so neither may the status counter."""
+    scheduler = TestScheduler()
+    store = MemoryStore(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    scheduler.advance_to(1)
+    assert registration.current_status is RegistrationStatus.REGISTERED
+    seen: list[RegistrationStatus] = []
+    registration.status.subscribe(seen.append)
+    for at in (2, 4, 6):  # someone deletes the service key; the host writes it again
+        scheduler.schedule_absolute(at, lambda *_: store.delete(registration._service_key))
+    scheduler.advance_to(8)
+    assert store.get(registration._service_key) is not None  # rewritten
+    assert seen == [RegistrationStatus.REGISTERED]
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="REGISTERED") == 1
+
+
+def test_disposed_is_counted_as_a_status_change(reader: InMemoryMetricReader) -> None:
+    """Review: DISPOSED is a status the observers see; the counter of changes saw none."""
+    scheduler = TestScheduler()
+    registration = Discovery(store=MemoryStore(scheduler)).register("api", make_host(1), ttl=30)
+    scheduler.advance_to(1)
+    registration.dispose()
+    assert value(reader, "rx_discovery.registration.status", service="api",
+                 status="DISPOSED") == 1
+
+
+def test_an_opentelemetry_api_without_a_synchronous_gauge_does_not_break_the_import() -> None:
+    """Review: opentelemetry-api before 1.23 has no ``Meter.create_gauge`` (another package may
+    pin one): ``import rx_discovery`` must still work, the other instruments still record."""
+    script = textwrap.dedent("""
+        from opentelemetry.metrics import _internal
+        for cls in (_internal.Meter, _internal._ProxyMeter, _internal.NoOpMeter):
+            if "create_gauge" in vars(cls):
+                delattr(cls, "create_gauge")  # as in opentelemetry-api 1.20-1.22
+        from reactivex.testing import TestScheduler
+        from rx_discovery import Discovery, metrics
+        from rx_discovery.testing import make_host
+        scheduler = TestScheduler()
+        d = Discovery.in_memory(scheduler)
+        d.hosts("api").subscribe()
+        r = d.register("api", make_host(1))
+        scheduler.advance_to(10)
+        assert r.ready and metrics.enabled()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok")
