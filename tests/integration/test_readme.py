@@ -28,6 +28,12 @@ BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, flags=re.MULTILINE | re.DOT
 LONG_RUNNING = ("watch", "register", "etcd")
 
 
+def long_running(command: str) -> bool:
+    """A command that runs until interrupted (``ls --watch`` too)."""
+    words = command.split()
+    return words[1] in LONG_RUNNING or "--watch" in words
+
+
 
 def blocks(*languages: str) -> list[str]:
     return [code for language, code in BLOCKS if language in languages]
@@ -92,7 +98,7 @@ def test_console_commands_run(command: str, etcd: EmbeddedEtcd, unique_prefix: s
     args = [sys.executable, "-m", "rx_discovery", *command.split()[1:]]
     if command.split()[1] == "etcd":
         env.pop("ETCD_HOSTS")
-    if command.split()[1] not in LONG_RUNNING:
+    if not long_running(command):
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
