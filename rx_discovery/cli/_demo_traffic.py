@@ -202,13 +202,14 @@ class DemoTraffic:
         counts = self.counts
 
         class Refusals(httpx.HTTPTransport):
-            """Counts refused connects: with one request at a time and a live host left,
-            each one ejects its host (and the request is retried on another one)."""
+            """Counts the transport failures (a refused connect, or a connection dropped by a
+            server that died during the request): with one request at a time and a live host
+            left, each one ejects its host (and the GET is retried on another one)."""
 
             def handle_request(self, request: httpx.Request) -> httpx.Response:
                 try:
                     return super().handle_request(request)
-                except httpx.ConnectError:
+                except httpx.TransportError:
                     counts.ejected(1)
                     raise
 
