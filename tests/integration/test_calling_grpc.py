@@ -104,6 +104,7 @@ def test_old_channels_are_closed_after_a_rebuild(
         discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
     with DiscoveryChannel(discovery, SERVICE) as channel:
         grpc_backends(backend_factory)
+        wait_until(lambda: (channel.target or "").count(",") == 2, message="3 hosts")
         name = channel.unary_unary(METHOD)
         assert name(b"", timeout=10) in {b"b0", b"b1", b"b2"}
         grpc_backends(backend_factory)
@@ -116,6 +117,9 @@ def test_a_call_in_flight_on_a_replaced_channel_finishes(
         discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
     with DiscoveryChannel(discovery, SERVICE, drain=30) as channel:
         backend_factory(1, "--grpc")
+        # registered; the channel follows once the watch delivers it (an empty set is "no
+        # host", at once, by design)
+        wait_until(lambda: channel.target, message="the channel on the first host")
         future = channel.unary_unary("/test.Echo/Slow").future(b"1.5", timeout=20)
         old = channel._current
         backend_factory(1, "--grpc")     # a second host: the channel is rebuilt
