@@ -185,6 +185,7 @@ def test_multicallables_of_one_method_keep_their_own_serializers(
     # own, not the one of whichever was called first on the underlying channel
     with DiscoveryChannel(discovery, SERVICE) as channel:
         backend_factory(1, "--grpc")
+        wait_until(lambda: channel.target, message="the channel on the host")
         raw = channel.unary_unary(METHOD)
         text = channel.unary_unary(METHOD, response_deserializer=lambda data: data.decode())
         assert raw(b"", timeout=10) == b"b0"
