@@ -74,7 +74,7 @@ def test_a_status_observer_subscribing_to_the_service_while_its_key_is_deleted(
     rounds: list[int] = []
 
     registration = discovery.register("api", host(1), ttl=3)
-    bystander = discovery.register("api", host(2), ttl=3).wait(10)  # same keepalive cohort
+    bystander = discovery.register("api", host(2), ttl=3).wait(30)  # same keepalive cohort
 
     def watch_my_peers(status: RegistrationStatus) -> None:
         if status is not RegistrationStatus.REGISTERED or len(rounds) >= 3:
@@ -87,7 +87,7 @@ def test_a_status_observer_subscribing_to_the_service_while_its_key_is_deleted(
 
     registration.status.subscribe(watch_my_peers)
     wait_until(lambda: len(rounds) == 3 and registration.ready
-               and raw.get(registration.key)[0] is not None, timeout=30,
+               and raw.get(registration.key)[0] is not None, timeout=60,
                message="three deletions healed")
     # the cohort still refreshes the bystander: its lease's TTL goes up again
     lease = raw.get(bystander.key)[1].lease_id
@@ -98,7 +98,7 @@ def test_a_status_observer_subscribing_to_the_service_while_its_key_is_deleted(
         went_up, last[0] = ttl > last[0], ttl
         return went_up
 
-    wait_until(refreshed, timeout=10, message="a refresh of the bystander's lease")
+    wait_until(refreshed, timeout=20, message="a refresh of the bystander's lease")
     closer = threading.Thread(target=discovery.close, daemon=True)
     closer.start()
     closer.join(30)
