@@ -73,8 +73,8 @@ def test_a_status_observer_subscribing_to_the_service_while_its_key_is_deleted(
     discovery.subscribe_down("api").subscribe(lambda _uuid: delivering.set())
     rounds: list[int] = []
 
-    registration = discovery.register("api", host(1), ttl=3)
-    bystander = discovery.register("api", host(2), ttl=3).wait(30)  # same keepalive cohort
+    registration = discovery.register("api", host(1), ttl=6)
+    bystander = discovery.register("api", host(2), ttl=6).wait(30)  # same keepalive cohort
 
     def watch_my_peers(status: RegistrationStatus) -> None:
         if status is not RegistrationStatus.REGISTERED or len(rounds) >= 3:
