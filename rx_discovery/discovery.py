@@ -31,7 +31,7 @@ from rx_discovery._lifecycle import (
 )
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery._serial import SerialSubject
-from rx_discovery._shared import SharedSync
+from rx_discovery._shared import SharedSync, Stoppable
 from rx_discovery._shelf import Shelf
 from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog_stream
 from rx_discovery.config import Api, Settings
@@ -200,8 +200,8 @@ class Discovery:
 
         ``drain``: after the keys are removed, wait this many seconds (on the Discovery's
         timer) before closing the streams and the client, so that clients move away while
-        the process still serves (see :meth:`Registration.dispose`); only when there were
-        registrations to remove.
+        the process still serves (see :meth:`Registration.dispose`); only when a
+        registration's key was live (REGISTERED: not withdrawn nor lost).
 
         In a process forked after the Discovery was made this does nothing (the client
         belongs to the parent; grpcio is not fork-safe).
@@ -220,12 +220,13 @@ class Discovery:
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values(),
                                             *self._catalog_syncs.values()]
+        live = any(registration._key_live for registration in registrations)
         for registration in registrations:  # all stop at once: none starts a new write
             registration._cancel()
         deadline = time.monotonic() + timeout
         for registration in registrations:  # then each waits for its write in flight
             registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
-        if registrations:
+        if live:
             wait_on(self._runtime.timer, seconds)
         for sync in syncs:
             sync.close()
@@ -547,15 +548,18 @@ class Discovery:
         diagnostics = self._diagnostics
 
         def create(publish: Callable[[Change[T]], None], flush: Callable[[], None],
-                   timer: abc.SchedulerBase | None) -> PrefixSync[T]:
+                   timer: abc.SchedulerBase | None) -> Stoppable:
             def flush_all() -> None:
                 flush()
                 diagnostics.flush()
 
-            if not exact:  # a service's hosts
-                publish = metrics.counting_hosts(service, publish)
-            return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
-                              publish, diagnostics.enqueue, label, flush_all, exact=exact)
+            def build(publish: Callable[[Change[T]], None]) -> PrefixSync[T]:
+                return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
+                                  publish, diagnostics.enqueue, label, flush_all, exact=exact)
+
+            if exact:
+                return build(publish)
+            return metrics.counting_hosts(service, build, publish)  # a service's hosts
 
         with self._lock:
             shared = None if self._closed else cache.get(service)

@@ -3,7 +3,7 @@
 Instruments (meter ``rx_discovery``; attributes in brackets):
 
 ==========================================  =========  ====================================
-``rx_discovery.hosts``                      gauge      hosts of a watched service [service]
+``rx_discovery.hosts``                      gauge      hosts of a service watched now [service]
 ``rx_discovery.registration.status``        counter    status changes [service, status]
 ``rx_discovery.registration.reregister``    histogram  seconds from LOST to REGISTERED [service]
 ``rx_discovery.keepalive.duration``         histogram  seconds of one keepalive round trip
@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from rx_discovery._shared import Stoppable
     from rx_discovery.model import Host
     from rx_discovery.registration import Registration, RegistrationStatus
     from rx_discovery.sync import Change
@@ -51,7 +52,6 @@ except ImportError:  # the otel extra is not installed: every instrument is a no
 
 
 _INSTRUMENTS = (  # attribute, kind, name, unit, description
-    ("hosts", "gauge", "rx_discovery.hosts", "{host}", "hosts of a watched service"),
     ("status", "counter", "rx_discovery.registration.status", "{change}",
      "registration status changes"),
     ("reregister", "histogram", "rx_discovery.registration.reregister", "s",
@@ -71,10 +71,32 @@ _INSTRUMENTS = (  # attribute, kind, name, unit, description
 )
 
 
+class _Watched:
+    """One running sync of a service's hosts, in the ``hosts`` gauge while it runs."""
+
+    __slots__ = ("count", "service")
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.count: int | None = None  # None until its first state is known
+
+
+_watched: dict[_Watched, None] = {}  # insertion-ordered set of the running syncs
+_watched_lock = threading.Lock()
+
+
+def _observe_hosts(_options: Any) -> Iterator[Any]:
+    """The ``hosts`` gauge's callback (the exporter's thread): one point per watched service
+    whose state is known."""
+    with _watched_lock:
+        counts = {w.service: w.count for w in _watched if w.count is not None}
+    for service, count in counts.items():
+        yield _otel.Observation(count, {"service": service})
+
+
 class _Instruments:
     """The instruments of :data:`_INSTRUMENTS`, made by one meter."""
 
-    hosts: Any
     status: Any
     reregister: Any
     keepalive: Any
@@ -88,6 +110,11 @@ class _Instruments:
     def __init__(self, provider: Any) -> None:
         meter = (provider.get_meter("rx_discovery") if provider is not None
                  else _otel.get_meter("rx_discovery"))
+        # observed at each collection from the services watched then: a service nobody
+        # watches any more is no longer reported (a synchronous gauge would keep its last
+        # value for ever)
+        meter.create_observable_gauge("rx_discovery.hosts", callbacks=[_observe_hosts],
+                                      unit="{host}", description="hosts of a watched service")
         for attribute, kind, name, unit, description in _INSTRUMENTS:
             create = getattr(meter, f"create_{kind}", None)
             # opentelemetry-api < 1.23 (pinned by another package) has no synchronous gauge:
@@ -128,19 +155,44 @@ def configure(meter_provider: Any = None) -> None:
 
 # --- the calls the library makes (each a no-op without OpenTelemetry) -----------------------
 
-def counting_hosts(service: str, publish: Callable[[Change[_T]], None]
-                   ) -> Callable[[Change[_T]], None]:
-    """``publish`` of a service's host changes, also setting its ``hosts`` gauge."""
+class _Counted:
+    """A service's hosts sync whose host count the ``hosts`` gauge reports while it runs."""
+
+    def __init__(self, service: str, build: Callable[[Callable[[Change[_T]], None]], Stoppable],
+                 publish: Callable[[Change[_T]], None]) -> None:
+        self._watched = _Watched(service)
+
+        def counted(change: Change[_T]) -> None:
+            self._watched.count = len(change.items)
+            publish(change)
+
+        self._sync = build(counted)
+
+    @property
+    def loaded(self) -> bool:
+        return self._sync.loaded
+
+    def start(self, block: bool = False) -> None:
+        with _watched_lock:
+            _watched[self._watched] = None
+        self._sync.start(block)
+
+    def stop(self) -> None:
+        with _watched_lock:
+            _watched.pop(self._watched, None)
+        self._sync.stop()
+
+    def ensure_loaded(self, hand_off: bool = False) -> None:
+        self._sync.ensure_loaded(hand_off)
+
+
+def counting_hosts(service: str, build: Callable[[Callable[[Change[_T]], None]], Stoppable],
+                   publish: Callable[[Change[_T]], None]) -> Stoppable:
+    """The sync ``build(publish)`` makes for a service's hosts, counted in the ``hosts`` gauge
+    from its start to its stop (the sync itself without OpenTelemetry)."""
     if _on is None:
-        return publish
-    attributes = {"service": service}
-
-    def counted(change: Change[_T]) -> None:
-        if _on is not None:
-            _on.hosts.set(len(change.items), attributes)
-        publish(change)
-
-    return counted
+        return build(publish)
+    return _Counted(service, build, publish)
 
 
 def registration_status(registration: Registration, status: RegistrationStatus) -> None:

@@ -569,8 +569,9 @@ class Registration(abc.DisposableBase):
         that clients see the host go and move away while this process still serves the
         requests in flight (graceful shutdown). Measured on the registration's scheduler (a
         ``TestScheduler`` counts it in virtual time: then call this from another thread than
-        the one advancing the clock). Only the call that disposes waits; a registration
-        already disposed returns at once.
+        the one advancing the clock). Only the call that disposes waits, and only when the key
+        was live (REGISTERED); a registration already disposed, withdrawn or lost returns at
+        once.
 
         Raises:
             ValueError: ``drain`` is not a finite number >= 0 (before anything is done).
@@ -579,9 +580,17 @@ class Registration(abc.DisposableBase):
         seconds = validate_drain(drain)
         check_fork(self._fork_generation, "this Registration")
         first = not self._stopped
+        live = self._key_live
         self._stop(revoke=True, timeout=timeout)
-        if first:
+        if first and live:
             wait_on(self._runtime.timer, seconds)
+
+    @property
+    def _key_live(self) -> bool:
+        """Whether clients may be using this host now (its key is written: REGISTERED). A
+        drain waits only for those: a withdrawn, lost or disposed registration has no client
+        to wait for."""
+        return self._state is RegistrationStatus.REGISTERED
 
     def _cancel(self) -> None:
         """Stop every background step now (without waiting): a write in flight revokes its

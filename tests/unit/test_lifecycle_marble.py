@@ -443,3 +443,46 @@ def test_dispose_during_a_withdrawal_returns_once_the_key_is_gone(
     scheduler.advance_to(11)
     disposer.join(10)
     assert after_dispose == [None]
+
+
+def test_no_drain_when_no_key_was_live_withdrawn_or_lost(scheduler: TestScheduler) -> None:
+    """A drain gives clients time to move away from a host they can see; a registration that
+    was withdrawn (or whose key is gone) has no client to wait for: dispose and close return
+    at once, without the clock moving."""
+    store = PutHook(scheduler)
+    healthy, withdrawn = gated(store)
+    at(scheduler, 1, lambda: healthy.on_next(True))
+    at(scheduler, 5, lambda: healthy.on_next(False))
+    scheduler.advance_to(6)
+    assert withdrawn.current_status is S.WITHDRAWN and store.get(withdrawn.key) is None
+    disposer = threading.Thread(target=lambda: withdrawn.dispose(drain=30.0), daemon=True)
+    disposer.start()
+    disposer.join(10)  # nothing advances the clock: a drain would block until the deadline
+    assert not disposer.is_alive(), "disposing a withdrawn registration drained"
+
+    discovery = Discovery(store=store)
+    never_healthy: Subject[bool] = Subject()
+    discovery.register("api", make_host(2), ttl=30, healthy=never_healthy)
+    scheduler.advance_to(7)
+    closer = threading.Thread(target=lambda: discovery.close(drain=30.0), daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "closing with only withdrawn registrations drained"
+
+
+def test_close_drains_when_one_registration_of_several_is_live(scheduler: TestScheduler) -> None:
+    store = PutHook(scheduler)
+    discovery = Discovery(store=store)
+    never_healthy: Subject[bool] = Subject()
+    discovery.register("api", make_host(1), ttl=30, healthy=never_healthy)
+    live = discovery.register("api", make_host(2), ttl=30)
+    scheduler.advance_to(10)
+    assert live.ready
+    closer = threading.Thread(target=lambda: discovery.close(drain=3.0), daemon=True)
+    closer.start()
+    wait_until(lambda: due(scheduler, 13.0), message="the drain started")
+    closer.join(0.2)
+    assert closer.is_alive()
+    scheduler.advance_to(13.0)
+    closer.join(10)
+    assert not closer.is_alive()

@@ -96,6 +96,33 @@ def test_registration_status_reregister_time_keepalive_and_hosts(
     assert value(reader, "rx_discovery.hosts", service="api") == 1
 
 
+def test_the_hosts_gauge_reports_only_services_watched_now(
+        reader: InMemoryMetricReader) -> None:
+    """A gauge that kept its last value after the last subscriber left would report hosts
+    nobody watches any more (stale for ever on a dashboard)."""
+    scheduler = TestScheduler()
+    store = MemoryStore(scheduler)
+    discovery = Discovery(store=store)
+    host = make_host(1)  # written by another process (a registration watches its service)
+    store.put(discovery.keyspace.host_key("gauged-api", host.uuid), host.to_json().encode())
+    watching = discovery.hosts("gauged-api").subscribe()
+    other = discovery.hosts("gauged-web").subscribe()
+    scheduler.advance_to(3)
+    assert value(reader, "rx_discovery.hosts", service="gauged-api") == 1
+    assert value(reader, "rx_discovery.hosts", service="gauged-web") == 0
+    watching.dispose()
+    gauged = [a for a, _ in points(reader, "rx_discovery.hosts")
+              if a["service"].startswith("gauged-")]  # (other tests' Discoveries still run)
+    assert gauged == [{"service": "gauged-web"}]
+    again = discovery.hosts("gauged-api").subscribe()  # watched again: reported again
+    scheduler.advance_to(4)
+    assert value(reader, "rx_discovery.hosts", service="gauged-api") == 1
+    again.dispose()
+    other.dispose()
+    assert not [a for a, _ in points(reader, "rx_discovery.hosts")
+                if a["service"].startswith("gauged-")]
+
+
 def test_watch_reconnects_resumes_resyncs_and_skipped_values(
         reader: InMemoryMetricReader) -> None:
     scheduler = TestScheduler()
