@@ -243,6 +243,7 @@ class EmbeddedEtcd(_Started):
         self._kept_data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._log: str | None = None
+        self._owner = os.getpid()  # a forked child's copy owns neither the server nor its data
 
     # -- addresses ----------------------------------------------------------------------------
 
@@ -376,7 +377,12 @@ class EmbeddedEtcd(_Started):
         return self.start(wait=wait)
 
     def close(self) -> None:
-        """Kill the server and delete its data and logs. Idempotent."""
+        """Kill the server and delete its data and logs. Idempotent. In a process forked
+        from the one that made it, only forgets its copy: the server and data are the
+        parent's (a child leaving a ``with EmbeddedEtcd()`` block must not take them)."""
+        if os.getpid() != self._owner:
+            self._process = self._base_dir = None
+            return
         self.kill()
         self._process = None
         base, self._base_dir = self._base_dir, None

@@ -28,3 +28,14 @@ def test_a_forked_child_exiting_normally_leaves_its_parents_etcd_and_data_alone(
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:2] == ["data kept", "healthy"], result.stdout
+
+
+def test_a_forked_child_closing_its_copy_leaves_its_parents_etcd_and_data_alone() -> None:
+    """``with EmbeddedEtcd() as etcd:`` around code that forks: a child leaving the block
+    closes its copy; the parent's server and data must survive it."""
+    script = SCRIPT.replace("sys.exit(0)  # a normal exit", "etcd.close(); os._exit(0)  # a close")
+    assert "etcd.close(); os._exit(0)" in script
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["data kept", "healthy"], result.stdout
