@@ -58,9 +58,12 @@ class _Common:
     def _loop(self, request: httpx.Request, attempts: Attempts
               ) -> Generator[httpx.Request, httpx.Response | BaseException,
                              tuple[httpx.Response, Host]]:
-        """The retry loop of ``request``: each attempt points it at the next host."""
+        """The retry loop of ``request``: each attempt points it at the next host; at the
+        end the request is the caller's again (its service URL and headers), so that httpx
+        resolves a relative redirect against the service, not the host that answered."""
         service_url = request.url
         callers_auth = "authorization" in request.headers
+        callers_host = request.headers.get("Host")
 
         def aim(target: Target) -> httpx.Request:
             request.url = _retarget(service_url, target)
@@ -80,7 +83,16 @@ class _Common:
                         and isinstance(request.stream, httpx.ByteStream))  # can be sent again
             return None
 
-        return attempt_loop(attempts, self.router, aim, classify)
+        try:
+            return (yield from attempt_loop(attempts, self.router, aim, classify))
+        finally:
+            request.url = service_url
+            if callers_host is None:
+                request.headers.pop("Host", None)
+            else:
+                request.headers["Host"] = callers_host
+            if not callers_auth:
+                request.headers.pop("Authorization", None)
 
 
 class DiscoveryTransport(_Common, httpx.BaseTransport):
@@ -255,7 +267,9 @@ def _nothing() -> None:
 
 def _counted(response: httpx.Response, host: Host, balancer: Balancer,
              wrap: Callable[[Any, Callable[[], None]], Any]) -> httpx.Response:
-    """``response``, its call counted in flight until its body is closed."""
+    """``response``, its call counted in flight until its body is closed, with the host
+    that answered in its ``rx_discovery.host`` extension."""
+    response.extensions["rx_discovery.host"] = host
     if response.is_closed:  # read already (a body given as bytes)
         balancer.finished(host, ok=None)
     else:

@@ -116,6 +116,9 @@ class DiscoveryAdapter(requests.adapters.HTTPAdapter):
         loop = attempt_loop(attempts, self.router, aim, classify)
         response, host = send_all(loop, send)
         balancer.finished(host, ok=None)   # the body is read (stream=False) or the caller's
+        # the service URL, which requests joins a relative redirect with (so the redirect
+        # is balanced too); response.request is what was sent (the host that answered)
+        response.url = request.url or response.url
         return response
 
     def close(self) -> None:

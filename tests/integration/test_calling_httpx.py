@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from calling import SERVICE, Backend, backend_factory, graceful_scenario, sigkill_scenario
+from helpers import wait_until
 
 from rx_discovery import Discovery
 from rx_discovery.embedded import EmbeddedEtcd
@@ -124,7 +125,23 @@ def test_requests_carry_the_target_host_header(
         response = http.get(f"http://{SERVICE}/")
     assert response.text == "b0"
     assert response.headers["X-Seen-Host"] == f"127.0.0.1:{backends[0].port}"
-    assert str(response.request.url) == f"http://127.0.0.1:{backends[0].port}/"
+    assert str(response.request.url) == f"http://{SERVICE}/"  # the caller's, as it was
+    assert response.extensions["rx_discovery.host"].uuid == backends[0].uuid  # who answered
+
+
+def test_a_relative_redirect_goes_through_the_service_again(
+        discovery: Discovery, backend_factory: Callable[..., list[Backend]]) -> None:
+    backends = backend_factory(2)
+    transport = DiscoveryTransport(discovery)
+    with httpx.Client(transport=transport, follow_redirects=True, timeout=10) as http:
+        balancer = transport.router.balancer(SERVICE)
+        wait_until(lambda: balancer.hosts is not None and len(balancer.hosts) == 2,
+                   message="both hosts known")
+        response = http.get(f"http://{SERVICE}/redirect")
+    assert response.status_code == 200
+    assert str(response.url) == f"http://{SERVICE}/after-redirect"
+    answered = {r.extensions["rx_discovery.host"].uuid for r in (*response.history, response)}
+    assert answered == {b.uuid for b in backends}  # round robin: the redirect was balanced
 
 
 def test_other_names_pass_through(discovery: Discovery,

@@ -13,6 +13,7 @@ import pytest
 import requests
 import requests.adapters
 from calling import SERVICE, Backend, backend_factory, graceful_scenario, sigkill_scenario
+from helpers import wait_until
 
 from rx_discovery import Discovery, Host
 from rx_discovery.embedded import EmbeddedEtcd
@@ -115,3 +116,21 @@ def test_a_service_with_no_host_is_a_connection_error(
         http.get("http://nobody/", timeout=10)
 
 
+
+
+def test_a_relative_redirect_goes_through_the_service_again(
+        session: tuple[requests.Session, CountingDiscoveryAdapter],
+        backend_factory: Callable[..., list[Backend]]) -> None:
+    """requests joins a relative Location with ``response.url``: the service URL, so the
+    redirected request is balanced (round robin: the other host) like any other."""
+    http, adapter = session
+    backends = backend_factory(2)
+    balancer = adapter.router.balancer(SERVICE)
+    wait_until(lambda: balancer.hosts is not None and len(balancer.hosts) == 2,
+               message="both hosts known")
+    response = http.get(f"http://{SERVICE}/redirect", timeout=10)
+    assert response.status_code == 200
+    assert response.url == f"http://{SERVICE}/after-redirect"
+    assert [r.url for r in response.history] == [f"http://{SERVICE}/redirect"]
+    ports = {urllib.parse.urlsplit(r.request.url).port for r in (*response.history, response)}
+    assert ports == {b.port for b in backends}  # one each: the redirect was balanced

@@ -32,7 +32,10 @@ class Hosts:
         address = f"{request.url.host}:{request.url.port}"
         if address in self.refusing:
             raise httpx.ConnectError("connection refused", request=request)
-        self.seen.append(request)
+        # as sent (the transport gives the caller's request back as it was afterwards)
+        self.seen.append(httpx.Request(request.method, request.url, headers=request.headers))
+        if request.url.path == "/redirect":  # relative, as most frameworks send them
+            return httpx.Response(302, headers={"Location": "/after-redirect"})
         if address in self.dropping:
             raise httpx.RemoteProtocolError("server disconnected", request=request)
         if request.url.path == "/fail":
@@ -491,3 +494,25 @@ def test_the_first_request_fails_within_the_wait_when_etcd_does_not_answer(
     assert isinstance(outcome, httpx.ConnectError), outcome
     assert f"within {wait:g} s" in str(outcome)
     assert took < wait + 1.0, took   # the read and then a whole wait: 2 * wait
+
+
+def test_a_relative_redirect_goes_through_the_service_again(
+        scheduler: TestScheduler, discovery: Discovery, backends: Hosts) -> None:
+    """The caller's request keeps its service URL, so httpx resolves a relative Location
+    against ``http://api/``: the redirect is balanced (and retried) like any request, with
+    the credentials of the host it goes to, not those of the host that redirected."""
+    http = client(scheduler, discovery, backends, node(1, user="one", password="pw1"),
+                  node(2, user="two", password="pw2"))
+    response = http.get("http://api/redirect", follow_redirects=True)
+    assert response.status_code == 200
+    assert str(response.url) == "http://api/after-redirect"
+    assert [str(r.url) for r in response.history] == ["http://api/redirect"]
+    first, second = backends.seen
+    assert {first.url.host, second.url.host} == {"10.0.0.1", "10.0.0.2"}  # round robin
+    for sent in backends.seen:
+        user = {"10.0.0.1": "one:pw1", "10.0.0.2": "two:pw2"}[str(sent.url.host)]
+        assert sent.headers["Authorization"] == (
+            "Basic " + base64.b64encode(user.encode()).decode())
+        assert sent.headers["Host"] == f"{sent.url.host}:8080"
+    assert response.extensions["rx_discovery.host"].uuid in ("uuid-1", "uuid-2")
+    assert response.extensions["rx_discovery.host"].private_hostname == second.url.host
