@@ -7,15 +7,18 @@ exactly etcd's history (no event lost or repeated).
 
 from __future__ import annotations
 
+import pytest
 from faultkit import assert_gap_free, healthy_stream, host, live_lease, raw_client, subscribe, truth
 from helpers import wait_until
 
 from rx_discovery import Discovery
 from rx_discovery._errors import StoreUnavailable
-from rx_discovery.config import Settings
+from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcdCluster
 from rx_discovery.health import HealthState
 from rx_discovery.store.etcd import EtcdStore
+from rx_discovery.store.v2 import EtcdV2Store
+from rx_discovery.store.v2 import watch as v2_watch
 
 SERVICE = "svc"
 PREFIX = f"/services/{SERVICE}/"
@@ -115,3 +118,24 @@ def test_watch_on_a_member_cut_off_from_the_quorum_fails_instead_of_going_silent
                 raw.close()
             wait_until(lambda: resumed.items, timeout=10, message="the change after healing")
             assert [e.key for r in resumed.items for e in r.events] == ["/rl/b"]
+
+
+def test_a_v2_watch_on_a_member_cut_off_from_the_quorum_fails_instead_of_going_silent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """v2 has no require-leader: a member without a leader keeps answering, and an idle long
+    poll on it stays open and silent while the others move on. The idle probe asks the member
+    for its /health, which says "no leader", so the watch fails (and fails over)."""
+    monkeypatch.setattr(v2_watch, "_MIN_POLL_S", 1.0)  # probe after 2 x timeout idle
+    with EmbeddedEtcdCluster(3) as cluster:
+        isolated, *others = cluster.members
+        settings = Settings(endpoints=(parse_endpoint(isolated.endpoint),), timeout=2)
+        with EtcdV2Store(settings) as store:
+            start = store.put("/rl2/a", b"1")
+            events = subscribe(store.watch("/rl2/", start))
+            wait_until(lambda: events.items, message="the first event")
+            for member in others:
+                member.kill()  # the member left alone has no quorum, so no leader
+            wait_until(lambda: events.error is not None, timeout=30,
+                       message="the v2 watch on the leaderless member ended")
+            assert isinstance(events.error, StoreUnavailable)
+            assert "no leader" in str(events.error), str(events.error)

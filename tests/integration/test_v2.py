@@ -229,7 +229,7 @@ def test_cli_api_v2_lists_v2_hosts(etcd: EmbeddedEtcd, unique_prefix: str) -> No
 
 def test_a_frozen_member_ends_the_watch_as_unavailable(unique_prefix: str) -> None:
     """An idle long poll is closed after max(10 s, 2x timeout) and the member is asked for
-    /version: a frozen one fails the watch (the sync then reopens it, failing over)."""
+    /health: a frozen one fails the watch (the sync then reopens it, failing over)."""
     with EmbeddedEtcd(name="v2-frozen") as server:
         store = EtcdV2Store(Settings(endpoints=(parse_endpoint(server.endpoint),), timeout=1))
         errors = Recorder()
@@ -435,7 +435,7 @@ def test_an_idle_watch_does_not_resync_when_etcd_moves_on_elsewhere(
         def emit(self, record: logging.LogRecord) -> None:
             if "wait=true" in record.getMessage():
                 polls.append(record.getMessage())
-            if "/version" in record.getMessage():
+            if "/health" in record.getMessage():
                 probes.append(record.getMessage())
 
     handler = Polls()

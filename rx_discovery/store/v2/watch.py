@@ -35,8 +35,8 @@ _DELETES = frozenset({"delete", "compareAndDelete", "expire"})
 _PUTS = frozenset({"set", "create", "update", "compareAndSwap"})
 _MIN_POLL_S = 10.0
 """After this long (or 2x the call timeout) without an answer to a long poll, the member is
-asked for its version on another connection: a frozen member is noticed (the poll is then
-ended); one that answers keeps the poll open."""
+asked for its /health on another connection: a frozen member, or one without a leader (cut off
+from the quorum), is noticed (the poll is then ended); a healthy one keeps the poll open."""
 
 
 def directory_of(prefix: str) -> str:
@@ -260,18 +260,39 @@ class Watch:
             return WatchResponse(revision=index, events=(event,))
 
     async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
-        """After an idle poll: the member must answer a cheap request within the timeout.
+        """After an idle poll: the member must answer its ``/health`` within the timeout,
+        and have a leader. v2 has no require-leader: a member cut off from the quorum keeps
+        answering (stale reads, a poll that never fires) while the others move on.
+        ``serializable=true``: the member's own view, no quorum read that would wait.
 
         Raises:
-            StoreUnavailable: it did not (frozen, cut off): the sync reopens elsewhere.
+            StoreUnavailable: it did not answer (frozen, cut off) or has no leader: the sync
+                reopens elsewhere.
         """
         url = self._http.base_url(endpoint)
         try:
-            response = await client.get(url + "/version")
+            response = await client.get(url + "/health", params={"serializable": "true"})
         except httpx.HTTPError as exc:
             self._http.failed(endpoint)
             reason = f"watch: member silent ({type(exc).__name__})"
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason) from None
-        if response.status_code >= 500:
+        if _no_leader(response):
+            self._http.failed(endpoint)
+            reason = "watch: the member has no leader (cut off from the quorum)"
+            self._http.health.failed(reason, url)
+            raise StoreUnavailable(reason)
+        if response.status_code >= 500 and response.status_code != 503:
             raise StoreUnavailable(f"watch: member answered HTTP {response.status_code}")
+
+
+def _no_leader(response: httpx.Response) -> bool:
+    """Whether a ``/health`` answer says the member has no raft leader. Other unhealthy
+    states (an alarm: the whole cluster is read-only) are no reason to move elsewhere."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict) or body.get("health") != "false":
+        return False
+    return "LEADER" in str(body.get("reason", "")).upper()
