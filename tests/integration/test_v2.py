@@ -3,6 +3,7 @@ history moved past a watcher, TLS with in-memory PEM, basic auth, health."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -480,3 +481,26 @@ def test_a_uuid_that_v2_would_hide_is_refused_before_any_io() -> None:
     with Discovery("http://127.0.0.1:9") as discovery:  # v3 has no such rule
         discovery.register("svc", Host(hostname="h.dev", ports={"http": "80"},
                                        uuid="_hidden")).dispose()
+
+
+def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEtcd,
+                                                                 unique_prefix: str) -> None:
+    """Cancelling a poll closes its connection (~3 ms each under load, ~1 s for 150): close()
+    must wait for all of them, not stop the loop after the call timeout with polls still
+    pending (each then printed "Task was destroyed but it is pending!" at exit)."""
+    store = EtcdV2Store(Settings(endpoints=(parse_endpoint(etcd.endpoint),), timeout=2.0))
+    prefix = f"{unique_prefix}/many/"
+    start = store.get_prefix(prefix).revision + 1
+    seen: list[object] = []
+    for _ in range(150):
+        store.watch(prefix, start).subscribe(on_next=seen.append)
+    store.put(prefix + "k", b"v")  # every poll answers, and a new one is opened
+    wait_until(lambda: len(seen) >= 150, 30, message="every watch saw the put")
+    loop = store._watches._loop
+    assert loop is not None
+    # a short call timeout must not cut the shutdown short
+    store._http._settings = dataclasses.replace(store._http._settings, timeout=0.01)
+    store.close()
+    wait_until(loop.is_closed, 10, message="the watch loop closed")
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    assert not pending, f"{len(pending)} polls left pending"
