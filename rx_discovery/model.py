@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 from dataclasses_json import DataClassJsonMixin, config
 
 from rx_discovery._errors import MalformedValue, UnknownScheme
+from rx_discovery._orjson import orjson
 
 __all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
            "validate_host_for_registration", "validate_host_name", "validate_key_segment",
