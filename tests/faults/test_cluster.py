@@ -104,7 +104,10 @@ def test_watch_on_a_member_cut_off_from_the_quorum_fails_instead_of_going_silent
             assert isinstance(events.error, StoreUnavailable)
             assert "no leader" in str(events.error), str(events.error)
             assert "UNAVAILABLE" in str(events.error)  # the code after which it fails over
-            assert health.items[-1].state in (HealthState.RECONNECTING, HealthState.UNAVAILABLE)
+            # health is delivered on a thread of its own: it may follow the error a moment later
+            wait_until(lambda: health.items[-1].state in (HealthState.RECONNECTING,
+                                                          HealthState.UNAVAILABLE),
+                       timeout=10, message="health says the member is not serving")
             for member in others:
                 member.restart(wait=False)
             cluster.wait_ready()

@@ -64,8 +64,9 @@ def test_pause_is_noticed_and_resume_recovers() -> None:
         assert not registration.ready
         # health says so: the registrar's keepalives time out; the watcher, which only
         # watches, learns it from gRPC keepalive (6 s ping + 2 s timeout)
-        assert registrar_health.items[-1].state in (HealthState.RECONNECTING,
-                                                    HealthState.UNAVAILABLE)
+        wait_until(lambda: registrar_health.items[-1].state in (  # (on the health thread)
+            HealthState.RECONNECTING, HealthState.UNAVAILABLE), timeout=5,
+            message="the registrar's health says etcd is not answering")
         wait_until(lambda: watcher_health.items[-1].state in (
             HealthState.RECONNECTING, HealthState.UNAVAILABLE), timeout=8 + SLACK + TIMEOUT,
             message="the watcher's health after its stream broke")
