@@ -167,6 +167,7 @@ class _Counted:
             publish(change)
 
         self._sync = build(counted)
+        self._stopped = False
 
     @property
     def loaded(self) -> bool:
@@ -174,11 +175,15 @@ class _Counted:
 
     def start(self, block: bool = False) -> None:
         with _watched_lock:
-            _watched[self._watched] = None
+            # a close() can stop the sync before its first subscriber starts it (outside the
+            # shared lock): it must not enter the set after its stop took it out
+            if not self._stopped:
+                _watched[self._watched] = None
         self._sync.start(block)
 
     def stop(self) -> None:
         with _watched_lock:
+            self._stopped = True
             _watched.pop(self._watched, None)
         self._sync.stop()
 

@@ -277,3 +277,34 @@ def test_an_opentelemetry_api_without_a_synchronous_gauge_does_not_break_the_imp
                             timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok")
+
+
+class _Sync:
+    """A sync that only records its calls (a Stoppable)."""
+
+    loaded = False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self, block: bool = False) -> None:
+        self.calls.append("start")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def ensure_loaded(self, hand_off: bool = False) -> None:
+        pass
+
+
+def test_a_hosts_sync_stopped_before_it_started_is_never_watched(
+        reader: InMemoryMetricReader) -> None:
+    """``Discovery.close()`` can stop a sync between its creation by the first subscriber and
+    that subscriber's ``start()`` (outside the shared lock): the late start must not put it in
+    the gauge's set, where nothing would ever take it out again."""
+    sync = _Sync()
+    counted = metrics.counting_hosts("raced-api", lambda publish: sync, lambda change: None)
+    before = len(metrics._watched)
+    counted.stop()
+    counted.start()
+    assert len(metrics._watched) == before, "a stopped sync stays in the gauge's set for ever"
