@@ -85,9 +85,13 @@ _watched: dict[_Watched, None] = {}  # insertion-ordered set of the running sync
 _watched_lock = threading.Lock()
 
 
-def _observe_hosts(_options: Any) -> Iterator[Any]:
-    """The ``hosts`` gauge's callback (the exporter's thread): one point per watched service
-    whose state is known."""
+def _observe_hosts(provider: Any) -> Iterator[Any]:
+    """The ``hosts`` gauge's points for ``provider`` (None: the global one), on the exporter's
+    thread: one per watched service whose state is known, while it is the provider in use (a
+    provider that :func:`configure` replaced keeps the callback, and must not get them any
+    more; configured again, its meter keeps the instrument and callback it made first)."""
+    if _on is None or _on.provider is not provider:
+        return
     with _watched_lock:
         counts = {w.service: w.count for w in _watched if w.count is not None}
     for service, count in counts.items():
@@ -97,6 +101,7 @@ def _observe_hosts(_options: Any) -> Iterator[Any]:
 class _Instruments:
     """The instruments of :data:`_INSTRUMENTS`, made by one meter."""
 
+    provider: Any
     status: Any
     reregister: Any
     keepalive: Any
@@ -108,12 +113,14 @@ class _Instruments:
     ejections: Any
 
     def __init__(self, provider: Any) -> None:
+        self.provider = provider
         meter = (provider.get_meter("rx_discovery") if provider is not None
                  else _otel.get_meter("rx_discovery"))
         # observed at each collection from the services watched then: a service nobody
         # watches any more is no longer reported (a synchronous gauge would keep its last
         # value for ever)
-        meter.create_observable_gauge("rx_discovery.hosts", callbacks=[_observe_hosts],
+        meter.create_observable_gauge("rx_discovery.hosts",
+                                      callbacks=[lambda _options: _observe_hosts(provider)],
                                       unit="{host}", description="hosts of a watched service")
         for attribute, kind, name, unit, description in _INSTRUMENTS:
             create = getattr(meter, f"create_{kind}", None)

@@ -308,3 +308,29 @@ def test_a_hosts_sync_stopped_before_it_started_is_never_watched(
     counted.stop()
     counted.start()
     assert len(metrics._watched) == before, "a stopped sync stays in the gauge's set for ever"
+
+
+def test_the_hosts_gauge_is_reported_to_the_configured_provider_only() -> None:
+    """``configure(provider)`` records "instead of" the provider before: the previous one no
+    longer gets the hosts gauge (its callback would otherwise go on reporting to it)."""
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    first_provider = MeterProvider(metric_readers=[first])
+    second_provider = MeterProvider(metric_readers=[second])
+    scheduler = TestScheduler()
+    discovery = Discovery(store=MemoryStore(scheduler))
+    try:
+        metrics.configure(first_provider)
+        watching = discovery.hosts("switched-api").subscribe()
+        scheduler.advance_to(1)
+        assert value(first, "rx_discovery.hosts", service="switched-api") == 0
+        metrics.configure(second_provider)
+        metrics.configure(second_provider)  # again: its meter keeps its first instruments
+        assert value(second, "rx_discovery.hosts", service="switched-api") == 0
+        assert not [a for a, _ in points(first, "rx_discovery.hosts")
+                    if a.get("service") == "switched-api"], "the old provider still gets it"
+        watching.dispose()
+    finally:
+        metrics.configure(None)
+        discovery.close()
+        first_provider.shutdown()
+        second_provider.shutdown()
