@@ -28,6 +28,7 @@ balancer's picker is not even wrapped).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -83,6 +84,16 @@ class _Watched:
 
 _watched: dict[_Watched, None] = {}  # insertion-ordered set of the running syncs
 _watched_lock = threading.Lock()
+
+
+def _forget_watched_in_child() -> None:
+    """A forked child runs none of its parent's syncs: their counts, frozen at the fork, must
+    not be reported there."""
+    global _watched, _watched_lock
+    _watched, _watched_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_watched_in_child)
 
 
 def _observe_hosts(provider: Any) -> Iterator[Any]:

@@ -334,3 +334,37 @@ def test_the_hosts_gauge_is_reported_to_the_configured_provider_only() -> None:
         discovery.close()
         first_provider.shutdown()
         second_provider.shutdown()
+
+
+def test_a_forked_child_reports_no_hosts_its_parent_watched() -> None:
+    """A pre-fork server's worker: the parent's syncs do not run in the child, so the counts
+    it inherited would be reported for ever, frozen at the fork (what the observable gauge
+    was made to end)."""
+    script = textwrap.dedent("""
+        import os
+        from reactivex.testing import TestScheduler
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from rx_discovery import Discovery, metrics
+        from rx_discovery.store.memory import MemoryStore
+
+        scheduler = TestScheduler()
+        discovery = Discovery(store=MemoryStore(scheduler))
+        discovery.hosts("parents-api").subscribe()
+        scheduler.advance_to(1)
+        pid = os.fork()
+        if pid == 0:
+            reader = InMemoryMetricReader()
+            metrics.configure(MeterProvider(metric_readers=[reader]))
+            data = reader.get_metrics_data()
+            names = [p.attributes.get("service") for r in (data.resource_metrics if data else ())
+                     for s in r.scope_metrics for m in s.metrics if m.name == "rx_discovery.hosts"
+                     for p in m.data.data_points]
+            print("child", names, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child []", result.stdout
