@@ -201,7 +201,7 @@ class Discovery:
         ``drain``: after the keys are removed, wait this many seconds (on the Discovery's
         timer) before closing the streams and the client, so that clients move away while
         the process still serves (see :meth:`Registration.dispose`); only when a
-        registration's key was live (REGISTERED: not withdrawn nor lost).
+        registration's host key was live (written and kept alive: not withdrawn nor lost).
 
         In a process forked after the Discovery was made this does nothing (the client
         belongs to the parent; grpcio is not fork-safe).
@@ -220,12 +220,13 @@ class Discovery:
             syncs: list[SharedSync[Any]] = [*self._host_syncs.values(),
                                             *self._service_syncs.values(),
                                             *self._catalog_syncs.values()]
-        live = any(registration._key_live for registration in registrations)
         for registration in registrations:  # all stop at once: none starts a new write
             registration._cancel()
         deadline = time.monotonic() + timeout
+        live = False  # a host key removed was live (decided as each is removed)
         for registration in registrations:  # then each waits for its write in flight
-            registration.dispose(timeout=max(0.0, deadline - time.monotonic()))
+            live |= registration._stop(revoke=True,
+                                       timeout=max(0.0, deadline - time.monotonic()))
         if live:
             wait_on(self._runtime.timer, seconds)
         for sync in syncs:

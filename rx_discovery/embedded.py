@@ -294,8 +294,14 @@ class EmbeddedEtcd(_Started):
 
         Raises:
             RuntimeError: the binary is missing, or the server died or was not ready in time
-                (the message ends with its log).
+                (the message ends with its log); or this is a forked child's copy.
         """
+        if os.getpid() != self._owner:
+            # the parent's server is no child of ours (poll() says it exited): a start here
+            # would launch a second etcd on its ports and data, and our reaper would delete
+            # that directory when we exit
+            raise RuntimeError(f"etcd {self.name!r} belongs to process {self._owner}; a "
+                               "forked child cannot start it (make an EmbeddedEtcd of its own)")
         if self.running:
             return self
         log_path = os.path.join(self._base(), f"{self.name}.log")
@@ -372,7 +378,11 @@ class EmbeddedEtcd(_Started):
         self._wait_stopped(False)
 
     def restart(self, wait: bool = True) -> EmbeddedEtcd:
-        """Stop (if running) and start again on the same ports with the same data."""
+        """Stop (if running) and start again on the same ports with the same data.
+
+        Raises:
+            RuntimeError: as :meth:`start`.
+        """
         self.stop()
         return self.start(wait=wait)
 

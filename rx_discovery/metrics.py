@@ -28,6 +28,7 @@ balancer's picker is not even wrapped).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -85,9 +86,23 @@ _watched: dict[_Watched, None] = {}  # insertion-ordered set of the running sync
 _watched_lock = threading.Lock()
 
 
-def _observe_hosts(_options: Any) -> Iterator[Any]:
-    """The ``hosts`` gauge's callback (the exporter's thread): one point per watched service
-    whose state is known."""
+def _forget_watched_in_child() -> None:
+    """A forked child runs none of its parent's syncs: their counts, frozen at the fork, must
+    not be reported there."""
+    global _watched, _watched_lock
+    _watched, _watched_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_watched_in_child)
+
+
+def _observe_hosts(provider: Any) -> Iterator[Any]:
+    """The ``hosts`` gauge's points for ``provider`` (None: the global one), on the exporter's
+    thread: one per watched service whose state is known, while it is the provider in use (a
+    provider that :func:`configure` replaced keeps the callback, and must not get them any
+    more; configured again, its meter keeps the instrument and callback it made first)."""
+    if _on is None or _on.provider is not provider:
+        return
     with _watched_lock:
         counts = {w.service: w.count for w in _watched if w.count is not None}
     for service, count in counts.items():
@@ -97,6 +112,7 @@ def _observe_hosts(_options: Any) -> Iterator[Any]:
 class _Instruments:
     """The instruments of :data:`_INSTRUMENTS`, made by one meter."""
 
+    provider: Any
     status: Any
     reregister: Any
     keepalive: Any
@@ -108,12 +124,14 @@ class _Instruments:
     ejections: Any
 
     def __init__(self, provider: Any) -> None:
+        self.provider = provider
         meter = (provider.get_meter("rx_discovery") if provider is not None
                  else _otel.get_meter("rx_discovery"))
         # observed at each collection from the services watched then: a service nobody
         # watches any more is no longer reported (a synchronous gauge would keep its last
         # value for ever)
-        meter.create_observable_gauge("rx_discovery.hosts", callbacks=[_observe_hosts],
+        meter.create_observable_gauge("rx_discovery.hosts",
+                                      callbacks=[lambda _options: _observe_hosts(provider)],
                                       unit="{host}", description="hosts of a watched service")
         for attribute, kind, name, unit, description in _INSTRUMENTS:
             create = getattr(meter, f"create_{kind}", None)
@@ -167,6 +185,7 @@ class _Counted:
             publish(change)
 
         self._sync = build(counted)
+        self._stopped = False
 
     @property
     def loaded(self) -> bool:
@@ -174,11 +193,15 @@ class _Counted:
 
     def start(self, block: bool = False) -> None:
         with _watched_lock:
-            _watched[self._watched] = None
+            # a close() can stop the sync before its first subscriber starts it (outside the
+            # shared lock): it must not enter the set after its stop took it out
+            if not self._stopped:
+                _watched[self._watched] = None
         self._sync.start(block)
 
     def stop(self) -> None:
         with _watched_lock:
+            self._stopped = True
             _watched.pop(self._watched, None)
         self._sync.stop()
 

@@ -569,9 +569,9 @@ class Registration(abc.DisposableBase):
         that clients see the host go and move away while this process still serves the
         requests in flight (graceful shutdown). Measured on the registration's scheduler (a
         ``TestScheduler`` counts it in virtual time: then call this from another thread than
-        the one advancing the clock). Only the call that disposes waits, and only when the key
-        was live (REGISTERED); a registration already disposed, withdrawn or lost returns at
-        once.
+        the one advancing the clock). Only the call that disposes waits, and only when the host
+        key was live (written and kept alive, whatever the status says); a registration
+        already disposed, withdrawn or lost returns at once.
 
         Raises:
             ValueError: ``drain`` is not a finite number >= 0 (before anything is done).
@@ -579,18 +579,8 @@ class Registration(abc.DisposableBase):
         """
         seconds = validate_drain(drain)
         check_fork(self._fork_generation, "this Registration")
-        first = not self._stopped
-        live = self._key_live
-        self._stop(revoke=True, timeout=timeout)
-        if first and live:
+        if self._stop(revoke=True, timeout=timeout):
             wait_on(self._runtime.timer, seconds)
-
-    @property
-    def _key_live(self) -> bool:
-        """Whether clients may be using this host now (its key is written: REGISTERED). A
-        drain waits only for those: a withdrawn, lost or disposed registration has no client
-        to wait for."""
-        return self._state is RegistrationStatus.REGISTERED
 
     def _cancel(self) -> None:
         """Stop every background step now (without waiting): a write in flight revokes its
@@ -605,20 +595,28 @@ class Registration(abc.DisposableBase):
             log.exception("%s: disposing the subscription to its health observable failed",
                           self._label)
 
-    def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> None:
+    def _stop(self, revoke: bool, timeout: float | None = _DISPOSE_TIMEOUT) -> bool:
         """Dispose; without ``revoke`` the process behaves as if it crashed (the lease is left
-        to expire), which :func:`rx_discovery.testing.crash` uses."""
+        to expire), which :func:`rx_discovery.testing.crash` uses. Returns whether this call
+        removed a live host key (one clients may be using: a drain waits for them).
+
+        Live is decided when the lease is taken, under the lock, not from the status: the
+        host key is written and kept alive from the put on, while the status may still say
+        REGISTERING (the service document is being written) or FAILED (it was refused, or a
+        refresh was); a withdrawn registration holds no lease, a lost one is registering
+        again (its old key is gone), and a write in flight revokes its own lease."""
         self._cancel()
         with self._lock:
             if self._stopped:  # another dispose (or close) is under way: it revokes, wait
                 if self._stopper != threading.get_ident():
                     self._lock.wait_for(lambda: self._state is RegistrationStatus.DISPOSED,
                                         timeout)
-                return
+                return False
             self._stopped, self._stopper = True, threading.get_ident()
             finished = True
             if self._writing():
                 finished = self._lock.wait_for(lambda: not self._writing(), timeout)
+            live = self._lease != 0 and not self._registering
             lease, self._lease = self._lease, 0
             keeping, self._keeping = self._keeping, None
         if not finished:
@@ -637,6 +635,7 @@ class Registration(abc.DisposableBase):
             self._status.enqueue_completed()
             self._credentials.enqueue_completed()
         self._flush()
+        return live
 
     def __reduce__(self) -> Any:
         raise not_picklable("a Registration")

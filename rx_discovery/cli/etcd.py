@@ -8,6 +8,7 @@ directory comes back at the same address and running watchers and registrations 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -101,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if client_port == peer_port:
         raise ConfigError("--port and --peer-port must differ")
     inbox = args.inbox
-    with etcd_server(data_dir, client_port, peer_port) as etcd:
+    etcd = etcd_server(data_dir, client_port, peer_port)
+    # not ``with etcd:``, which would start it on this thread, deaf to a stop until ready
+    with contextlib.closing(etcd):
         _blocking(inbox, etcd.start)
         if data_dir is not None:
             with open(os.path.join(data_dir, _PORTS_FILE), "w") as handle:

@@ -116,9 +116,11 @@ class DiscoveryAdapter(requests.adapters.HTTPAdapter):
         loop = attempt_loop(attempts, self.router, aim, classify)
         response, host = send_all(loop, send)
         balancer.finished(host, ok=None)   # the body is read (stream=False) or the caller's
-        # the service URL, which requests joins a relative redirect with (so the redirect
-        # is balanced too); response.request is what was sent (the host that answered)
-        response.url = request.url or response.url
+        # the caller's request and its service URL: requests joins a relative redirect with
+        # response.url (so the redirect is balanced too), and strips Authorization from a
+        # redirect to another hostname than response.request's (the host's address would
+        # lose the caller's credentials, and expose the host's: the copy sent carries them)
+        response.request, response.url = request, request.url or response.url
         return response
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ free loopback port and registers itself.
 ``python backend_process.py ENDPOINT PREFIX SERVICE NAME [--ttl S] [--drain S] [--grpc]``
 
 Prints ``ready <port> <uuid>`` once registered. Every answer is its NAME (HTTP: the body,
-but ``/redirect`` answers 302 to the relative ``/after-redirect``;
+but ``/redirect`` answers 302 to the relative ``/after-redirect``, NAME in X-Name;
 with the request's Host and Authorization headers echoed as X-Seen-Host / X-Seen-Auth;
 gRPC: the reply of ``/test.Echo/Name``, and of ``/test.Echo/Slow`` after sleeping the
 request's seconds). SIGTERM is a graceful stop: dispose the registration
@@ -34,6 +34,7 @@ def serve_http(name: str) -> tuple[int, Any]:
             if self.path == "/redirect":  # a relative redirect, as most frameworks send them
                 self.send_response(302)
                 self.send_header("Location", "/after-redirect")
+                self.send_header("X-Name", name)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return

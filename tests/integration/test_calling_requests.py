@@ -97,7 +97,8 @@ def test_host_header_credentials_and_pass_through(
     assert response.text == "b0"
     assert response.headers["X-Seen-Host"] == f"127.0.0.1:{backend.port}"
     assert response.headers["X-Seen-Auth"] == ""
-    assert response.request.url == f"http://127.0.0.1:{backend.port}/x"  # where it went
+    # the caller's request (a redirect joins with it; X-Seen-Host says where it went)
+    assert response.request.url == response.url == f"http://{SERVICE}/x"
     # a plain URL goes through untouched
     assert http.get(f"http://127.0.0.1:{backend.port}/", timeout=10).text == "b0"
     # a host with credentials: basic auth (another service, registered here)
@@ -132,5 +133,20 @@ def test_a_relative_redirect_goes_through_the_service_again(
     assert response.status_code == 200
     assert response.url == f"http://{SERVICE}/after-redirect"
     assert [r.url for r in response.history] == [f"http://{SERVICE}/redirect"]
-    ports = {urllib.parse.urlsplit(r.request.url).port for r in (*response.history, response)}
-    assert ports == {b.port for b in backends}  # one each: the redirect was balanced
+    names = {response.history[0].headers["X-Name"], response.text}
+    assert names == {b.name for b in backends}  # one each: the redirect was balanced
+
+
+def test_a_relative_redirect_keeps_the_callers_authorization(
+        session: tuple[requests.Session, CountingDiscoveryAdapter],
+        backend_factory: Callable[..., list[Backend]]) -> None:
+    """requests strips ``Authorization`` from a redirect to another hostname than the one of
+    ``response.request``: that must be the service (the redirect stays on it), not the host
+    that answered, or the caller's credentials (``auth=``, a header) are lost on the way."""
+    http, _ = session
+    backend_factory(1)
+    response = http.get(f"http://{SERVICE}/redirect", timeout=10,
+                        headers={"Authorization": "Bearer caller-token"})
+    assert response.status_code == 200 and len(response.history) == 1
+    assert response.headers["X-Seen-Auth"] == "Bearer caller-token"
+    assert response.request.url == f"http://{SERVICE}/after-redirect"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import Any
 
 from rx_discovery.cli._loop import _Inbox, _pump, _Stop, _stop_on_signals
 
@@ -54,3 +55,47 @@ def test_the_pump_returns_on_a_signal_delivered_to_another_thread() -> None:
         guard.stopped.set()  # type: ignore[attr-defined]
         guard.join()
     assert _UNBLOCK not in handled, "the pump slept through the signal"
+
+
+def test_the_etcd_command_stops_while_etcd_is_still_starting(monkeypatch: Any) -> None:
+    """``rx-discovery etcd``: a Ctrl-C while the server starts (an etcd that never gets ready
+    waits 20 s) ends the command at once (exit 130), and the server is closed."""
+    import argparse
+
+    from rx_discovery.cli import _loop
+    from rx_discovery.cli import etcd as etcd_command
+    from rx_discovery.embedded import EmbeddedEtcd
+
+    release = threading.Event()
+    closed: list[bool] = []
+
+    class NeverReady(EmbeddedEtcd):
+        def start(self, wait: bool = True) -> EmbeddedEtcd:
+            release.wait(30)  # a start that blocks (until the test ends)
+            return self
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(etcd_command, "etcd_server",
+                        lambda data_dir, client, peer: NeverReady(ports=(client, peer, 1)))
+    inbox = _Inbox()
+    inbox.put(_Stop(signal.SIGINT))  # Ctrl-C as the command starts
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(etcd_command.run(argparse.Namespace(
+                data_dir=None, port=None, peer_port=None, inbox=inbox)))
+        except BaseException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        worker.join(10)
+        assert not worker.is_alive(), "the stop waited for etcd to be ready"
+    finally:
+        release.set()
+    assert len(outcome) == 1 and isinstance(outcome[0], _loop._Interrupted), outcome
+    assert closed, "the server was not closed"

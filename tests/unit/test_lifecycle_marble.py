@@ -486,3 +486,49 @@ def test_close_drains_when_one_registration_of_several_is_live(scheduler: TestSc
     scheduler.advance_to(13.0)
     closer.join(10)
     assert not closer.is_alive()
+
+
+class RefusesServiceKey(MemoryStore):
+    """Host keys are stored; the service document is refused (etcd RBAC without a permission
+    on ``services_infos``): the registration is FAILED while its host key is live."""
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        if "/services_infos/" in key:
+            from rx_discovery._errors import PermissionDenied
+            raise PermissionDenied("no write permission on the service key")
+        return super().put(key, value, lease)
+
+
+def assert_drains(scheduler: TestScheduler, action: Any, end: float, what: str) -> None:
+    """``action`` (on another thread) waits until the virtual clock reaches ``end``."""
+    worker = threading.Thread(target=action, daemon=True)
+    worker.start()
+    wait_until(lambda: due(scheduler, end) or not worker.is_alive(), message="the drain started")
+    assert worker.is_alive(), f"{what} revoked a live host key without a drain"
+    scheduler.advance_to(end)
+    worker.join(10)
+    assert not worker.is_alive()
+
+
+def test_dispose_drains_when_the_host_key_is_live_though_not_registered(
+        scheduler: TestScheduler) -> None:
+    """A drain waits for clients that can see the host. A registration whose host key is
+    written and kept alive is seen by every watcher of the service, whatever its status says
+    (here FAILED: the service document is refused): dispose must drain it, and so must
+    close()."""
+    store = RefusesServiceKey(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    hosts: list[Any] = []
+    discovery.hosts("api").subscribe(hosts.append)  # what a client of the service sees
+    scheduler.advance_to(5)
+    assert registration.current_status is S.FAILED
+    assert store.get(registration.key) is not None and registration.uuid in hosts[-1]
+    assert_drains(scheduler, lambda: registration.dispose(drain=3.0), 8.0, "dispose")
+
+    other = Discovery(store=store)
+    live = other.register("api", make_host(2), ttl=30)
+    scheduler.advance_to(12)
+    assert live.current_status is S.FAILED and store.get(live.key) is not None
+    assert_drains(scheduler, lambda: other.close(drain=3.0), 15.0, "close")
+    discovery.close()

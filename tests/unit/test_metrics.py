@@ -277,3 +277,94 @@ def test_an_opentelemetry_api_without_a_synchronous_gauge_does_not_break_the_imp
                             timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok")
+
+
+class _Sync:
+    """A sync that only records its calls (a Stoppable)."""
+
+    loaded = False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self, block: bool = False) -> None:
+        self.calls.append("start")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def ensure_loaded(self, hand_off: bool = False) -> None:
+        pass
+
+
+def test_a_hosts_sync_stopped_before_it_started_is_never_watched(
+        reader: InMemoryMetricReader) -> None:
+    """``Discovery.close()`` can stop a sync between its creation by the first subscriber and
+    that subscriber's ``start()`` (outside the shared lock): the late start must not put it in
+    the gauge's set, where nothing would ever take it out again."""
+    sync = _Sync()
+    counted = metrics.counting_hosts("raced-api", lambda publish: sync, lambda change: None)
+    before = len(metrics._watched)
+    counted.stop()
+    counted.start()
+    assert len(metrics._watched) == before, "a stopped sync stays in the gauge's set for ever"
+
+
+def test_the_hosts_gauge_is_reported_to_the_configured_provider_only() -> None:
+    """``configure(provider)`` records "instead of" the provider before: the previous one no
+    longer gets the hosts gauge (its callback would otherwise go on reporting to it)."""
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    first_provider = MeterProvider(metric_readers=[first])
+    second_provider = MeterProvider(metric_readers=[second])
+    scheduler = TestScheduler()
+    discovery = Discovery(store=MemoryStore(scheduler))
+    try:
+        metrics.configure(first_provider)
+        watching = discovery.hosts("switched-api").subscribe()
+        scheduler.advance_to(1)
+        assert value(first, "rx_discovery.hosts", service="switched-api") == 0
+        metrics.configure(second_provider)
+        metrics.configure(second_provider)  # again: its meter keeps its first instruments
+        assert value(second, "rx_discovery.hosts", service="switched-api") == 0
+        assert not [a for a, _ in points(first, "rx_discovery.hosts")
+                    if a.get("service") == "switched-api"], "the old provider still gets it"
+        watching.dispose()
+    finally:
+        metrics.configure(None)
+        discovery.close()
+        first_provider.shutdown()
+        second_provider.shutdown()
+
+
+def test_a_forked_child_reports_no_hosts_its_parent_watched() -> None:
+    """A pre-fork server's worker: the parent's syncs do not run in the child, so the counts
+    it inherited would be reported for ever, frozen at the fork (what the observable gauge
+    was made to end)."""
+    script = textwrap.dedent("""
+        import os
+        from reactivex.testing import TestScheduler
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from rx_discovery import Discovery, metrics
+        from rx_discovery.store.memory import MemoryStore
+
+        scheduler = TestScheduler()
+        discovery = Discovery(store=MemoryStore(scheduler))
+        discovery.hosts("parents-api").subscribe()
+        scheduler.advance_to(1)
+        pid = os.fork()
+        if pid == 0:
+            reader = InMemoryMetricReader()
+            metrics.configure(MeterProvider(metric_readers=[reader]))
+            data = reader.get_metrics_data()
+            names = [p.attributes.get("service") for r in (data.resource_metrics if data else ())
+                     for s in r.scope_metrics for m in s.metrics if m.name == "rx_discovery.hosts"
+                     for p in m.data.data_points]
+            print("child", names, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child []", result.stdout

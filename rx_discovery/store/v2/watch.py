@@ -282,22 +282,25 @@ class Watch:
             reason = f"watch: member silent ({type(exc).__name__})"
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason) from None
-        if _no_leader(response):
+        health = _health_document(response)
+        if health is not None and health.get("health") == "false" and "LEADER" in str(
+                health.get("reason", "")).upper():
             self._http.failed(endpoint)
             reason = "watch: the member has no leader (cut off from the quorum)"
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason)
-        if response.status_code >= 500 and response.status_code != 503:
+        # etcd answers an unhealthy /health with 503 and its document: another state (an
+        # alarm: the whole cluster is read-only) is no reason to move elsewhere; a 5xx
+        # without it is a proxy's (a frozen or dead member behind it)
+        if response.status_code >= 500 and health is None:
             raise StoreUnavailable(f"watch: member answered HTTP {response.status_code}")
 
 
-def _no_leader(response: httpx.Response) -> bool:
-    """Whether a ``/health`` answer says the member has no raft leader. Other unhealthy
-    states (an alarm: the whole cluster is read-only) are no reason to move elsewhere."""
+def _health_document(response: httpx.Response) -> dict[str, Any] | None:
+    """etcd's ``/health`` document (``{"health": "true"|"false", "reason": ...}``), or None
+    when the answer is not one (a proxy's page)."""
     try:
         body = response.json()
     except ValueError:
-        return False
-    if not isinstance(body, dict) or body.get("health") != "false":
-        return False
-    return "LEADER" in str(body.get("reason", "")).upper()
+        return None
+    return body if isinstance(body, dict) and "health" in body else None
