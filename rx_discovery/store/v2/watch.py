@@ -283,15 +283,19 @@ class Watch:
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason) from None
         health = _health_document(response)
-        if health is not None and health.get("health") == "false" and "LEADER" in str(
-                health.get("reason", "")).upper():
+        # etcd answers an unhealthy /health with 503 and its document. An alarm (NOSPACE:
+        # the whole cluster is read-only) is no reason to move elsewhere; any other reason
+        # is this member's ("RAFT NO LEADER"; "QGET ERROR: request timed out" from a 3.5.1
+        # member cut off a moment ago; none at all from 3.4): the watch moves
+        unhealthy = health is not None and health.get("health") == "false"
+        why = str(health.get("reason", "")) if health is not None else ""
+        if unhealthy and "ALARM" not in why.upper():
             self._http.failed(endpoint)
-            reason = "watch: the member has no leader (cut off from the quorum)"
+            what = "has no leader" if "LEADER" in why.upper() else "is not serving"
+            reason = f"watch: the member {what} (cut off from the quorum?)"
             self._http.health.failed(reason, url)
             raise StoreUnavailable(reason)
-        # etcd answers an unhealthy /health with 503 and its document: another state (an
-        # alarm: the whole cluster is read-only) is no reason to move elsewhere; a 5xx
-        # without it is a proxy's (a frozen or dead member behind it)
+        # a 5xx without etcd's document is a proxy's (a frozen or dead member behind it)
         if response.status_code >= 500 and health is None:
             raise StoreUnavailable(f"watch: member answered HTTP {response.status_code}")
 
