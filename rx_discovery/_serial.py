@@ -18,19 +18,44 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import reactivex
 from reactivex import abc
-from reactivex.disposable import Disposable
+from reactivex.observer import Observer
 
-__all__ = ["SerialSubject"]
+__all__ = ["Dispose", "SerialSubject", "as_observer"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("rx_discovery")
 
 _COMPLETED = object()
+
+
+def as_observer(on_next: Any, on_error: Any, on_completed: Any) -> abc.ObserverBase[Any]:
+    """The observer given to ``subscribe(on_next, on_error, on_completed)``, by reactivex's
+    rule: an object with a callable ``on_next`` is the observer, else the callbacks are."""
+    if callable(getattr(on_next, "on_next", None)):
+        observer: abc.ObserverBase[Any] = on_next
+        return observer
+    return Observer(on_next, on_error, on_completed)
+
+
+class Dispose(abc.DisposableBase):
+    """Disposes by calling ``action(*args)``, which must be idempotent and thread-safe: what
+    ``Disposable(lambda: action(*args))`` does without a lock, a closure and its cells (~0.4 KB
+    less for each subscription of every watched service)."""
+
+    __slots__ = ("_action", "_args")
+
+    def __init__(self, action: Callable[..., None], *args: object) -> None:
+        self._action = action
+        self._args = args
+
+    def dispose(self) -> None:
+        self._action(*self._args)
 
 
 class SerialSubject(Generic[T]):
@@ -131,7 +156,7 @@ class SerialSubject(Generic[T]):
                 if self._replay and self._has_latest:
                     self._queue.append((self._latest, (observer,)))
         self.flush()
-        return Disposable(lambda: self._unsubscribe(observer))
+        return Dispose(self._unsubscribe, observer)  # idempotent
 
     def _unsubscribe(self, observer: abc.ObserverBase[T]) -> None:
         with self._lock:

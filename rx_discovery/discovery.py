@@ -7,13 +7,14 @@ Data flows one way: store -> :mod:`rx_discovery.sync` (snapshot, watch, resume) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import reactivex
 from reactivex import abc, operators
@@ -313,11 +314,8 @@ class Discovery:
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
         name = validate_service_name(service)
-
-        def to_set(change: Change[Host]) -> HostSet:
-            return HostSet._wrap(name, change.items, change.revision)
-
-        stream = self._hosts_sync(name).observe_mapped(to_set, scheduler, wait=True)
+        stream = self._hosts_sync(name).observe_mapped(functools.partial(_host_set, name),
+                                                       scheduler, wait=True)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -524,14 +522,7 @@ class Discovery:
 
     def _hosts_sync(self, service: str) -> SharedSync[Host]:
         keyspace = self.keyspace
-
-        def ident(key: str) -> str | None:
-            uuid = keyspace.uuid_of(service, key)
-            if uuid is None:
-                raise MalformedValue("not a host key (extra path segments or no uuid)", key)
-            return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
-
-        codec = Codec(ident, lambda key, value: decode_host(value, key))
+        codec = Codec(functools.partial(_host_ident, keyspace, service), _decode_host)
         return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
                             f"hosts of {service}", exact=False)
 
@@ -544,28 +535,68 @@ class Discovery:
 
     def _shared(self, cache: weakref.WeakValueDictionary[str, SharedSync[T]], service: str,
                 prefix: str, codec: Codec[T], label: str, exact: bool) -> SharedSync[T]:
-        diagnostics = self._diagnostics
-
-        def create(publish: Callable[[Change[T]], None], flush: Callable[[], None],
-                   timer: abc.SchedulerBase | None) -> PrefixSync[T]:
-            def flush_all() -> None:
-                flush()
-                diagnostics.flush()
-
-            if not exact:  # a service's hosts
-                publish = metrics.counting_hosts(service, publish)
-            return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
-                              publish, diagnostics.enqueue, label, flush_all, exact=exact)
-
         with self._lock:
             shared = None if self._closed else cache.get(service)
             if shared is None:
-                shared = SharedSync(create, label)
+                shared = SharedSync(_SyncFactory(self, service, prefix, codec, label, exact),
+                                    label)
                 if not self._closed:
                     cache[service] = shared
         if self._closed:
             shared.close()  # its subscribers fail at once
         return shared
+
+
+class _SyncFactory(Generic[T]):
+    """Starts the PrefixSync of a SharedSync (a slotted object, not nested closures: it is
+    kept for every watched service)."""
+
+    __slots__ = ("_codec", "_discovery", "_exact", "_label", "_prefix", "_service")
+
+    def __init__(self, discovery: Discovery, service: str, prefix: str, codec: Codec[T],
+                 label: str, exact: bool) -> None:
+        self._discovery, self._service, self._prefix = discovery, service, prefix
+        self._codec, self._label, self._exact = codec, label, exact
+
+    def __call__(self, publish: Callable[[Change[T]], None], flush: Callable[[], None],
+                 timer: abc.SchedulerBase | None) -> PrefixSync[T]:
+        discovery = self._discovery
+        if not self._exact:  # a service's hosts
+            publish = metrics.counting_hosts(self._service, publish)
+        diagnostics = discovery._diagnostics
+        return PrefixSync(discovery.store, self._prefix, self._codec,
+                          discovery._runtime.with_timer(timer), publish, diagnostics.enqueue,
+                          self._label, _FlushBoth(flush, diagnostics), exact=self._exact)
+
+
+class _FlushBoth:
+    """A sync's flush: its subscribers' values, then the diagnostics it found."""
+
+    __slots__ = ("_diagnostics", "_flush")
+
+    def __init__(self, flush: Callable[[], None], diagnostics: SerialSubject[Diagnostic]
+                 ) -> None:
+        self._flush = flush
+        self._diagnostics = diagnostics
+
+    def __call__(self) -> None:
+        self._flush()
+        self._diagnostics.flush()
+
+
+def _host_ident(keyspace: Keyspace, service: str, key: str) -> str | None:
+    uuid = keyspace.uuid_of(service, key)
+    if uuid is None:
+        raise MalformedValue("not a host key (extra path segments or no uuid)", key)
+    return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
+
+
+def _decode_host(key: str, value: bytes) -> Host:
+    return decode_host(value, key)
+
+
+def _host_set(service: str, change: Change[Host]) -> HostSet:
+    return HostSet._wrap(service, change.items, change.revision)
 
 
 def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],

@@ -133,14 +133,22 @@ def counting_hosts(service: str, publish: Callable[[Change[_T]], None]
     """``publish`` of a service's host changes, also setting its ``hosts`` gauge."""
     if _on is None:
         return publish
-    attributes = {"service": service}
+    return _CountingHosts(service, publish)
 
-    def counted(change: Change[_T]) -> None:
+
+class _CountingHosts:
+    """:func:`counting_hosts`' wrapper: slotted, as one is kept per watched service."""
+
+    __slots__ = ("_publish", "_service")
+
+    def __init__(self, service: str, publish: Callable[[Change[Any]], None]) -> None:
+        self._service = service
+        self._publish = publish
+
+    def __call__(self, change: Change[Any]) -> None:
         if _on is not None:
-            _on.hosts.set(len(change.items), attributes)
-        publish(change)
-
-    return counted
+            _on.hosts.set(len(change.items), {"service": self._service})
+        self._publish(change)
 
 
 def registration_status(registration: Registration, status: RegistrationStatus) -> None:
