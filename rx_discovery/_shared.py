@@ -31,7 +31,7 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
-from rx_discovery._serial import Dispose, SerialSubject, as_observer
+from rx_discovery._serial import SerialSubject, as_observer
 from rx_discovery.sync import Change
 
 __all__ = ["CLOSED_MESSAGE", "SharedSync", "Stoppable"]
@@ -55,15 +55,22 @@ class Stoppable(Protocol):
     def ensure_loaded(self, hand_off: bool = False) -> None: ...
 
 
-class _Joiner(Generic[T]):
-    """One subscriber: its queue, and whether its first value is still to come."""
+class _Joiner(abc.DisposableBase, Generic[T]):
+    """One subscriber: its queue, and whether its first value is still to come. Disposing it
+    ends the subscription (idempotent): it is what ``subscribe()`` returns."""
 
-    __slots__ = ("after_return", "first", "subject")
+    __slots__ = ("after_return", "first", "inner", "shared", "subject")
 
-    def __init__(self, subject: SerialSubject[Change[T]]) -> None:
+    def __init__(self, shared: SharedSync[T], subject: SerialSubject[Change[T]],
+                 inner: abc.DisposableBase) -> None:
+        self.shared = shared
         self.subject = subject
+        self.inner = inner  # the subscription to ``subject``
         self.first = True  # nothing enqueued for it yet
         self.after_return = False  # subscribe() returned before its first value was known
+
+    def dispose(self) -> None:
+        self.shared._unsubscribe(self)
 
     def enqueue(self, change: Change[T]) -> None:
         """Call under the SharedSync's lock (the order of values is decided there)."""
@@ -177,7 +184,7 @@ class SharedSync(Generic[T]):
                    scheduler: abc.SchedulerBase | None, wait: bool) -> abc.DisposableBase:
         subject: SerialSubject[Change[T]] = SerialSubject(self._label)
         inner = subject.attach(observer)  # nothing queued yet: calls nothing
-        joiner = _Joiner(subject)
+        joiner = _Joiner(self, subject, inner)
         start: Stoppable | None = None
         with self._lock:
             closed = self._closed
@@ -204,12 +211,12 @@ class SharedSync(Generic[T]):
                     log.info("%s: first read failed at subscribe (%s: %s)", self._label,
                              type(error).__name__, error)
         except BaseException:  # interrupted (Ctrl-C): nobody will hold this subscription
-            self._unsubscribe(joiner, inner)
+            self._unsubscribe(joiner)
             raise
         with self._lock:
             joiner.after_return = True  # a first value enqueued from now on is unseen state
         subject.flush()  # the replay, if another thread has not delivered it already
-        return Dispose(self._unsubscribe, joiner, inner)  # idempotent
+        return joiner
 
     def _publish(self, sync: Stoppable | None, change: Change[T]) -> None:
         """Enqueue ``change`` for every subscriber (called under the sync's lock)."""
@@ -225,8 +232,8 @@ class SharedSync(Generic[T]):
         for joiner in self._joiners:
             joiner.subject.flush()
 
-    def _unsubscribe(self, joiner: _Joiner[T], inner: abc.DisposableBase) -> None:
-        inner.dispose()
+    def _unsubscribe(self, joiner: _Joiner[T]) -> None:
+        joiner.inner.dispose()
         stop: Stoppable | None = None
         with self._lock:
             if joiner not in self._joiners:

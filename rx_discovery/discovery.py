@@ -7,7 +7,6 @@ Data flows one way: store -> :mod:`rx_discovery.sync` (snapshot, watch, resume) 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import sys
 import threading
@@ -314,8 +313,8 @@ class Discovery:
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
         name = validate_service_name(service)
-        stream = self._hosts_sync(name).observe_mapped(functools.partial(_host_set, name),
-                                                       scheduler, wait=True)
+        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
+                                                       wait=True)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -522,7 +521,7 @@ class Discovery:
 
     def _hosts_sync(self, service: str) -> SharedSync[Host]:
         keyspace = self.keyspace
-        codec = Codec(functools.partial(_host_ident, keyspace, service), _decode_host)
+        codec = Codec(_HostIdent(keyspace, service), _decode_host)
         return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
                             f"hosts of {service}", exact=False)
 
@@ -584,19 +583,36 @@ class _FlushBoth:
         self._diagnostics.flush()
 
 
-def _host_ident(keyspace: Keyspace, service: str, key: str) -> str | None:
-    uuid = keyspace.uuid_of(service, key)
-    if uuid is None:
-        raise MalformedValue("not a host key (extra path segments or no uuid)", key)
-    return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
+class _HostIdent:
+    """The ``ident`` of a service's host codec: a key's uuid."""
+
+    __slots__ = ("_keyspace", "_service")
+
+    def __init__(self, keyspace: Keyspace, service: str) -> None:
+        self._keyspace = keyspace
+        self._service = service
+
+    def __call__(self, key: str) -> str:
+        uuid = self._keyspace.uuid_of(self._service, key)
+        if uuid is None:
+            raise MalformedValue("not a host key (extra path segments or no uuid)", key)
+        return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
 
 
 def _decode_host(key: str, value: bytes) -> Host:
     return decode_host(value, key)
 
 
-def _host_set(service: str, change: Change[Host]) -> HostSet:
-    return HostSet._wrap(service, change.items, change.revision)
+class _ToHostSet:
+    """A service's change as the :class:`HostSet` that :meth:`Discovery.hosts` emits."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __call__(self, change: Change[Host]) -> HostSet:
+        return HostSet._wrap(self._service, change.items, change.revision)
 
 
 def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],

@@ -96,7 +96,7 @@ class Change(Generic[T]):
         return not (self.added or self.updated or self.removed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Codec(Generic[T]):
     """How a prefix's keys and values become ``id -> value``.
 
@@ -140,7 +140,7 @@ class PrefixSync(Generic[T]):
         self._exact = exact
         self._lock = threading.RLock()
         self._items: Map[str, T] = Map()
-        self._bad: dict[str, int] = {}  # key -> revision of bad values already reported
+        self._bad: dict[str, int] | None = None  # key -> revision of bad values reported
         self._revision = 0  # last revision applied
         self._loaded = False
         self._stopped = False
@@ -296,7 +296,8 @@ class PrefixSync(Generic[T]):
         for event in events:
             decoded = None
             if event.type is EventType.DELETE:
-                self._bad.pop(event.key, None)
+                if self._bad:
+                    self._bad.pop(event.key, None)
             else:
                 decoded = self._decode(event.key, event.value, event.mod_revision)
             if decoded is not None:
@@ -387,7 +388,9 @@ class PrefixSync(Generic[T]):
             return None
 
     def _skip(self, key: str, reason: str, revision: int) -> None:
-        if self._bad.get(key) == revision:
+        if self._bad is None:
+            self._bad = {}
+        elif self._bad.get(key) == revision:
             return  # already reported (a resync reads it again)
         self._bad[key] = revision
         metrics.stream_event("skipped", self._name)

@@ -46,7 +46,6 @@ from rx_discovery._errors import (
     StoreError,
     StoreUnavailable,
 )
-from rx_discovery._serial import Dispose
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.etcd._codec import (
     _encode,
@@ -82,14 +81,16 @@ def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
         yield request
 
 
-class _Watch:
-    """One subscription to :meth:`EtcdStore.watch`: a watch on the shared stream."""
+class _Watch(abc.DisposableBase):
+    """One subscription to :meth:`EtcdStore.watch`: a watch on the shared stream. Disposing
+    it cancels the watch (idempotent)."""
 
-    __slots__ = ("done", "exact", "fragments", "id", "next_revision", "observer", "prefix",
-                 "relogged")
+    __slots__ = ("done", "exact", "fragments", "id", "mux", "next_revision", "observer",
+                 "prefix", "relogged")
 
-    def __init__(self, prefix: str, exact: bool, start_revision: int,
+    def __init__(self, mux: WatchMux, prefix: str, exact: bool, start_revision: int,
                  observer: abc.ObserverBase[WatchResponse]) -> None:
+        self.mux = mux
         self.prefix = prefix
         self.exact = exact
         self.observer = observer
@@ -99,6 +100,9 @@ class _Watch:
         self.id = 0  # its id on the stream it was last created on
         self.relogged = False  # refused once already: a second refusal is final
         self.done = False  # disposed or failed: the observer is not called again
+
+    def dispose(self) -> None:
+        self.mux._cancel(self)
 
     @property
     def range(self) -> tuple[bytes, bytes]:
@@ -152,7 +156,7 @@ class WatchMux:
     def watch(self, prefix: str, start_revision: int, exact: bool,
               observer: abc.ObserverBase[WatchResponse]) -> abc.DisposableBase:
         """Create a watch for ``observer``; returns what cancels it. Never blocks."""
-        watch = _Watch(prefix, exact, start_revision, observer)
+        watch = _Watch(self, prefix, exact, start_revision, observer)
         with self._lock:
             closed = watch.done = self._closed
             stream = self._stream
@@ -166,7 +170,7 @@ class WatchMux:
             observer.on_error(StoreUnavailable("watch: the store is closed"))
         else:
             self._start_reader()
-        return Dispose(self._cancel, watch)  # idempotent
+        return watch
 
     @property
     def count(self) -> int:
