@@ -37,7 +37,7 @@ from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog
 from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
-from rx_discovery.keys import Keyspace, validate_service_name
+from rx_discovery.keys import Keyspace, uuid_after, validate_service_name
 from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
 from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
@@ -520,10 +520,10 @@ class Discovery:
     # --- shared syncs -------------------------------------------------------------------
 
     def _hosts_sync(self, service: str) -> SharedSync[Host]:
-        keyspace = self.keyspace
-        codec = Codec(_HostIdent(keyspace, service), _decode_host)
-        return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
-                            f"hosts of {service}", exact=False)
+        prefix = self.keyspace.hosts_prefix(service)
+        codec = Codec(_HostIdent(prefix), _decode_host)
+        return self._shared(self._host_syncs, service, prefix, codec, f"hosts of {service}",
+                            exact=False)
 
     def _service_sync(self, service: str) -> SharedSync[Service]:
         key_of_service = self.keyspace.service_key(service)
@@ -584,16 +584,16 @@ class _FlushBoth:
 
 
 class _HostIdent:
-    """The ``ident`` of a service's host codec: a key's uuid."""
+    """The ``ident`` of a service's host codec: a key's uuid (as :meth:`Keyspace.uuid_of`,
+    with the service's hosts prefix made once, not once per event)."""
 
-    __slots__ = ("_keyspace", "_service")
+    __slots__ = ("_head",)
 
-    def __init__(self, keyspace: Keyspace, service: str) -> None:
-        self._keyspace = keyspace
-        self._service = service
+    def __init__(self, head: str) -> None:
+        self._head = head  # the service's hosts prefix
 
     def __call__(self, key: str) -> str:
-        uuid = self._keyspace.uuid_of(self._service, key)
+        uuid = uuid_after(self._head, key)
         if uuid is None:
             raise MalformedValue("not a host key (extra path segments or no uuid)", key)
         return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
