@@ -361,6 +361,8 @@ class PrefixSync(Generic[T]):
         its retry before ``after`` returns, and recording it then would cancel that retry."""
         slot = SingleAssignmentDisposable()
         with self._lock:
+            if self._stopped:
+                return  # stop() has disposed what was pending (or found nothing)
             if self._pending is None:
                 self._pending = SerialDisposable()  # disposed by stop(): so is any slot after
             pending = self._pending
