@@ -24,7 +24,7 @@ from bench.common import BenchResult, Context
 from rx_discovery.embedded import EmbeddedEtcd, etcd_binary
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
-              "memory", "recovery", "calling", "scale"]
+              "memory", "recovery", "calling", "scale", "burst"]
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                            "latest.json")
 

@@ -18,19 +18,43 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import reactivex
 from reactivex import abc
-from reactivex.disposable import Disposable
+from reactivex.observer import Observer
 
-__all__ = ["SerialSubject"]
+__all__ = ["SerialSubject", "as_observer"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("rx_discovery")
 
 _COMPLETED = object()
+
+
+def as_observer(on_next: Any, on_error: Any, on_completed: Any) -> abc.ObserverBase[Any]:
+    """The observer given to ``subscribe(on_next, on_error, on_completed)``, by reactivex's
+    rule: an object with a callable ``on_next`` is the observer, else the callbacks are."""
+    if callable(getattr(on_next, "on_next", None)):
+        observer: abc.ObserverBase[Any] = on_next
+        return observer
+    return Observer(on_next, on_error, on_completed)
+
+
+class _Detach(abc.DisposableBase, Generic[T]):
+    """What :meth:`SerialSubject.attach` returns (idempotent): ``Disposable(lambda: ...)``
+    without a lock, a closure and its cells (~0.3 KB less for each subscription of every
+    watched service)."""
+
+    __slots__ = ("_observer", "_subject")
+
+    def __init__(self, subject: SerialSubject[T], observer: abc.ObserverBase[T]) -> None:
+        self._subject = subject
+        self._observer = observer
+
+    def dispose(self) -> None:
+        self._subject._unsubscribe(self._observer)
 
 
 class SerialSubject(Generic[T]):
@@ -131,7 +155,7 @@ class SerialSubject(Generic[T]):
                 if self._replay and self._has_latest:
                     self._queue.append((self._latest, (observer,)))
         self.flush()
-        return Disposable(lambda: self._unsubscribe(observer))
+        return _Detach(self, observer)
 
     def _unsubscribe(self, observer: abc.ObserverBase[T]) -> None:
         with self._lock:

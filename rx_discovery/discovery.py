@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import reactivex
 from reactivex import abc, operators
@@ -37,7 +37,7 @@ from rx_discovery.catalog import Catalog, catalog_codec, catalog_prefix, catalog
 from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
-from rx_discovery.keys import Keyspace, validate_service_name
+from rx_discovery.keys import Keyspace, uuid_after, validate_service_name
 from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
 from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
@@ -315,11 +315,8 @@ class Discovery:
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
         name = validate_service_name(service)
-
-        def to_set(change: Change[Host]) -> HostSet:
-            return HostSet._wrap(name, change.items, change.revision)
-
-        stream = self._hosts_sync(name).observe_mapped(to_set, scheduler, wait=True)
+        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
+                                                       wait=True)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -525,17 +522,10 @@ class Discovery:
     # --- shared syncs -------------------------------------------------------------------
 
     def _hosts_sync(self, service: str) -> SharedSync[Host]:
-        keyspace = self.keyspace
-
-        def ident(key: str) -> str | None:
-            uuid = keyspace.uuid_of(service, key)
-            if uuid is None:
-                raise MalformedValue("not a host key (extra path segments or no uuid)", key)
-            return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
-
-        codec = Codec(ident, lambda key, value: decode_host(value, key))
-        return self._shared(self._host_syncs, service, keyspace.hosts_prefix(service), codec,
-                            f"hosts of {service}", exact=False)
+        prefix = self.keyspace.hosts_prefix(service)
+        codec = Codec(_HostIdent(prefix), _decode_host)
+        return self._shared(self._host_syncs, service, prefix, codec, f"hosts of {service}",
+                            exact=False)
 
     def _service_sync(self, service: str) -> SharedSync[Service]:
         key_of_service = self.keyspace.service_key(service)
@@ -546,31 +536,90 @@ class Discovery:
 
     def _shared(self, cache: weakref.WeakValueDictionary[str, SharedSync[T]], service: str,
                 prefix: str, codec: Codec[T], label: str, exact: bool) -> SharedSync[T]:
-        diagnostics = self._diagnostics
-
-        def create(publish: Callable[[Change[T]], None], flush: Callable[[], None],
-                   timer: abc.SchedulerBase | None) -> Stoppable:
-            def flush_all() -> None:
-                flush()
-                diagnostics.flush()
-
-            def build(publish: Callable[[Change[T]], None]) -> PrefixSync[T]:
-                return PrefixSync(self.store, prefix, codec, self._runtime.with_timer(timer),
-                                  publish, diagnostics.enqueue, label, flush_all, exact=exact)
-
-            if exact:
-                return build(publish)
-            return metrics.counting_hosts(service, build, publish)  # a service's hosts
-
         with self._lock:
             shared = None if self._closed else cache.get(service)
             if shared is None:
-                shared = SharedSync(create, label)
+                shared = SharedSync(_SyncFactory(self, service, prefix, codec, label, exact),
+                                    label)
                 if not self._closed:
                     cache[service] = shared
         if self._closed:
             shared.close()  # its subscribers fail at once
         return shared
+
+
+class _SyncFactory(Generic[T]):
+    """Starts the PrefixSync of a SharedSync (a slotted object, not nested closures: it is
+    kept for every watched service)."""
+
+    __slots__ = ("_codec", "_discovery", "_exact", "_label", "_prefix", "_service")
+
+    def __init__(self, discovery: Discovery, service: str, prefix: str, codec: Codec[T],
+                 label: str, exact: bool) -> None:
+        self._discovery, self._service, self._prefix = discovery, service, prefix
+        self._codec, self._label, self._exact = codec, label, exact
+
+    def __call__(self, publish: Callable[[Change[T]], None], flush: Callable[[], None],
+                 timer: abc.SchedulerBase | None) -> Stoppable:
+        discovery = self._discovery
+        diagnostics = discovery._diagnostics
+
+        def build(publish: Callable[[Change[T]], None]) -> PrefixSync[T]:
+            return PrefixSync(discovery.store, self._prefix, self._codec,
+                              discovery._runtime.with_timer(timer), publish,
+                              diagnostics.enqueue, self._label, _FlushBoth(flush, diagnostics),
+                              exact=self._exact)
+
+        if self._exact:
+            return build(publish)
+        return metrics.counting_hosts(self._service, build, publish)  # a service's hosts
+
+
+class _FlushBoth:
+    """A sync's flush: its subscribers' values, then the diagnostics it found."""
+
+    __slots__ = ("_diagnostics", "_flush")
+
+    def __init__(self, flush: Callable[[], None], diagnostics: SerialSubject[Diagnostic]
+                 ) -> None:
+        self._flush = flush
+        self._diagnostics = diagnostics
+
+    def __call__(self) -> None:
+        self._flush()
+        self._diagnostics.flush()
+
+
+class _HostIdent:
+    """The ``ident`` of a service's host codec: a key's uuid (as :meth:`Keyspace.uuid_of`,
+    with the service's hosts prefix made once, not once per event)."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, head: str) -> None:
+        self._head = head  # the service's hosts prefix
+
+    def __call__(self, key: str) -> str:
+        uuid = uuid_after(self._head, key)
+        if uuid is None:
+            raise MalformedValue("not a host key (extra path segments or no uuid)", key)
+        return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
+
+
+def _decode_host(key: str, value: bytes) -> Host:
+    return decode_host(value, key)
+
+
+class _ToHostSet:
+    """A service's change as the :class:`HostSet` that :meth:`Discovery.hosts` emits."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __call__(self, change: Change[Host]) -> HostSet:
+        return HostSet._wrap(self._service, change.items, change.revision)
 
 
 def _expanded(changes: reactivex.Observable[Change[V]], expand: Callable[[Change[V]], Iterable[T]],

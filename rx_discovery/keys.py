@@ -82,11 +82,7 @@ class Keyspace:
     def uuid_of(self, service: str, key: str) -> str | None:
         """The uuid of a host key of ``service``; None when the key is not one (extra path
         segments, another service, empty uuid)."""
-        head = self.hosts_prefix(service)
-        if not key.startswith(head):
-            return None
-        uuid = key[len(head):]
-        return uuid if uuid and "/" not in uuid else None
+        return uuid_after(self.hosts_prefix(service), key)
 
     def service_of(self, key: str) -> str | None:
         """The service name of a host or service key, None for any other key."""
@@ -95,3 +91,11 @@ class Keyspace:
                 name = key[len(root):].split("/", 1)[0]
                 return name or None
         return None
+
+
+def uuid_after(hosts_prefix: str, key: str) -> str | None:
+    """The uuid of a host key under ``hosts_prefix`` (see :meth:`Keyspace.uuid_of`)."""
+    if not key.startswith(hosts_prefix):
+        return None
+    uuid = key[len(hosts_prefix):]
+    return uuid if uuid and "/" not in uuid else None

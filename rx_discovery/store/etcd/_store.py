@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import reactivex
 from etcd3.etcdrpc import rpc_pb2
-from reactivex import Observer, abc
+from reactivex import abc
 
 from rx_discovery._errors import (
     AuthenticationFailed,
@@ -21,6 +21,7 @@ from rx_discovery._errors import (
     StoreError,
     StoreUnavailable,
 )
+from rx_discovery._serial import as_observer
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
 from rx_discovery.store import KeyValue, Lease, Snapshot, WatchResponse
@@ -392,23 +393,8 @@ class _WatchObservable(reactivex.Observable[WatchResponse]):
 
     def subscribe(self, on_next: Any = None, on_error: Any = None, on_completed: Any = None,
                   *, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-        # reactivex's rule: an object with a callable ``on_next`` is the observer
-        observer: abc.ObserverBase[WatchResponse] = (
-            on_next if callable(getattr(on_next, "on_next", None))
-            else Observer(on_next, on_error, on_completed))
-        return _Cancel(self._mux.watch(self._prefix, self._start_revision, self._exact, observer))
-
-
-class _Cancel(abc.DisposableBase):
-    """Disposes by calling a function (idempotent: the watch's cancel is)."""
-
-    __slots__ = ("_cancel",)
-
-    def __init__(self, cancel: Callable[[], None]) -> None:
-        self._cancel = cancel
-
-    def dispose(self) -> None:
-        self._cancel()
+        return self._mux.watch(self._prefix, self._start_revision, self._exact,
+                               as_observer(on_next, on_error, on_completed))
 
 
 def _token_still_valid(client: Any, timeout: float) -> bool:

@@ -33,7 +33,7 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import etcd3
@@ -81,24 +81,34 @@ def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
         yield request
 
 
-class _Watch:
-    """One subscription to :meth:`EtcdStore.watch`: a watch on the shared stream."""
+class _Watch(abc.DisposableBase):
+    """One subscription to :meth:`EtcdStore.watch`: a watch on the shared stream. Disposing
+    it cancels the watch (idempotent)."""
 
-    __slots__ = ("done", "exact", "fragments", "id", "next_revision", "observer", "prefix",
-                 "range", "relogged")
+    __slots__ = ("done", "exact", "fragments", "id", "mux", "next_revision", "observer",
+                 "prefix", "relogged")
 
-    def __init__(self, prefix: str, exact: bool, start_revision: int,
+    def __init__(self, mux: WatchMux, prefix: str, exact: bool, start_revision: int,
                  observer: abc.ObserverBase[WatchResponse]) -> None:
+        self.mux = mux
         self.prefix = prefix
         self.exact = exact
-        # an empty range_end selects the key alone
-        self.range = (_encode(prefix), b"") if exact else _prefix_range(prefix)
         self.observer = observer
         self.next_revision = start_revision  # where a re-creation resumes
-        self.fragments: list[Any] = []  # events of a fragmented response, so far
+        # events of a fragmented response, so far (None: none; most watches never get one)
+        self.fragments: list[Any] | None = None
         self.id = 0  # its id on the stream it was last created on
         self.relogged = False  # refused once already: a second refusal is final
         self.done = False  # disposed or failed: the observer is not called again
+
+    def dispose(self) -> None:
+        self.mux._cancel(self)
+
+    @property
+    def range(self) -> tuple[bytes, bytes]:
+        """``(key, range_end)`` of the watch (computed when needed: thousands of idle watches
+        need not keep it); an empty range_end selects the key alone."""
+        return (_encode(self.prefix), b"") if self.exact else _prefix_range(self.prefix)
 
 
 class _Stream:
@@ -116,7 +126,7 @@ class _Stream:
     def create(self, watch: _Watch) -> None:
         """Create ``watch`` on this stream (call under the mux's lock)."""
         watch.id, self.next_id = self.next_id, self.next_id + 1
-        watch.fragments = []
+        watch.fragments = None
         self.watches[watch.id] = watch
         start, end = watch.range
         self.requests.put(watch_create_request(start, end, watch.next_revision, watch.id))
@@ -144,9 +154,9 @@ class WatchMux:
         self._closed = False
 
     def watch(self, prefix: str, start_revision: int, exact: bool,
-              observer: abc.ObserverBase[WatchResponse]) -> Callable[[], None]:
-        """Create a watch for ``observer``; returns its cancel function. Never blocks."""
-        watch = _Watch(prefix, exact, start_revision, observer)
+              observer: abc.ObserverBase[WatchResponse]) -> abc.DisposableBase:
+        """Create a watch for ``observer``; returns what cancels it. Never blocks."""
+        watch = _Watch(self, prefix, exact, start_revision, observer)
         with self._lock:
             closed = watch.done = self._closed
             stream = self._stream
@@ -160,7 +170,7 @@ class WatchMux:
             observer.on_error(StoreUnavailable("watch: the store is closed"))
         else:
             self._start_reader()
-        return lambda: self._cancel(watch)
+        return watch
 
     @property
     def count(self) -> int:
@@ -317,11 +327,13 @@ class WatchMux:
         watch.relogged = False  # served: a later refusal is checked again
         self._store._served(watch.prefix)  # a stream alone keeps health up to date
         if is_fragment(response):
+            if watch.fragments is None:
+                watch.fragments = []
             watch.fragments.extend(response.events)
             return
         events = response.events
-        if watch.fragments:
-            events, watch.fragments = [*watch.fragments, *events], []
+        if watch.fragments is not None:
+            events, watch.fragments = [*watch.fragments, *events], None
         if events:
             converted = _watch_response(events)
         elif not response.created:  # a progress notification
