@@ -171,17 +171,19 @@ def test_new_and_down_each_delivered_once(discovery: Discovery) -> None:
     assert [len(s) for s in sets.items] == [0, 1, 0]
 
 
-def test_host_streams_share_one_watch_and_the_service_key_a_second(
-        etcd: EmbeddedEtcd, discovery: Discovery) -> None:
-    before = watchers(etcd)
-    recorders = [subscribe(stream) for stream in (
-        discovery.hosts("svc"), discovery.events("svc"), discovery.subscribe_new("svc"),
-        discovery.subscribe_down("svc"), discovery.credentials("svc"),
-        discovery.services("svc"))]
-    wait_until(lambda: watchers(etcd) == before + 2, message="two watches")
-    for recorder in recorders:
-        recorder.subscription.dispose()
-    wait_until(lambda: watchers(etcd) == before, message="both cancelled")
+def test_host_streams_share_one_watch_and_the_service_key_a_second(unique_prefix: str) -> None:
+    # an etcd of its own: its watcher count holds this Discovery's watches only (on the
+    # shared one, the previous test's watches may still be being cancelled)
+    with EmbeddedEtcd(name="watch-count") as etcd, \
+            Discovery(etcd.endpoint, prefix=unique_prefix) as discovery:
+        recorders = [subscribe(stream) for stream in (
+            discovery.hosts("svc"), discovery.events("svc"), discovery.subscribe_new("svc"),
+            discovery.subscribe_down("svc"), discovery.credentials("svc"),
+            discovery.services("svc"))]
+        wait_until(lambda: watchers(etcd) == 2, message="two watches")
+        for recorder in recorders:
+            recorder.subscription.dispose()
+        wait_until(lambda: watchers(etcd) == 0, message="both cancelled")
 
 
 def test_every_host_written_right_after_subscribe_returned_is_new(
