@@ -1,0 +1,243 @@
+"""What the surviving mutants of ``rx_discovery/sync.py`` (issue 17) would break, as outcomes a
+user sees: an event's payload and order, a retry's pace, a diagnostic's fields. Marble tests on
+the memory store: one TestScheduler drives everything; one unit is one second.
+
+Equivalent mutants of sync.py (they cannot change what a user sees) are listed with the reason
+in docs/mutants-core.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import reactivex
+from reactivex.subject import Subject
+from reactivex.testing import TestScheduler
+from test_streams_marble import at
+
+from rx_discovery import Discovery, PermissionDenied, StoreUnavailable
+from rx_discovery._errors import MalformedValue
+from rx_discovery._runtime import Runtime
+from rx_discovery.store import EventType, WatchEvent, WatchResponse
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.sync import Change, Codec, Diagnostic, PrefixSync
+from rx_discovery.testing import make_host, record
+
+
+def host_json(n: int, **changes: Any) -> bytes:
+    return make_host(n, **changes).to_json().encode()
+
+
+def put(store: Any, n: int, **changes: Any) -> int:
+    return int(store.put(f"/services/api/uuid-{n}", host_json(n, **changes)))
+
+
+# --- one transaction, many keys: every item of it, in key order -------------------------
+
+class ScriptedStore(MemoryStore):
+    """Reads as a memory store; its watches emit what the test sends (``send``): responses
+    etcd sends for a transaction that writes several keys in one revision."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.watches: list[Subject[WatchResponse]] = []
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any
+              ) -> reactivex.Observable[WatchResponse]:
+        subject: Subject[WatchResponse] = Subject()
+        self.watches.append(subject)
+        return subject
+
+    def send(self, revision: int, *events: tuple[EventType, int, bytes]) -> None:
+        self.watches[-1].on_next(WatchResponse(revision, tuple(
+            WatchEvent(kind, f"/services/api/uuid-{n}", value, revision)
+            for kind, n, value in events)))
+
+
+def test_a_transaction_of_many_keys_is_one_change_with_every_id_in_key_order(
+        scheduler: TestScheduler) -> None:
+    # mutants: ``continue`` -> ``break`` (later keys of the revision lost), added/updated not
+    # sorted or sorted only from 3 on (sync.py _apply)
+    store = ScriptedStore(scheduler)
+    put(store, 1)
+    put(store, 2)  # revision 3
+    events = record(Discovery(store=store).events("api"), scheduler)
+    store.send(4, (EventType.PUT, 4, host_json(4)), (EventType.PUT, 3, host_json(3)))
+    store.send(5, (EventType.PUT, 2, host_json(2, user="u2")),
+               (EventType.PUT, 1, host_json(1, user="u1")))
+    store.send(6, (EventType.DELETE, 4, b""), (EventType.DELETE, 3, b""))
+    assert [(e.kind, e.uuid, e.revision) for e in events.items] == [
+        ("new", "uuid-3", 4), ("new", "uuid-4", 4),
+        ("update", "uuid-1", 5), ("update", "uuid-2", 5),
+        ("down", "uuid-3", 6), ("down", "uuid-4", 6)]
+
+
+def test_an_update_names_the_host_and_a_down_carries_its_last_value(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: updated.append(None); removed[gone] = None (sync.py _apply)
+    store = discovery.store
+    put(store, 1)
+    events = record(discovery.events("api"), scheduler)
+    at(scheduler, 1, lambda: put(store, 1, user="renamed"))
+    at(scheduler, 2, lambda: store.delete("/services/api/uuid-1"))
+    scheduler.advance_to(3)
+    assert [(e.kind, e.uuid, e.host.user if e.host else None) for e in events.items] == [
+        ("update", "uuid-1", "renamed"), ("down", "uuid-1", "renamed")]
+
+
+# --- a diagnostic names its key, its reason and its revision ----------------------------
+
+def test_a_diagnostic_holds_the_reason_and_the_revision_of_the_bad_value(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: Diagnostic(key, None, revision), (key, reason, None), (key, revision),
+    # (key, reason) (sync.py _skip)
+    store: Any = discovery.store
+    problems = record(discovery.diagnostics, scheduler)
+    record(discovery.hosts("api"), scheduler)
+    revision: dict[str, int] = {}
+    at(scheduler, 1, lambda: revision.setdefault(
+        "bad", store.put("/services/api/bad", b"{not json")))
+    scheduler.advance_to(2)
+    [problem] = problems.items
+    assert problem.key == "/services/api/bad"
+    assert problem.revision == revision["bad"] > 1
+    assert isinstance(problem.reason, str) and problem.reason
+    assert str(problem) == f"/services/api/bad (revision {revision['bad']}): {problem.reason}"
+
+
+# --- a bug while applying a watch response: reopen from what was applied ----------------
+
+def flaky_codec(failures: list[bytes]) -> Codec[bytes]:
+    """Ids are the last key segment; decoding a value in ``failures`` raises a bug (not a
+    MalformedValue) once, as a codec with a transient fault would."""
+
+    def decode(key: str, value: bytes) -> bytes:
+        if value in failures:
+            failures.remove(value)
+            raise RuntimeError("codec bug")
+        if value == b"bad":
+            raise MalformedValue("bad value", key)
+        return value
+
+    return Codec(lambda key: key.rsplit("/", 1)[-1], decode)
+
+
+def make_sync(store: MemoryStore, scheduler: TestScheduler, codec: Codec[bytes]
+              ) -> tuple[PrefixSync[bytes], list[tuple[float, Change[bytes]]]]:
+    changes: list[tuple[float, Change[bytes]]] = []
+    sync = PrefixSync(store, "/k/", codec, Runtime(scheduler, scheduler, None),
+                      lambda change: changes.append((scheduler.clock, change)),
+                      lambda _: None, "test")
+    return sync, changes
+
+
+def test_a_revision_that_failed_to_apply_is_applied_when_the_watch_reopens_soon(
+        scheduler: TestScheduler) -> None:
+    # mutants: _on_error(None, error) (the failed revision is never re-read); getattr(error,
+    # "permanent") without a default or defaulting to True (a bug is retried slowly, 0.5-1 s)
+    store = MemoryStore(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([b"v1"]))
+    sync.start(block=True)
+    at(scheduler, 1, lambda: store.put("/k/a", b"v1"))
+    scheduler.advance_to(1.1)
+    assert [(c.items.get("a"), c.added) for _, c in changes] == [(None, ()), (b"v1", ("a",))]
+    assert changes[-1][0] <= 1.06  # reopened after the transient backoff (<= 50 ms)
+
+
+# --- a watch refused for good is retried slowly ------------------------------------------
+
+class RefusingWatchStore(MemoryStore):
+    """Watches fail at once with PermissionDenied (etcd RBAC) while ``refuse``; counts them."""
+
+    refuse = True
+    watches = 0
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any
+              ) -> reactivex.Observable[WatchResponse]:
+        self.watches += 1
+        if self.refuse:
+            return reactivex.throw(PermissionDenied("permission denied"))
+        return super().watch(prefix, start_revision, **kwargs)
+
+
+def test_a_watch_refused_for_good_is_retried_slowly_and_resumes_once_allowed(
+        scheduler: TestScheduler) -> None:
+    # mutant: _retry(self._open_watch, None, "watch") (the refusal retried every 0.5 s)
+    store = RefusingWatchStore(scheduler)
+    sets = record(Discovery(store=store).hosts("api"), scheduler)
+    scheduler.advance_to(60)
+    assert 3 <= store.watches <= 10  # 1 s doubling to 60 s: ~7 in a minute, not ~120
+    store.refuse = False
+    put(store, 1)
+    scheduler.advance_to(200)
+    assert [sorted(s) for s in sets.items] == [[], ["uuid-1"]]
+
+
+# --- after a compaction the prefix is re-read at once -------------------------------------
+
+def test_a_compacted_watch_is_resynced_at_once(scheduler: TestScheduler,
+                                               discovery: Discovery) -> None:
+    # mutant: _later(1, self._resync) (the difference comes a second late)
+    store: Any = discovery.store
+    sets = record(discovery.hosts("api"), scheduler)
+
+    at(scheduler, 1, store.disconnect)
+
+    def reconnect_after_compaction() -> None:
+        store.reconnect()
+        put(store, 1)
+        put(store, 2)
+        store.compact()
+    at(scheduler, 10, reconnect_after_compaction)
+    scheduler.advance_to(20)
+    [(when, hosts)] = sets.values[1:]
+    assert sorted(hosts) == ["uuid-1", "uuid-2"]
+    assert 10 < when <= 10.6  # the watch retry (<= 0.5 s) then the resync at once
+
+
+# --- a background first read that another thread already made is not made again ----------
+
+def test_a_first_read_made_meanwhile_is_not_repeated_by_the_background_one(
+        scheduler: TestScheduler) -> None:
+    # mutants: _first_load(first=False/None) (a second read that reopens the watch and turns
+    # the next change into a resync)
+    store = MemoryStore(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+    sync.start()  # the first read is scheduled on the I/O scheduler
+    sync.ensure_loaded()  # a registration reads first (on its I/O worker)
+    store.put("/k/a", b"v1")  # before the background read runs
+    scheduler.advance_to(1)
+    assert [(c.initial, c.added, c.resync) for _, c in changes] == [
+        (True, (), False), (False, ("a",), False)]
+
+
+# --- ensure_loaded reads only when nothing was read yet ----------------------------------
+
+class ReadFailingStore(MemoryStore):
+    """Reads fail while ``reads_fail``; writes work."""
+
+    reads_fail = False
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.reads_fail:
+            raise StoreUnavailable("reads fail")
+        return super().get_prefix(prefix)
+
+
+def test_a_loaded_sync_does_not_read_again_for_a_registration(
+        scheduler: TestScheduler) -> None:
+    # mutant: ``not loaded or not stopped`` (sync.py ensure_loaded): a registration would
+    # read the hosts again, and while reads fail it would never write its key
+    store = ReadFailingStore(scheduler)
+    discovery = Discovery(store=store)
+    news = record(discovery.subscribe_new("api"), scheduler)
+    scheduler.advance_to(1)
+    store.reads_fail = True
+    registration = discovery.register("api", make_host(1), ttl=10)
+    scheduler.advance_to(3)
+    assert store.keys("/services/api/") == [registration.key]
+    assert [h.uuid for h in news.items] == ["uuid-1"]
+
+
+def test_diagnostic_str_names_key_revision_and_reason() -> None:
+    assert str(Diagnostic("/k", "why", 7)) == "/k (revision 7): why"
