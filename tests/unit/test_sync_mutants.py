@@ -49,9 +49,14 @@ class ScriptedStore(MemoryStore):
         return subject
 
     def send(self, revision: int, *events: tuple[EventType, int, bytes]) -> None:
-        self.watches[-1].on_next(WatchResponse(revision, tuple(
+        self.send_revisions((revision, events))
+
+    def send_revisions(self, *revisions: tuple[int, tuple[tuple[EventType, int, bytes], ...]]
+                       ) -> None:
+        """One response holding several revisions (etcd batches what it has)."""
+        self.watches[-1].on_next(WatchResponse(revisions[-1][0], tuple(
             WatchEvent(kind, f"/services/api/uuid-{n}", value, revision)
-            for kind, n, value in events)))
+            for revision, events in revisions for kind, n, value in events)))
 
 
 def test_a_transaction_of_many_keys_is_one_change_with_every_id_in_key_order(
@@ -72,6 +77,18 @@ def test_a_transaction_of_many_keys_is_one_change_with_every_id_in_key_order(
         ("down", "uuid-3", 6), ("down", "uuid-4", 6)]
 
 
+def test_a_response_of_many_revisions_is_one_change_per_revision(
+        scheduler: TestScheduler) -> None:
+    # mutants: _by_revision's ``start = None`` (at either place) and ``!=`` -> ``==``
+    store = ScriptedStore(scheduler)
+    changes = record(Discovery(store=store).changes("api"), scheduler)
+    store.send_revisions((2, ((EventType.PUT, 2, host_json(2)), (EventType.PUT, 1, host_json(1)))),
+                         (3, ((EventType.DELETE, 1, b""),)),
+                         (4, ((EventType.PUT, 3, host_json(3)),)))
+    assert [(c.revision, c.added, tuple(c.removed or ())) for c in changes.items[1:]] == [
+        (2, ("uuid-1", "uuid-2"), ()), (3, (), ("uuid-1",)), (4, ("uuid-3",), ())]
+
+
 def test_an_update_names_the_host_and_a_down_carries_its_last_value(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     # mutants: updated.append(None); removed[gone] = None (sync.py _apply)
@@ -90,19 +107,21 @@ def test_an_update_names_the_host_and_a_down_carries_its_last_value(
 def test_a_diagnostic_holds_the_reason_and_the_revision_of_the_bad_value(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     # mutants: Diagnostic(key, None, revision), (key, reason, None), (key, revision),
-    # (key, reason) (sync.py _skip)
+    # (key, reason) (sync.py _skip); _skip(key, None, revision) in _ident and _decode;
+    # _ident(key) without the revision in _decode
     store: Any = discovery.store
     problems = record(discovery.diagnostics, scheduler)
     record(discovery.hosts("api"), scheduler)
     revision: dict[str, int] = {}
-    at(scheduler, 1, lambda: revision.setdefault(
-        "bad", store.put("/services/api/bad", b"{not json")))
-    scheduler.advance_to(2)
-    [problem] = problems.items
-    assert problem.key == "/services/api/bad"
-    assert problem.revision == revision["bad"] > 1
-    assert isinstance(problem.reason, str) and problem.reason
-    assert str(problem) == f"/services/api/bad (revision {revision['bad']}): {problem.reason}"
+    bad_value, bad_key = "/services/api/bad", "/services/api/uuid-1/extra"
+    at(scheduler, 1, lambda: revision.setdefault(bad_value, store.put(bad_value, b"{not")))
+    at(scheduler, 2, lambda: revision.setdefault(bad_key, store.put(bad_key, host_json(1))))
+    scheduler.advance_to(3)
+    assert [p.key for p in problems.items] == [bad_value, bad_key]
+    for problem in problems.items:  # a value that does not decode, a key that is no host's
+        assert problem.revision == revision[problem.key] > 1
+        assert isinstance(problem.reason, str) and problem.reason
+        assert str(problem) == f"{problem.key} (revision {problem.revision}): {problem.reason}"
 
 
 # --- a bug while applying a watch response: reopen from what was applied ----------------
