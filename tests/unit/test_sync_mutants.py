@@ -260,3 +260,77 @@ def test_a_loaded_sync_does_not_read_again_for_a_registration(
 
 def test_diagnostic_str_names_key_revision_and_reason() -> None:
     assert str(Diagnostic("/k", "why", 7)) == "/k (revision 7): why"
+
+
+def test_a_background_retry_of_a_first_read_made_meanwhile_is_not_repeated(
+        scheduler: TestScheduler) -> None:
+    # mutants: _load retries ``_resync`` for a first read; _load's _read(None)
+    class WriteBeforeRead(ReadFailingStore):
+        write_first = False
+
+        def get_prefix(self, prefix: str) -> Any:
+            if self.write_first:  # the retried read: a host registers just before it
+                self.write_first = False
+                self.put("/k/a", b"v1")
+            return super().get_prefix(prefix)
+
+    store = WriteBeforeRead(scheduler)
+    store.reads_fail = True
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+    sync.start()
+    scheduler.advance_to(0.001)  # the background read failed: its retry is pending
+    store.reads_fail = False
+    sync.ensure_loaded()  # a registration reads first
+    store.write_first = True
+    scheduler.advance_to(5)
+    assert [(c.initial, c.added, c.resync) for _, c in changes] == [
+        (True, (), False), (False, ("a",), False)]
+
+
+def test_stopped_during_its_first_read_a_sync_opens_no_watch_and_publishes_nothing(
+        scheduler: TestScheduler) -> None:
+    # mutants: stop() leaves ``_stopped`` unset (True -> False/None): the read in flight
+    # would open a watch nobody disposes (an etcd watch leaked per such stream)
+    class StopDuringRead(MemoryStore):
+        def get_prefix(self, prefix: str) -> Any:
+            sync.stop()  # the last subscriber left while the read was in flight
+            return super().get_prefix(prefix)
+
+    store = StopDuringRead(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+    sync.start()
+    scheduler.advance_to(10)
+    assert store.watch_count == 0
+    assert changes == []
+
+
+def test_the_service_key_written_right_after_subscribe_is_seen(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutant: the exact (service key) watch starts at revision + 2, missing the first write
+    services = record(discovery.services("api"), scheduler)
+    discovery.store.put("/services_infos/api", b'{"name":"api","critical":true}')
+    scheduler.advance_to(1)
+    assert [s.critical for s in services.items] == [True]
+
+
+def test_background_reads_hand_deliveries_off_and_a_callers_read_delivers_itself(
+        scheduler: TestScheduler) -> None:
+    # mutants: ensure_loaded's hand_off default True or not passed on; _load's default False.
+    # An observer that blocks must not hold an I/O worker (background reads hand the delivery
+    # to the delivery scheduler), and a subscriber's own first read delivers on its thread.
+    delivery = TestScheduler()
+    flushes: list[str] = []
+
+    def start(sync_store: MemoryStore) -> PrefixSync[bytes]:
+        return PrefixSync(sync_store, "/k/", flaky_codec([]),
+                          Runtime(scheduler, scheduler, delivery), lambda _: None,
+                          lambda _: None, "test", lambda: flushes.append("flushed"))
+
+    start(MemoryStore(scheduler)).ensure_loaded()
+    assert flushes == ["flushed"]  # on this thread, at once
+    flushes.clear()
+    start(MemoryStore(scheduler)).start()  # in the background, on the I/O scheduler
+    scheduler.advance_to(1)
+    assert flushes == []
+    delivery.advance_to(1)
+    assert flushes == ["flushed"]
