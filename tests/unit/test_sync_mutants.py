@@ -8,8 +8,10 @@ in docs/mutants-core.md.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import pytest
 import reactivex
 from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
@@ -108,16 +110,18 @@ def test_a_diagnostic_holds_the_reason_and_the_revision_of_the_bad_value(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     # mutants: Diagnostic(key, None, revision), (key, reason, None), (key, revision),
     # (key, reason) (sync.py _skip); _skip(key, None, revision) in _ident and _decode;
-    # _ident(key) without the revision in _decode
+    # _ident(key) without the revision in _decode; _decode(..., None) in _read
     store: Any = discovery.store
     problems = record(discovery.diagnostics, scheduler)
-    record(discovery.hosts("api"), scheduler)
     revision: dict[str, int] = {}
-    bad_value, bad_key = "/services/api/bad", "/services/api/uuid-1/extra"
+    bad_read, bad_value, bad_key = ("/services/api/bad-read", "/services/api/bad",
+                                    "/services/api/uuid-1/extra")
+    revision[bad_read] = store.put(bad_read, b"[")  # found by the first read
+    record(discovery.hosts("api"), scheduler)
     at(scheduler, 1, lambda: revision.setdefault(bad_value, store.put(bad_value, b"{not")))
     at(scheduler, 2, lambda: revision.setdefault(bad_key, store.put(bad_key, host_json(1))))
     scheduler.advance_to(3)
-    assert [p.key for p in problems.items] == [bad_value, bad_key]
+    assert [p.key for p in problems.items] == [bad_read, bad_value, bad_key]
     for problem in problems.items:  # a value that does not decode, a key that is no host's
         assert problem.revision == revision[problem.key] > 1
         assert isinstance(problem.reason, str) and problem.reason
@@ -315,7 +319,8 @@ def test_the_service_key_written_right_after_subscribe_is_seen(
 
 def test_background_reads_hand_deliveries_off_and_a_callers_read_delivers_itself(
         scheduler: TestScheduler) -> None:
-    # mutants: ensure_loaded's hand_off default True or not passed on; _load's default False.
+    # mutants: ensure_loaded's hand_off default True or not passed on; _load's default False;
+    # start's _load without hand_off=False.
     # An observer that blocks must not hold an I/O worker (background reads hand the delivery
     # to the delivery scheduler), and a subscriber's own first read delivers on its thread.
     delivery = TestScheduler()
@@ -329,8 +334,83 @@ def test_background_reads_hand_deliveries_off_and_a_callers_read_delivers_itself
     start(MemoryStore(scheduler)).ensure_loaded()
     assert flushes == ["flushed"]  # on this thread, at once
     flushes.clear()
+    start(MemoryStore(scheduler)).start(block=True)  # a subscriber's own first read
+    assert flushes == ["flushed"]
+    flushes.clear()
     start(MemoryStore(scheduler)).start()  # in the background, on the I/O scheduler
     scheduler.advance_to(1)
     assert flushes == []
     delivery.advance_to(1)
     assert flushes == ["flushed"]
+
+
+# --- the retry pace: the delays the README promises ---------------------------------------
+
+class Ceiling(random.Random):
+    """Jitter that always draws the upper bound, so that each delay is exactly its ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class FailingWatchStore(MemoryStore):
+    """Every watch fails at once with ``error``; records when each was opened."""
+
+    def __init__(self, scheduler: TestScheduler, error: Exception) -> None:
+        super().__init__(scheduler)
+        self.error, self.opened = error, []  # type: list[float]
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any
+              ) -> reactivex.Observable[WatchResponse]:
+        self.opened.append(self.scheduler.clock)  # type: ignore[attr-defined]
+        return reactivex.throw(self.error)
+
+
+@pytest.mark.parametrize(("error", "delays"), [
+    (StoreUnavailable("down"), [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]),  # 50 ms doubling to 0.5 s
+    (PermissionDenied("denied"), [1, 2, 4, 8, 16, 32, 60, 60]),  # 1 s doubling to 60 s
+])
+def test_a_failing_watch_is_retried_at_the_documented_pace(
+        scheduler: TestScheduler, monkeypatch: pytest.MonkeyPatch, error: Exception,
+        delays: list[float]) -> None:
+    # mutants: the transient backoff's initial delay (default 0.1, 1.05) and cap (default
+    # 5 s); the permanent one's initial delay (2 s) and cap (61 s) (sync.py __init__)
+    monkeypatch.setattr("rx_discovery._runtime._RNG", Ceiling())
+    store = FailingWatchStore(scheduler, error)
+    sync, _ = make_sync(store, scheduler, flaky_codec([]))
+    sync.start(block=True)
+    scheduler.advance_to(sum(delays) + 0.01)
+    gaps = [round(b - a, 6) for a, b in zip(store.opened, store.opened[1:], strict=False)]
+    assert gaps == delays
+
+
+def test_start_without_block_reads_nothing_on_the_callers_thread(
+        scheduler: TestScheduler) -> None:
+    # mutant: ``block or not stopped`` (a registration's non-waiting subscription would read
+    # during register(), which returns at once)
+    store = MemoryStore(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+    sync.start()
+    assert changes == [] and not sync.loaded
+    scheduler.advance_to(0.001)
+    assert [c.initial for _, c in changes] == [True]
+
+
+def test_a_blocking_first_read_that_fails_is_made_again_at_once_in_the_background(
+        scheduler: TestScheduler) -> None:
+    # mutants: start's _load(retry=True) or without ``retry=False`` (the read retried after
+    # a backoff instead of at once)
+    class FailsOnce(MemoryStore):
+        failed = False
+
+        def get_prefix(self, prefix: str) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise StoreUnavailable("first read fails")
+            return super().get_prefix(prefix)
+
+    store = FailsOnce(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+    sync.start(block=True)  # fails; goes on in the background
+    scheduler.advance_to(1)
+    assert [(when, c.initial) for when, c in changes] == [(0.0, True)]
