@@ -142,3 +142,32 @@ def test_the_repr_says_where_the_store_is(scheduler: TestScheduler) -> None:
                               "prefix='')")
     finally:
         etcd.close()
+
+
+def test_register_defaults_to_a_five_second_ttl(scheduler: TestScheduler,
+                                               discovery: Discovery) -> None:
+    # mutant: register's ttl default 6.0
+    discovery.register("api", make_host(1))
+    scheduler.advance_to(0.001)
+    leases = discovery.store.leases  # type: ignore[attr-defined]
+    assert [round(left) for left in leases.values()] == [5]
+
+
+def test_a_registrations_keepalives_run_on_the_scheduler_it_was_given(
+        scheduler: TestScheduler) -> None:
+    # mutant: register() times the registration on the Discovery's timer, not ``scheduler``
+    class CountingKeepalives(MemoryStore):
+        keepalives = 0
+
+        def keepalive(self, lease: int) -> int:
+            self.keepalives += 1
+            return super().keepalive(lease)
+
+    store = CountingKeepalives(scheduler)
+    own = TestScheduler()
+    Discovery(store=store).register("api", make_host(1), ttl=6, scheduler=own)
+    scheduler.advance_to(20)  # the Discovery's timer runs; the registration's stands still
+    assert store.keepalives == 0
+    own.advance_to(2)  # ttl / 3
+    scheduler.advance_to(21)
+    assert store.keepalives == 1
