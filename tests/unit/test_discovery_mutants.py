@@ -171,3 +171,16 @@ def test_a_registrations_keepalives_run_on_the_scheduler_it_was_given(
     own.advance_to(2)  # ttl / 3
     scheduler.advance_to(21)
     assert store.keepalives == 1
+
+
+def test_observe_on_streams_complete_on_close_and_fail_when_subscribed_after(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: _deliver passes on_error / on_completed on as None (or not at all)
+    elsewhere = TestScheduler()
+    hosts = record(discovery.hosts("api", observe_on=elsewhere), scheduler)
+    scheduler.advance_to(1)
+    discovery.close()
+    late = record(discovery.hosts("api", observe_on=elsewhere), scheduler)
+    elsewhere.advance_to(1)
+    assert hosts.completed
+    assert isinstance(late.error, RuntimeError)
