@@ -184,3 +184,16 @@ def test_observe_on_streams_complete_on_close_and_fail_when_subscribed_after(
     elsewhere.advance_to(1)
     assert hosts.completed
     assert isinstance(late.error, RuntimeError)
+
+
+def test_each_service_has_its_own_service_document(scheduler: TestScheduler,
+                                                   discovery: Discovery) -> None:
+    # mutants: the service syncs cached under None (every service sharing the first one's);
+    # any key read under the service key's prefix taken for the service's own
+    store: Any = discovery.store
+    store.put("/services_infos/api2", b'{"name":"api2","critical":true}')
+    api = record(discovery.services("api"), scheduler)
+    api2 = record(discovery.services("api2"), scheduler)
+    scheduler.advance_to(1)
+    assert api.items == []  # /services_infos/api2 starts with /services_infos/api
+    assert [s.name for s in api2.items] == ["api2"]
