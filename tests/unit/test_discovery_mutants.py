@@ -197,3 +197,26 @@ def test_each_service_has_its_own_service_document(scheduler: TestScheduler,
     scheduler.advance_to(1)
     assert api.items == []  # /services_infos/api2 starts with /services_infos/api
     assert [s.name for s in api2.items] == ["api2"]
+
+
+def test_the_constructor_passes_the_timeout_on() -> None:
+    # mutants: __init__'s timeout default 6.0; the timeout not passed on
+    default = Discovery(["http://127.0.0.1:1"])
+    given = Discovery(["http://127.0.0.1:1"], timeout=2.5)
+    try:
+        assert (default.settings.timeout, given.settings.timeout) == (5.0, 2.5)
+    finally:
+        default.close()
+        given.close()
+
+
+def test_api_v2_builds_the_v2_store() -> None:
+    # mutants: ``store is not None and api == "v2"``, the "v2" text changed (an etcd v3 store)
+    pytest.importorskip("httpx")
+    from rx_discovery.store.v2 import EtcdV2Store
+
+    discovery = Discovery(["http://127.0.0.1:1"], api="v2")
+    try:
+        assert isinstance(discovery.store, EtcdV2Store)
+    finally:
+        discovery.close()
