@@ -64,6 +64,7 @@ class _Watch:
     prefix: str
     observer: abc.ObserverBase[WatchResponse]
     exact: bool = False  # the key ``prefix`` alone
+    start: int = 0  # the first revision it may deliver (etcd skips earlier ones: ``minRev``)
     queue: deque[WatchResponse | Exception] = field(default_factory=deque)
     draining: bool = False  # a drain is scheduled or running: a new one must not start
     done: bool = False  # disposed, failed or store closed: deliver nothing more
@@ -473,7 +474,8 @@ class MemoryStore:
         drains = []
         for watch in self._watches:
             mine = tuple(event for event in batch if watch.matches(event.key))
-            if mine and watch.offer(WatchResponse(self._revision, mine)):
+            if mine and self._revision >= watch.start and watch.offer(
+                    WatchResponse(self._revision, mine)):
                 drains.append(watch)
         return drains
 
@@ -486,7 +488,7 @@ class MemoryStore:
             return watch.offer(StoreUnavailable("store is closed or disconnected"))
         if 0 < start_revision < self._compacted:
             return watch.offer(RevisionCompacted(self._compacted))
-        start = start_revision if start_revision > 0 else self._revision + 1
+        start = watch.start = start_revision if start_revision > 0 else self._revision + 1
         drain = False
         first = bisect.bisect_left(self._history, start, key=lambda entry: entry[0])
         for revision, batch in self._history[first:]:
