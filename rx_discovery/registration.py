@@ -1072,8 +1072,17 @@ class Registration(abc.DisposableBase):
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)
                     again = self._host is not host and lease == self._lease
+                    # FAILED by this write's refusal (not a refused refresh): it works again
+                    recovered = (self._state is RegistrationStatus.FAILED
+                                 and not self._refused_refresh and not self._stale(lease))
+                    if recovered:
+                        self._last_error = None
+                        self._backoff.reset()
+                        self._slow.reset()
                 if again:
                     self._runtime.run(self._rewrite_host)
+                if recovered:
+                    self._set_status(RegistrationStatus.REGISTERED, "")
         # else: the registration in flight writes the current host
         self._deliver()
 

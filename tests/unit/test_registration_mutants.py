@@ -1,0 +1,321 @@
+"""Registration outcomes that surviving mutants of ``registration.py`` got wrong (issue 17).
+
+Each test asserts what a user sees (status, reason, keys and leases in the store, credentials,
+timings) in virtual time on a TestScheduler with the in-memory store; the mutants each one
+kills are named in its docstring (``mutmut run 'rx_discovery.registration.*NAME*'``). The
+mutants that cannot change behaviour are listed in ``docs/mutants-registration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from reactivex.subject import BehaviorSubject
+from reactivex.testing import TestScheduler
+from test_registration_marble import at, run_due_now, stored_host, wipe
+
+from rx_discovery import (
+    Credentials,
+    Discovery,
+    Host,
+    PermissionDenied,
+    Registration,
+    RegistrationStatus,
+    StoreUnavailable,
+)
+from rx_discovery.model import Service
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.testing import make_host, record
+
+DB_KEY = "/services_infos/db"
+
+
+def public(n: int, user: str, password: str) -> Host:
+    return make_host(n, public=True, user=user, password=password, private_hostname="node")
+
+
+def rotate(store: MemoryStore, user: str, password: str) -> None:
+    """Another host of ``db`` writes new credentials into the service key."""
+    current = Service.from_json(store.get(DB_KEY).value)
+    store.put(DB_KEY, dataclasses.replace(current, user=user, password=password)
+              .to_json().encode())
+
+
+class Hooked(MemoryStore):
+    """A memory store whose calls can be watched or made to fail, per operation."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.clock = scheduler
+        self.on_grant: Any = None  # called inside grant(), before it grants
+        self.before_host_put: Any = None  # called once inside a host put, before the write
+        self.host_put_error: Exception | None = None  # raised by host puts instead
+        self.keepalive_error: Exception | None = None  # raised by keepalives instead
+        self.answers_lost = False  # keepalives refresh the lease, then keepalive_error
+        self.keepalives: list[tuple[float, int]] = []  # (time, lease)
+
+    def grant(self, ttl: int) -> Any:
+        if self.on_grant is not None:
+            self.on_grant()
+        return super().grant(ttl)
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        if key.startswith("/services/") and self.before_host_put is not None:
+            hook, self.before_host_put = self.before_host_put, None
+            hook()
+        if key.startswith("/services/") and self.host_put_error is not None:
+            raise self.host_put_error
+        return super().put(key, value, lease)
+
+    def keepalive(self, lease: int) -> int:
+        self.keepalives.append((self.clock.clock, lease))
+        if self.keepalive_error is None:
+            return super().keepalive(lease)
+        if self.answers_lost:
+            super().keepalive(lease)
+        raise self.keepalive_error
+
+
+def refuse_grants() -> None:
+    """A ``Hooked.on_grant`` for an etcd that cannot be reached."""
+    raise StoreUnavailable("grant: connection refused")
+
+
+def reasons_while_registering_again(store: Hooked, registration: Registration
+                                    ) -> list[tuple[RegistrationStatus, str]]:
+    """(status, reason) as a user reading them sees them while the registration grants its
+    next lease (the heal in flight)."""
+    seen: list[tuple[RegistrationStatus, str]] = []
+    store.on_grant = lambda: seen.append((registration.current_status, registration.reason))
+    return seen
+
+
+# --- why a registration was lost: LOST's reason, read while it heals -------------------------
+
+def test_a_deleted_key_is_lost_with_the_reason_its_key_was_deleted(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the LOST reason dropped (``_enter(LOST, None)``) or changed."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    seen = reasons_while_registering_again(store, registration)
+    at(scheduler, 3, lambda: store.delete(registration.key))
+    scheduler.advance_to(4)
+    assert seen == [(RegistrationStatus.LOST, "lost: its key was deleted")]
+    assert registration.ready and registration.reason == ""
+
+
+def test_a_lease_gone_at_a_refresh_is_lost_with_the_reason_the_lease_expired(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_keepalive_failed``'s LeaseNotFound reason (None, changed)."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    seen = reasons_while_registering_again(store, registration)
+    at(scheduler, 3, lambda: wipe(store))  # no watch event: the refresh at 4 finds out
+    scheduler.advance_to(5)
+    assert seen == [(RegistrationStatus.LOST, "lost: the lease expired or was revoked")]
+    assert registration.ready
+
+
+def test_keepalives_failing_for_a_whole_ttl_are_lost_exactly_a_ttl_after_the_last_refresh(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``>=`` made ``>`` (LOST one refresh later, 2 s past the ttl), and the reason
+    dropped or changed. The refreshes reach etcd but their answers are lost: the lease and
+    the key stay, only the registration's own count tells it is lost."""
+    store = Hooked(scheduler)
+    store.answers_lost = True
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)  # refreshed at 2, 4, 6...
+    seen = reasons_while_registering_again(store, registration)
+    at(scheduler, 5, lambda: setattr(store, "keepalive_error", StoreUnavailable("timeout")))
+    scheduler.advance_to(12.5)  # refreshes at 6, 8, 10, 12 fail; the last worked at 4
+    assert (10.0, RegistrationStatus.LOST) in statuses.values
+    assert [t for t, status in statuses.values if status is RegistrationStatus.LOST] == [10.0]
+    assert seen[0] == (RegistrationStatus.LOST, "lost: no keepalive for 6s")
+
+
+def test_a_lease_gone_at_a_credential_rewrite_is_lost_with_the_reason_the_lease_expired(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host``'s LeaseNotFound reason (None, changed)."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=30)
+    scheduler.advance_to(1)
+    seen = reasons_while_registering_again(store, registration)
+
+    def lose_the_lease_then_rotate() -> None:
+        service = store.get(DB_KEY).value
+        wipe(store)  # the lease is gone, nobody is told
+        store.put(DB_KEY, service)
+        rotate(store, "u2", "p2")
+
+    at(scheduler, 3, lose_the_lease_then_rotate)
+    scheduler.advance_to(4)
+    assert seen == [(RegistrationStatus.LOST, "lost: the lease expired or was revoked")]
+    assert registration.ready
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+
+
+# --- credential rewrites: under the lease, never while withdrawn, retried, the latest wins ----
+
+def test_a_credential_rewrite_keeps_the_host_key_under_its_lease(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the rewrite's put without the lease (``None`` or left out): the key would
+    outlive dispose() and a crash."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=6)
+    scheduler.advance_to(1)
+    lease = store.get(registration.key).lease
+    at(scheduler, 2, lambda: rotate(store, "u2", "p2"))
+    scheduler.advance_to(3)
+    stored = store.get(registration.key)
+    assert stored.lease == lease
+    assert Host.from_json(stored.value).credentials == Credentials("u2", "p2")
+    registration.dispose()
+    assert store.get(registration.key) is None
+
+
+def test_a_withdrawn_host_adopts_rotated_credentials_without_writing_its_key(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host``'s guard weakened (``or`` for ``and``, ``lease != 1``): a
+    withdrawn host (no lease) would write its key back, without a lease, for ever."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    healthy = BehaviorSubject(True)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=6, healthy=healthy)
+    scheduler.advance_to(1)
+    assert registration.ready
+    at(scheduler, 2, lambda: healthy.on_next(False))
+    at(scheduler, 3, lambda: rotate(store, "u2", "p2"))
+    scheduler.advance_to(10)
+    assert registration.current_status is RegistrationStatus.WITHDRAWN
+    assert store.get(registration.key) is None
+    assert registration.host.credentials == Credentials("u2", "p2")
+    at(scheduler, 11, lambda: healthy.on_next(True))
+    scheduler.advance_to(12)
+    assert registration.ready
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+
+
+def test_a_refused_credential_rewrite_is_reported_failed_and_retried_until_it_works(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host``'s retry given no error (a refusal not seen as permanent),
+    no action, no lease, or a changed ``what`` (the reason)."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+    store.host_put_error = PermissionDenied("put: permission denied")
+    at(scheduler, 2, lambda: rotate(store, "u2", "p2"))
+    scheduler.advance_to(3)
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert registration.reason == ("credential update failed "
+                                   "(PermissionDenied: put: permission denied)")
+    assert stored_host(store, registration.key).credentials == Credentials("u1", "p1")
+    store.host_put_error = None
+    scheduler.advance_to(70)  # retried within 30-60 s
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert statuses.items[-1] is RegistrationStatus.REGISTERED
+    assert registration.ready and registration.reason == ""
+
+
+def test_a_failed_credential_rewrite_is_retried_with_the_registration_backoff(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host``'s retry broken (no action, wrong arguments)."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=6)
+    scheduler.advance_to(1)
+    store.host_put_error = StoreUnavailable("put: connection reset")
+    at(scheduler, 2, lambda: rotate(store, "u2", "p2"))
+    at(scheduler, 2.05, lambda: setattr(store, "host_put_error", None))
+    scheduler.advance_to(2.3)  # the first retry comes within 0.1-0.2 s
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert registration.ready
+
+
+def test_credentials_rotated_during_a_rewrite_are_written_next(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host`` not writing again when the credentials changed during its
+    put (``again`` None, ``!=`` for ``==``, ``run(None)``): the rewrite for the newer ones
+    (started by the watch meanwhile) landed first, the older put last: the key kept them."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=6)
+    credentials = record(registration.credentials, scheduler)
+    scheduler.advance_to(1)
+
+    def rotate_twice() -> None:
+        def again() -> None:
+            rotate(store, "u3", "p3")
+            run_due_now(scheduler)  # the watch delivers it while the rewrite is in flight
+
+        store.before_host_put = again
+        rotate(store, "u2", "p2")
+
+    at(scheduler, 2, rotate_twice)
+    scheduler.advance_to(3)
+    assert stored_host(store, registration.key).credentials == Credentials("u3", "p3")
+    assert registration.host.credentials == Credentials("u3", "p3")
+    assert credentials.items[-1] == Credentials("u3", "p3")
+
+
+def test_a_healing_host_does_not_write_its_key_under_the_lost_lease(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``_rewrite_host``'s guard ``... and not registering`` made ``or``: a rotation
+    while the host heals (its grants failing) wrote the key back under the lease it lost, while
+    the status said LOST."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=30)
+    scheduler.advance_to(1)
+
+    def lose_the_key() -> None:
+        store.on_grant = refuse_grants
+        store.delete(registration.key)
+
+    at(scheduler, 2, lose_the_key)
+    at(scheduler, 3, lambda: rotate(store, "u2", "p2"))
+    scheduler.advance_to(10)
+    assert registration.current_status is RegistrationStatus.LOST
+    assert store.get(registration.key) is None
+    store.on_grant = None
+    scheduler.advance_to(20)
+    assert registration.ready
+    stored = store.get(registration.key)
+    assert Host.from_json(stored.value).credentials == Credentials("u2", "p2")
+    assert list(store.leases) == [stored.lease]
+
+
+def test_a_rewrite_that_fails_after_the_lease_was_lost_leaves_the_healing_retry_alone(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_rewrite_host``'s retry not tied to its lease (``None``, left out): its
+    retry replaced the retry of the registration healing meanwhile, which never came."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("db", public(1, "u1", "p1"), ttl=30)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(1)
+
+    def lose_the_key_and_fail() -> None:
+        store.on_grant = refuse_grants
+        store.delete(registration.key)
+        run_due_now(scheduler)  # the watch tells it; the heal's grant fails, its retry waits
+        store.host_put_error = StoreUnavailable("put: connection reset")
+
+    def rotate_during_the_loss() -> None:
+        store.before_host_put = lose_the_key_and_fail
+        rotate(store, "u2", "p2")
+
+    at(scheduler, 2, rotate_during_the_loss)
+    at(scheduler, 5, lambda: (setattr(store, "on_grant", None),
+                              setattr(store, "host_put_error", None)))
+    scheduler.advance_to(20)
+    assert registration.ready
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert statuses.items[-2:] == [RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
