@@ -9,18 +9,26 @@ mutants that cannot change behaviour are listed in ``docs/mutants-registration.m
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
+import threading
 from typing import Any
 
+import pytest
+import reactivex
+from helpers import wait_until
 from reactivex.subject import BehaviorSubject
 from reactivex.testing import TestScheduler
 from test_registration_marble import at, run_due_now, stored_host, wipe
 
 from rx_discovery import (
+    AuthenticationFailed,
     Credentials,
     Discovery,
     Host,
     PermissionDenied,
     Registration,
+    RegistrationError,
     RegistrationStatus,
     StoreUnavailable,
 )
@@ -51,9 +59,11 @@ class Hooked(MemoryStore):
         self.on_grant: Any = None  # called inside grant(), before it grants
         self.before_host_put: Any = None  # called once inside a host put, before the write
         self.host_put_error: Exception | None = None  # raised by host puts instead
+        self.service_put_error: Exception | None = None  # raised by service key puts instead
         self.keepalive_error: Exception | None = None  # raised by keepalives instead
         self.answers_lost = False  # keepalives refresh the lease, then keepalive_error
         self.keepalives: list[tuple[float, int]] = []  # (time, lease)
+        self.revoke_error: Exception | None = None  # raised by revokes instead
 
     def grant(self, ttl: int) -> Any:
         if self.on_grant is not None:
@@ -66,7 +76,14 @@ class Hooked(MemoryStore):
             hook()
         if key.startswith("/services/") and self.host_put_error is not None:
             raise self.host_put_error
+        if key.startswith("/services_infos/") and self.service_put_error is not None:
+            raise self.service_put_error
         return super().put(key, value, lease)
+
+    def revoke(self, lease: int) -> None:
+        if self.revoke_error is not None:
+            raise self.revoke_error
+        super().revoke(lease)
 
     def keepalive(self, lease: int) -> int:
         self.keepalives.append((self.clock.clock, lease))
@@ -75,6 +92,16 @@ class Hooked(MemoryStore):
         if self.answers_lost:
             super().keepalive(lease)
         raise self.keepalive_error
+
+
+def _waits(thread: threading.Thread) -> bool:
+    """True while ``thread`` waits on a condition (blocked in ``Condition.wait``)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "wait":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def refuse_grants() -> None:
@@ -319,3 +346,181 @@ def test_a_rewrite_that_fails_after_the_lease_was_lost_leaves_the_healing_retry_
     assert registration.ready
     assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
     assert statuses.items[-2:] == [RegistrationStatus.LOST, RegistrationStatus.REGISTERED]
+
+
+# --- FAILED: the reason names the refused operation; recovery leaves no stale reason ----------
+
+def test_refused_keepalives_say_so_and_leave_no_reason_once_they_work_again(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_keepalive_failed``'s ``what`` (None, changed), ``_failed`` storing no
+    reason, and ``_keepalive_recovered`` not clearing the reason (left to the dispose)."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=9)  # every 3 s
+    at(scheduler, 5, lambda: setattr(store, "keepalive_error",
+                                     AuthenticationFailed("keepalive: token expired")))
+    at(scheduler, 7, lambda: setattr(store, "keepalive_error", None))
+    scheduler.advance_to(8)
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert registration.reason == ("keepalive failed "
+                                   "(AuthenticationFailed: keepalive: token expired)")
+    scheduler.advance_to(10)
+    assert registration.ready
+    registration.dispose()
+    assert registration.current_status is RegistrationStatus.DISPOSED
+    assert registration.reason == ""
+
+
+def test_a_refused_service_key_write_says_so(scheduler: TestScheduler) -> None:
+    """Mutants: ``_service_failed``'s ``what`` (None, changed)."""
+    store = Hooked(scheduler)
+    store.service_put_error = PermissionDenied("put: permission denied")
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert registration.reason == ("service key write failed "
+                                   "(PermissionDenied: put: permission denied)")
+    assert store.get(registration.key) is not None  # the host key stays, kept alive
+    store.service_put_error = None
+    scheduler.advance_to(70)
+    assert registration.ready and store.get("/services_infos/api") is not None
+
+
+def test_refused_keepalives_recover_even_after_a_transient_write_failure_meanwhile(
+        scheduler: TestScheduler) -> None:
+    """Mutant: a transient failure's retry also forgetting that FAILED came from refused
+    refreshes (``refused is None``): the refreshes worked again but FAILED stayed."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("db", public(1, "u1", "p1"), ttl=9)
+    statuses = record(registration.status, scheduler)
+    at(scheduler, 5, lambda: setattr(store, "keepalive_error",
+                                     AuthenticationFailed("keepalive: token expired")))
+    at(scheduler, 7, lambda: (setattr(store, "host_put_error", StoreUnavailable("reset")),
+                              rotate(store, "u2", "p2")))  # its rewrite fails, is retried
+    at(scheduler, 7.5, lambda: (setattr(store, "host_put_error", None),
+                                setattr(store, "keepalive_error", None)))
+    scheduler.advance_to(10)
+    assert registration.ready
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
+                              RegistrationStatus.FAILED, RegistrationStatus.REGISTERED]
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+
+
+# --- health gating: reasons, and the waits that end at once ----------------------------------
+
+def test_a_failed_health_observable_is_withdrawn_with_its_error_named(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the error's type left out of WITHDRAWN's reason (``type(None)``), or the
+    error of a health observable whose subscribe raises dropped (``_on_health_error(None)``).
+    """
+    discovery = Discovery.in_memory(scheduler)
+
+    class Unsubscribable(reactivex.Observable[bool]):
+        def subscribe(self, *_: Any, **__: Any) -> Any:
+            raise ValueError("no probe configured")
+
+    failing = discovery.register("api", make_host(1),
+                                 healthy=reactivex.throw(OSError("probe crashed")))
+    unsubscribable = discovery.register("api", make_host(2), healthy=Unsubscribable())
+    scheduler.advance_to(1)
+    assert failing.reason == "withdrawn: the health observable failed (OSError: probe crashed)"
+    assert unsubscribable.reason == ("withdrawn: the health observable failed "
+                                     "(ValueError: no probe configured)")
+    for registration in (failing, unsubscribable):
+        assert registration.current_status is RegistrationStatus.WITHDRAWN
+
+
+def test_a_healthy_host_registering_again_says_why(scheduler: TestScheduler) -> None:
+    """Mutants: REGISTERING's reason on resume dropped (the stale "withdrawn: not healthy"
+    stayed) or changed."""
+    store = Hooked(scheduler)
+    healthy = BehaviorSubject(True)
+    registration = Discovery(store=store).register("api", make_host(1), healthy=healthy)
+    scheduler.advance_to(1)
+    at(scheduler, 2, lambda: healthy.on_next(False))
+    scheduler.advance_to(3)
+    assert registration.reason == "withdrawn: not healthy"
+    seen = reasons_while_registering_again(store, registration)
+    at(scheduler, 4, lambda: healthy.on_next(True))
+    scheduler.advance_to(5)
+    assert seen == [(RegistrationStatus.REGISTERING, "healthy: registering")]
+    assert registration.ready
+
+
+def test_a_wait_ends_at_once_when_the_health_observable_fails(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``_settled`` ignoring a withdrawal for good (``and`` for ``or``): wait() sat
+    out its whole timeout."""
+    discovery = Discovery.in_memory(scheduler)
+    health: BehaviorSubject[bool] = BehaviorSubject(False)
+    registration = discovery.register("api", make_host(1), healthy=health)
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            registration.wait(timeout=600)
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    wait_until(lambda: _waits(thread), message="wait() blocks")
+    health.on_error(OSError("probe crashed"))
+    scheduler.advance_to(1)
+    thread.join(10)  # bound for the failure case only: the wait ends at once
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and "withdrawn for good" in str(outcome[0])
+
+
+def test_disposing_a_withdrawn_registration_returns_at_once_with_no_warning(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    """Mutants: ``_withdraw`` leaving a lease id behind (``1``: dispose revokes a lease that
+    never was, which fails while etcd is unreachable: a WARNING) or marking the withdrawal as
+    still running (``None``, ``1``: dispose waits its timeout for it, then warns)."""
+    store = Hooked(scheduler)
+    healthy = BehaviorSubject(True)
+    registration = Discovery(store=store).register("api", make_host(1), healthy=healthy)
+    scheduler.advance_to(1)
+    at(scheduler, 2, lambda: healthy.on_next(False))
+    scheduler.advance_to(3)
+    assert store.get(registration.key) is None and store.leases == {}
+    store.revoke_error = StoreUnavailable("revoke: connection refused")  # nothing to revoke
+    with caplog.at_level(logging.INFO, "rx_discovery"):
+        registration.dispose(timeout=1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert registration.current_status is RegistrationStatus.DISPOSED
+
+
+def test_a_healed_registration_stops_refreshing_the_lease_it_lost(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``_lost`` not releasing the keeper's hold on the old lease: refreshes of a
+    revoked lease went on."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    old = store.get(registration.key).lease
+    at(scheduler, 3, lambda: store.delete(registration.key))
+    scheduler.advance_to(4)
+    new = store.get(registration.key).lease
+    assert new != old
+    scheduler.advance_to(20)
+    assert [lease for time, lease in store.keepalives if time > 4] == [new] * 8
+
+
+def test_a_registration_retrying_says_its_last_error_and_wait_names_it(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_failed`` not storing the reason of a transient failure, and wait()'s
+    timeout message leaving the last error out (``and False``) or adding one that is not
+    there (``or True``, ``"XXXX"``)."""
+    store = Hooked(scheduler)
+    store.on_grant = refuse_grants
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    with pytest.raises(RegistrationError) as early:
+        registration.wait(timeout=0)  # before the first attempt: no error yet
+    assert str(early.value) == "registration of 'api' not done after 0s"
+    scheduler.advance_to(1)
+    assert registration.current_status is RegistrationStatus.REGISTERING
+    assert registration.reason == "register failed (StoreUnavailable: grant: connection refused)"
+    with pytest.raises(RegistrationError) as late:
+        registration.wait(timeout=0)
+    assert str(late.value) == ("registration of 'api' not done after 0s (last error: "
+                               "register failed (StoreUnavailable: grant: connection refused))")
