@@ -524,3 +524,154 @@ def test_a_registration_retrying_says_its_last_error_and_wait_names_it(
         registration.wait(timeout=0)
     assert str(late.value) == ("registration of 'api' not done after 0s (last error: "
                                "register failed (StoreUnavailable: grant: connection refused))")
+
+
+# --- what a user reads: reprs and error messages ------------------------------------------------
+
+def test_a_registration_shows_itself_in_a_notebook(scheduler: TestScheduler) -> None:
+    """Mutants (no test ran them): ``_repr_pretty_`` and ``_repr_html_``."""
+    registration = Discovery.in_memory(scheduler).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    printed: list[str] = []
+
+    class Printer:
+        def text(self, text: str) -> None:
+            printed.append(text)
+
+    registration._repr_pretty_(Printer(), False)
+    assert printed == [repr(registration)] == [
+        "Registration('api', uuid='uuid-1', status=REGISTERED)"]
+    assert registration._repr_html_() == (
+        "<b>Registration</b> of <code>api</code> as <code>host-1.test</code> "
+        "(uuid <code>uuid-1</code>, ttl 6s): <b>REGISTERED</b>")
+
+
+def test_a_registration_says_what_cannot_be_pickled_or_used_after_fork(
+        scheduler: TestScheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutants: the object named in the pickling and fork errors (None, changed)."""
+    import pickle
+
+    from rx_discovery import _lifecycle
+    from rx_discovery.lifecycle import UsedAfterFork
+
+    registration = Discovery.in_memory(scheduler).register("api", make_host(1))
+    with pytest.raises(TypeError, match=r"^a Registration cannot be sent to another process"):
+        pickle.dumps(registration)
+    monkeypatch.setattr(_lifecycle, "_generation", _lifecycle.fork_generation() + 1)  # a fork
+    for use in (registration.wait, registration.dispose, lambda: registration.status,
+                lambda: registration.credentials):
+        with pytest.raises(UsedAfterFork, match=r"^this Registration was created before"):
+            use()
+
+
+def test_wait_says_a_health_observable_completed_on_false_withdraws_for_good(
+        scheduler: TestScheduler) -> None:
+    """Mutants: wait()'s message for a health observable that completed (changed)."""
+    registration = Discovery.in_memory(scheduler).register(
+        "api", make_host(1), healthy=reactivex.of(True, False))
+    scheduler.advance_to(1)
+    with pytest.raises(RegistrationError) as raised:
+        registration.wait(timeout=0)
+    assert str(raised.value) == ("registration of 'api' withdrawn for good: "
+                                 "its health observable completed, its last value not True")
+
+
+# --- dispose: bounded waits, from any thread ---------------------------------------------------
+
+def test_a_second_dispose_on_another_thread_returns_at_once(scheduler: TestScheduler) -> None:
+    """Mutant: a dispose that finds the registration disposed by another thread waiting for
+    a condition that never holds (its whole timeout)."""
+    registration = Discovery.in_memory(scheduler).register("api", make_host(1))
+    scheduler.advance_to(1)
+    registration.dispose()  # on this thread, which outlives the other (thread ids are reused)
+    second = threading.Thread(target=registration.dispose, kwargs={"timeout": 600},
+                              daemon=True)
+    second.start()
+    second.join(10)  # bound for the failure case only: it returns at once
+    assert not second.is_alive()
+
+
+def dispose_during_the_first_write(scheduler: TestScheduler, store: Hooked,
+                                   registration: Registration, *timeouts: float
+                                   ) -> list[bool]:
+    """Dispose ``registration`` on one thread per timeout while its first write is in flight
+    (each thread starts once the one before waits); returns, for each, whether it was still
+    waiting 10 s later, with the write still in flight. Then the write completes."""
+    disposers = [threading.Thread(target=registration.dispose, kwargs={"timeout": timeout},
+                                  daemon=True) for timeout in timeouts]
+    still_waiting: list[bool] = []
+
+    def dispose_meanwhile() -> None:
+        for disposer in disposers:
+            disposer.start()
+            wait_until(lambda d=disposer: _waits(d), message="dispose() waits")
+        for disposer in disposers[-1:] if len(disposers) > 1 else disposers:
+            disposer.join(10)  # bound for the failure case only: it waits its timeout
+        still_waiting.extend(disposer.is_alive() for disposer in disposers)
+
+    store.before_host_put = dispose_meanwhile
+    scheduler.advance_to(1)
+    for disposer in disposers:
+        disposer.join(10)
+    assert not any(disposer.is_alive() for disposer in disposers)
+    return still_waiting
+
+
+def test_dispose_waits_for_a_write_in_flight_no_longer_than_its_timeout(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    """Mutants: dispose()'s ``timeout`` not passed on (None: no limit; left out: 10 s) to its
+    wait for the write in flight, and the warning for a write still running not given (``if
+    finished``)."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=30)
+    with caplog.at_level(logging.WARNING, "rx_discovery"):
+        assert dispose_during_the_first_write(scheduler, store, registration, 0.2) == [False]
+    assert "a registration write still runs after 0.2s" in caplog.text
+    assert store.get(registration.key) is None and store.leases == {}  # revoked by the write
+
+
+def test_a_dispose_waiting_for_another_dispose_waits_no_longer_than_its_timeout(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the second dispose's wait for the first not bounded by its ``timeout``."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=30)
+    # the first waits for the write (up to 600 s), the second for the first (up to 0.2 s)
+    assert dispose_during_the_first_write(scheduler, store, registration, 600, 0.2) == [
+        True, False]
+    assert store.get(registration.key) is None and store.leases == {}
+
+
+# --- the service group ---------------------------------------------------------------------------
+
+def test_the_last_registration_disposed_closes_the_services_watches(
+        scheduler: TestScheduler) -> None:
+    """Mutant: the group not forgetting a disposed member (``pop(None)``): it never emptied,
+    and the watches of its service stayed open."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registrations = [discovery.register("api", make_host(n)) for n in (1, 2)]
+    scheduler.advance_to(1)
+    assert store.watch_count > 0
+    for registration in registrations:
+        registration.dispose()
+    scheduler.advance_to(2)
+    assert store.watch_count == 0
+
+
+def test_a_member_disposed_while_another_waits_for_the_service_write_leaves_it_served(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``ServiceGroup.remove`` dropping the others' requests (``is`` for ``is not``)
+    or all of them (``None``): the member still waiting was never REGISTERED, a later
+    service key repair never written."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    first = discovery.register("api", make_host(1))
+    second = discovery.register("api", make_host(2, critical=True))  # another document
+    scheduler.advance_to(0.01)  # the first's service write is done, the second's is due later
+    assert first.ready and not second.ready
+    first.dispose()
+    scheduler.advance_to(1)
+    assert second.ready
+    at(scheduler, 2, lambda: store.delete("/services_infos/api"))
+    scheduler.advance_to(3)
+    assert store.get("/services_infos/api") is not None
