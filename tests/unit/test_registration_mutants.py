@@ -58,6 +58,8 @@ class Hooked(MemoryStore):
         self.clock = scheduler
         self.on_grant: Any = None  # called inside grant(), before it grants
         self.before_host_put: Any = None  # called once inside a host put, before the write
+        self.during_service_put: Any = None  # called once inside a service key put, after it
+        self.service_puts = 0
         self.host_put_error: Exception | None = None  # raised by host puts instead
         self.service_put_error: Exception | None = None  # raised by service key puts instead
         self.keepalive_error: Exception | None = None  # raised by keepalives instead
@@ -78,7 +80,13 @@ class Hooked(MemoryStore):
             raise self.host_put_error
         if key.startswith("/services_infos/") and self.service_put_error is not None:
             raise self.service_put_error
-        return super().put(key, value, lease)
+        revision = super().put(key, value, lease)
+        if key.startswith("/services_infos/"):
+            self.service_puts += 1
+            hook, self.during_service_put = self.during_service_put, None
+            if hook is not None:
+                hook()
+        return revision
 
     def revoke(self, lease: int) -> None:
         if self.revoke_error is not None:
@@ -675,3 +683,88 @@ def test_a_member_disposed_while_another_waits_for_the_service_write_leaves_it_s
     at(scheduler, 2, lambda: store.delete("/services_infos/api"))
     scheduler.advance_to(3)
     assert store.get("/services_infos/api") is not None
+
+
+def test_a_request_made_during_a_service_key_write_is_served_by_the_next(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``ServiceGroup._write`` not scheduling the next write for the requests made
+    while it ran (``again`` None/False, its delay or action broken): that registration was
+    never REGISTERED."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    later: list[Registration] = []
+
+    def another_registers_meanwhile() -> None:
+        later.append(discovery.register("api", make_host(2, critical=True)))
+        run_due_now(scheduler)  # its attempt asks the group while our write runs
+
+    store.during_service_put = another_registers_meanwhile
+    first = discovery.register("api", make_host(1))
+    scheduler.advance_to(1)
+    assert first.ready and later[0].ready
+    assert Service.from_json(store.get("/services_infos/api").value).critical
+
+
+def test_a_failed_service_key_write_is_not_taken_for_stored(scheduler: TestScheduler) -> None:
+    """Mutants: ``ServiceGroup._write`` recording a failed write as stored (``or`` for
+    ``and``, ``is not None``): a second registration of the same document was REGISTERED at
+    once, though the service key was never written."""
+    store = Hooked(scheduler)
+    store.service_put_error = StoreUnavailable("put: connection reset")
+    discovery = Discovery(store=store)
+    first = discovery.register("api", make_host(1))
+    scheduler.advance_to(0.01)
+    second = discovery.register("api", make_host(2))
+    scheduler.advance_to(5)
+    assert store.get("/services_infos/api") is None
+    assert not first.ready and not second.ready
+    store.service_put_error = None
+    scheduler.advance_to(10)
+    assert first.ready and second.ready
+
+
+def test_hosts_served_by_one_service_key_write_all_store_the_credentials_it_wrote(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``_service_written`` not rewriting the host key when the write that served it
+    stored another member's credentials (``changed = None``, ``run(None)``)."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registrations = [discovery.register("db", public(n, f"u{n}", f"p{n}")) for n in (1, 2, 3)]
+    scheduler.advance_to(1)  # 1 writes at once; 2 and 3 share the next write, which stores 3's
+    for registration in registrations:
+        assert registration.ready
+        assert registration.host.credentials == Credentials("u3", "p3")
+        assert stored_host(store, registration.key).credentials == Credentials("u3", "p3")
+
+
+def test_a_registration_disposed_after_it_worked_has_no_reason(
+        scheduler: TestScheduler) -> None:
+    """Mutants: REGISTERED entered with a reason (None: the last error's stays; "XXXX"),
+    seen once disposed."""
+    store = Hooked(scheduler)
+    store.on_grant = refuse_grants
+    registration = Discovery(store=store).register("api", make_host(1))
+    scheduler.advance_to(1)
+    assert registration.reason.startswith("register failed")
+    store.on_grant = None
+    scheduler.advance_to(10)
+    assert registration.ready
+    registration.dispose()
+    assert registration.reason == ""
+
+
+def test_a_service_document_another_host_stored_is_not_written_again(
+        scheduler: TestScheduler) -> None:
+    """Mutants: ``ServiceGroup._on_services`` not taking the document another host stored
+    as stored (its conditions or flag changed): every registration wrote it again."""
+    store = Hooked(scheduler)
+    Discovery(store=store).register("api", make_host(1))
+    scheduler.advance_to(1)
+    assert store.service_puts == 1
+    other = Discovery(store=store)
+    other.hosts("api").subscribe()  # this process follows the service already
+    scheduler.advance_to(2)
+    second = other.register("api", make_host(2))  # the same document
+    scheduler.advance_to(3)
+    assert second.ready
+    assert store.service_puts == 1
