@@ -768,3 +768,34 @@ def test_a_service_document_another_host_stored_is_not_written_again(
     scheduler.advance_to(3)
     assert second.ready
     assert store.service_puts == 1
+
+
+def test_a_failed_host_put_says_so_and_leaks_no_lease(scheduler: TestScheduler) -> None:
+    """Mutants: the lease of a failed put not revoked (``None``: one leaked per attempt), and
+    that failure's reason (None, changed)."""
+    store = Hooked(scheduler)
+    store.host_put_error = StoreUnavailable("put: connection reset")
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(5)  # several attempts
+    assert registration.reason == "register failed (StoreUnavailable: put: connection reset)"
+    assert store.leases == {}
+    store.host_put_error = None
+    scheduler.advance_to(10)
+    assert registration.ready and len(store.leases) == 1
+
+
+def test_a_host_healthy_again_rewrites_a_service_key_lost_while_it_was_withdrawn(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``renewing`` only with a lease held (``and``): a registration resumed after a
+    withdrawal (no lease) did not force its service key write, and the key lost meanwhile
+    without a watch event stayed missing while it said REGISTERED."""
+    store = Hooked(scheduler)
+    healthy = BehaviorSubject(True)
+    registration = Discovery(store=store).register("api", make_host(1), healthy=healthy)
+    scheduler.advance_to(1)
+    at(scheduler, 2, lambda: healthy.on_next(False))
+    at(scheduler, 3, lambda: wipe(store))  # the service key is lost, nobody is told
+    at(scheduler, 4, lambda: healthy.on_next(True))
+    scheduler.advance_to(5)
+    assert registration.ready
+    assert store.get("/services_infos/api") is not None
