@@ -799,3 +799,23 @@ def test_a_host_healthy_again_rewrites_a_service_key_lost_while_it_was_withdrawn
     scheduler.advance_to(5)
     assert registration.ready
     assert store.get("/services_infos/api") is not None
+
+
+def test_credentials_another_host_writes_while_our_service_write_is_in_flight_are_adopted(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the document the watch saw written by another host after our write, before
+    it returned, dropped (``seen`` None, ``_seen_after`` never, ``_adopt(None)``, ``=``/``&=``
+    for ``|=``): our host kept its own credentials while the service key held the newer."""
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+
+    def another_host_writes_meanwhile() -> None:
+        rotate(store, "u2", "p2")
+        run_due_now(scheduler)  # the watch delivers it before our put returns
+
+    store.during_service_put = another_host_writes_meanwhile
+    registration = discovery.register("db", public(1, "u1", "p1"))
+    scheduler.advance_to(1)
+    assert registration.ready
+    assert registration.host.credentials == Credentials("u2", "p2")
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
