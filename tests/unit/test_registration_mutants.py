@@ -154,6 +154,19 @@ def test_a_lease_gone_at_a_refresh_is_lost_with_the_reason_the_lease_expired(
     assert registration.ready
 
 
+def test_keepalives_failing_from_the_first_are_lost_a_ttl_after_the_put(
+        scheduler: TestScheduler) -> None:
+    """Mutant: no time recorded for the put (``_last_refresh = None``): the first failed
+    refresh raised in its task and the loss was never seen."""
+    store = Hooked(scheduler)
+    store.answers_lost = True
+    store.keepalive_error = StoreUnavailable("timeout")
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(6.5)  # refreshes at 2, 4, 6 fail; registered at 0
+    assert [t for t, status in statuses.values if status is RegistrationStatus.LOST] == [6.0]
+
+
 def test_keepalives_failing_for_a_whole_ttl_are_lost_exactly_a_ttl_after_the_last_refresh(
         scheduler: TestScheduler) -> None:
     """Mutants: ``>=`` made ``>`` (LOST one refresh later, 2 s past the ttl), and the reason
@@ -257,6 +270,26 @@ def test_a_refused_credential_rewrite_is_reported_failed_and_retried_until_it_wo
     assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
     assert statuses.items[-1] is RegistrationStatus.REGISTERED
     assert registration.ready and registration.reason == ""
+    registration.dispose()
+    assert registration.reason == ""  # REGISTERED entered with no reason
+
+
+def test_a_credential_rewrite_that_works_does_not_end_a_failed_state_of_refused_refreshes(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the rewrite's recovery condition weakened (``or``): a rewrite that worked
+    reported REGISTERED while the keepalives were still refused."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("db", public(1, "u1", "p1"), ttl=30)
+    scheduler.advance_to(1)
+    at(scheduler, 5, lambda: setattr(store, "keepalive_error",
+                                     AuthenticationFailed("keepalive: token expired")))
+    scheduler.advance_to(11)  # the refresh at 10 is refused
+    assert registration.current_status is RegistrationStatus.FAILED
+    at(scheduler, 12, lambda: rotate(store, "u2", "p2"))
+    scheduler.advance_to(13)
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert registration.reason.startswith("keepalive failed (AuthenticationFailed")
 
 
 def test_a_failed_credential_rewrite_is_retried_with_the_registration_backoff(
@@ -816,6 +849,29 @@ def test_credentials_another_host_writes_while_our_service_write_is_in_flight_ar
     store.during_service_put = another_host_writes_meanwhile
     registration = discovery.register("db", public(1, "u1", "p1"))
     scheduler.advance_to(1)
+    assert registration.ready
+    assert registration.host.credentials == Credentials("u2", "p2")
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+
+
+def test_credentials_adopted_while_a_heal_writes_the_host_key_are_written_next(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``_register_once`` not rewriting the host key when credentials were adopted
+    during its put (``changed = None``): the healed key kept the old ones for good."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("db", public(1, "u1", "p1"), ttl=30)
+    scheduler.advance_to(1)
+
+    def rotate_during_the_heal() -> None:
+        def rotate_now() -> None:
+            rotate(store, "u2", "p2")
+            run_due_now(scheduler)  # the watch delivers it while the heal's put is in flight
+
+        store.before_host_put = rotate_now
+        store.delete(registration.key)
+
+    at(scheduler, 2, rotate_during_the_heal)
+    scheduler.advance_to(3)
     assert registration.ready
     assert registration.host.credentials == Credentials("u2", "p2")
     assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
