@@ -429,7 +429,8 @@ def test_a_refused_service_key_write_says_so(scheduler: TestScheduler) -> None:
 def test_refused_keepalives_recover_even_after_a_transient_write_failure_meanwhile(
         scheduler: TestScheduler) -> None:
     """Mutant: a transient failure's retry also forgetting that FAILED came from refused
-    refreshes (``refused is None``): the refreshes worked again but FAILED stayed."""
+    refreshes (``refused is None``): the rewrite that worked then ended FAILED, while the
+    refreshes were still refused."""
     store = Hooked(scheduler)
     registration = Discovery(store=store).register("db", public(1, "u1", "p1"), ttl=9)
     statuses = record(registration.status, scheduler)
@@ -437,8 +438,11 @@ def test_refused_keepalives_recover_even_after_a_transient_write_failure_meanwhi
                                      AuthenticationFailed("keepalive: token expired")))
     at(scheduler, 7, lambda: (setattr(store, "host_put_error", StoreUnavailable("reset")),
                               rotate(store, "u2", "p2")))  # its rewrite fails, is retried
-    at(scheduler, 7.5, lambda: (setattr(store, "host_put_error", None),
-                                setattr(store, "keepalive_error", None)))
+    at(scheduler, 7.5, lambda: setattr(store, "host_put_error", None))
+    scheduler.advance_to(8.5)  # the rewrite worked; the refreshes are still refused
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert registration.current_status is RegistrationStatus.FAILED
+    store.keepalive_error = None
     scheduler.advance_to(10)
     assert registration.ready
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED,
