@@ -58,6 +58,7 @@ class Hooked(MemoryStore):
         self.clock = scheduler
         self.on_grant: Any = None  # called inside grant(), before it grants
         self.before_host_put: Any = None  # called once inside a host put, before the write
+        self.after_host_put: Any = None  # called once inside a host put, after the write
         self.during_service_put: Any = None  # called once inside a service key put, after it
         self.service_puts = 0
         self.host_put_error: Exception | None = None  # raised by host puts instead
@@ -78,6 +79,11 @@ class Hooked(MemoryStore):
             hook()
         if key.startswith("/services/") and self.host_put_error is not None:
             raise self.host_put_error
+        if key.startswith("/services/") and self.after_host_put is not None:
+            hook, self.after_host_put = self.after_host_put, None
+            revision = super().put(key, value, lease)
+            hook()
+            return revision
         if key.startswith("/services_infos/") and self.service_put_error is not None:
             raise self.service_put_error
         revision = super().put(key, value, lease)
@@ -139,6 +145,27 @@ def test_a_deleted_key_is_lost_with_the_reason_its_key_was_deleted(
     scheduler.advance_to(4)
     assert seen == [(RegistrationStatus.LOST, "lost: its key was deleted")]
     assert registration.ready and registration.reason == ""
+
+
+def test_a_key_deleted_before_its_put_returned_is_lost_with_the_reason_it_was_deleted(
+        scheduler: TestScheduler) -> None:
+    """Mutants: the LOST reason of a deletion the watch delivered while the put was in
+    flight (None, changed)."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+
+    seen: list[tuple[RegistrationStatus, str]] = []
+
+    def deleted_at_once() -> None:
+        store.delete(registration.key)
+        run_due_now(scheduler)  # the watch delivers it before the put returns
+        store.on_grant = lambda: seen.append((registration.current_status,
+                                              registration.reason))  # the heal's grant
+
+    store.after_host_put = deleted_at_once
+    scheduler.advance_to(1)
+    assert seen == [(RegistrationStatus.LOST, "lost: its key was deleted")]
+    assert registration.ready
 
 
 def test_a_lease_gone_at_a_refresh_is_lost_with_the_reason_the_lease_expired(
