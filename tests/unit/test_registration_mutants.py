@@ -906,3 +906,31 @@ def test_credentials_adopted_while_a_heal_writes_the_host_key_are_written_next(
     assert registration.ready
     assert registration.host.credentials == Credentials("u2", "p2")
     assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+
+
+@pytest.mark.parametrize("delivered", ["during the grant", "after the put"])
+def test_the_deletion_of_a_previous_incarnations_key_is_not_taken_for_a_loss(
+        scheduler: TestScheduler, delivered: str) -> None:
+    """A crashed process left our key (same uuid) under its lease; that lease is revoked
+    while we register. Mutants: ``_registering`` False before the first put (the deletion
+    seen during the grant), and ``_check_removed``'s ``or`` for ``and`` (the deletion, older
+    than our put, seen after it): both reported LOST and registered twice."""
+    store = Hooked(scheduler)
+    stale = store.grant(30)
+    store.put("/services/api/uuid-1", make_host(1).to_json().encode(), stale.id)
+    discovery = Discovery(store=store)
+    discovery.hosts("api").subscribe()  # the service's hosts are loaded, the stale key too
+    scheduler.advance_to(1)
+
+    def revoke_the_stale_lease() -> None:
+        store.on_grant = None
+        store.revoke(stale.id)
+        if delivered == "during the grant":
+            run_due_now(scheduler)
+
+    store.on_grant = revoke_the_stale_lease
+    registration = discovery.register("api", make_host(1), ttl=6)
+    statuses = record(registration.status, scheduler)
+    scheduler.advance_to(2)
+    assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED]
+    assert registration.ready and len(store.leases) == 1
