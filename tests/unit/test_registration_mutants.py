@@ -934,3 +934,28 @@ def test_the_deletion_of_a_previous_incarnations_key_is_not_taken_for_a_loss(
     scheduler.advance_to(2)
     assert statuses.items == [RegistrationStatus.REGISTERING, RegistrationStatus.REGISTERED]
     assert registration.ready and len(store.leases) == 1
+
+
+def test_disposing_a_gated_registration_that_never_wrote_returns_at_once(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    """Mutant: no write in flight recorded as ``None`` instead of 0 (``_in_flight``): dispose
+    took it for a write of another thread, waited its whole timeout and warned."""
+    registration = Discovery.in_memory(scheduler).register(
+        "api", make_host(1), healthy=BehaviorSubject(False))
+    scheduler.advance_to(1)
+    with caplog.at_level(logging.WARNING, "rx_discovery"):
+        registration.dispose(timeout=1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert registration.current_status is RegistrationStatus.DISPOSED
+
+
+def test_a_health_observable_that_completes_without_a_value_withdraws_for_good(
+        scheduler: TestScheduler) -> None:
+    """Mutant: the latest health value taken for True before any came (``_gate_wanted``):
+    wait() kept waiting for a value that will never come."""
+    registration = Discovery.in_memory(scheduler).register(
+        "api", make_host(1), healthy=reactivex.empty())
+    scheduler.advance_to(1)
+    with pytest.raises(RegistrationError, match="withdrawn for good"):
+        registration.wait(timeout=0)
+    assert registration.current_status is RegistrationStatus.WITHDRAWN
