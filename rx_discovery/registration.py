@@ -449,7 +449,6 @@ class Registration(abc.DisposableBase):
         self._put_revision = 0  # revision of our last host put; older deletions are stale
         self._service_revision = 0  # of the service key write that served us (0: none yet)
         self._last_refresh = 0.0
-        self._last_error: Exception | None = None
         # Readiness gating (healthy=): writes happen only while the gate is open
         self._healthy = healthy
         self._health = SingleAssignmentDisposable()  # our subscription to it
@@ -696,10 +695,9 @@ class Registration(abc.DisposableBase):
         thread the library's own work needs)."""
         self._delivery.run(self._flush)
 
-    def _set_status(self, status: RegistrationStatus, reason: str | None = None, *,
-                    hand_off: bool = True) -> None:
+    def _set_status(self, status: RegistrationStatus, reason: str | None = None) -> None:
         """Change the status (and reason) and deliver it (always handed off, see
-        :meth:`_deliver`; ``hand_off`` is kept for callers that ask for it)."""
+        :meth:`_deliver`)."""
         with self._lock:
             if self._disposed or not self._gate_open:  # withdrawn: WITHDRAWN stays
                 return
@@ -723,7 +721,6 @@ class Registration(abc.DisposableBase):
         permanent = isinstance(error, StoreError) and error.permanent
         reason = f"{what} failed ({type(error).__name__}: {error})"
         with self._lock:
-            self._last_error = error
             if self._gate_open:  # withdrawn: the reason says why (a write nobody wants failed)
                 self._reason = reason
             self._lock.notify_all()
@@ -751,7 +748,7 @@ class Registration(abc.DisposableBase):
             if refused is not None:  # only this write's success ends this FAILED
                 self._refused_refresh = False
         if refused is not None:
-            self._set_status(RegistrationStatus.FAILED, refused, hand_off=True)
+            self._set_status(RegistrationStatus.FAILED, refused)
 
     def _register(self) -> None:
         with self._lock:
@@ -825,14 +822,13 @@ class Registration(abc.DisposableBase):
             changed = self._adopt(stored)
             if seen is not None:
                 changed |= self._adopt(seen)
-            self._last_error = None
             self._backoff.reset()
             self._slow.reset()
         if changed:
             self._runtime.run(self._rewrite_host)
         log.info("%s: registered (lease %x, ttl %ss)", self._label, lease, self._lease_ttl)
         # the group tells the others of its write after us: our observers must not delay them
-        self._set_status(RegistrationStatus.REGISTERED, "", hand_off=True)
+        self._set_status(RegistrationStatus.REGISTERED, "")
 
     def _service_failed(self, lease: int, error: Exception) -> None:
         """The service key write failed: ask again after a backoff (the host key and its
@@ -855,7 +851,6 @@ class Registration(abc.DisposableBase):
                 self._last_refresh = self._runtime.now()
                 recovered = (self._state is RegistrationStatus.FAILED and not self._registering
                              and self._refused_refresh)
-                self._last_error = None
             if recovered:  # refused refreshes work again
                 self._runtime.run(lambda: self._keepalive_recovered(lease))
         else:
@@ -1080,8 +1075,16 @@ class Registration(abc.DisposableBase):
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)
                     again = self._host is not host and lease == self._lease
+                    # FAILED by this write's refusal (not a refused refresh): it works again
+                    recovered = (self._state is RegistrationStatus.FAILED
+                                 and not self._refused_refresh and not self._stale(lease))
+                    if recovered:
+                        self._backoff.reset()
+                        self._slow.reset()
                 if again:
                     self._runtime.run(self._rewrite_host)
+                if recovered:
+                    self._set_status(RegistrationStatus.REGISTERED, "")
         # else: the registration in flight writes the current host
         self._deliver()
 
