@@ -464,6 +464,7 @@ class Registration(abc.DisposableBase):
                        else RegistrationStatus.WITHDRAWN)
         self._reason = "" if healthy is None else _NOT_HEALTHY_YET
         self._refused_refresh = False  # FAILED because keepalives were refused (not a write)
+        self._refused_write = ""  # what the write refused last was (a FAILED it caused)
         self._disposed = False  # no more work (set first by dispose or Discovery.close)
         self._stopped = False  # dispose's steps are done or under way
         self._stopper = 0  # the thread doing them (a dispose from its observers must not wait)
@@ -747,6 +748,7 @@ class Registration(abc.DisposableBase):
                 self._pending.disposable = self._runtime.after(delay, action)
             if refused is not None:  # only this write's success ends this FAILED
                 self._refused_refresh = False
+                self._refused_write = what
         if refused is not None:
             self._set_status(RegistrationStatus.FAILED, refused)
 
@@ -1070,14 +1072,17 @@ class Registration(abc.DisposableBase):
             except LeaseNotFound:
                 self._lost("the lease expired or was revoked")
             except Exception as error:
-                self._retry_later(error, "credential update", self._rewrite_host, lease)
+                self._retry_later(error, _CREDENTIAL_UPDATE, self._rewrite_host, lease)
             else:
                 with self._lock:
                     self._put_revision = max(self._put_revision, revision)
                     again = self._host is not host and lease == self._lease
-                    # FAILED by this write's refusal (not a refused refresh): it works again
+                    # FAILED by this write's refusal (not a refused refresh, nor the service
+                    # document's): it works again
                     recovered = (self._state is RegistrationStatus.FAILED
-                                 and not self._refused_refresh and not self._stale(lease))
+                                 and not self._refused_refresh
+                                 and self._refused_write == _CREDENTIAL_UPDATE
+                                 and not self._stale(lease))
                     if recovered:
                         self._backoff.reset()
                         self._slow.reset()
@@ -1087,6 +1092,9 @@ class Registration(abc.DisposableBase):
                     self._set_status(RegistrationStatus.REGISTERED, "")
         # else: the registration in flight writes the current host
         self._deliver()
+
+
+_CREDENTIAL_UPDATE = "credential update"
 
 
 def _nothing() -> None:

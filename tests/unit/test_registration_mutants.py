@@ -959,3 +959,30 @@ def test_a_health_observable_that_completes_without_a_value_withdraws_for_good(
     with pytest.raises(RegistrationError, match="withdrawn for good"):
         registration.wait(timeout=0)
     assert registration.current_status is RegistrationStatus.WITHDRAWN
+
+
+def test_a_credential_rewrite_that_works_does_not_end_a_failed_state_of_a_refused_service_key(
+        scheduler: TestScheduler) -> None:
+    """FAILED because the service document was refused: a host key rewrite that works (new
+    credentials adopted meanwhile) says nothing about the service document, still refused."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("db", public(1, "u1", "p1"), ttl=30)
+    scheduler.advance_to(1)
+    assert registration.ready
+    store.service_put_error = PermissionDenied("put: permission denied")
+    at(scheduler, 2, lambda: store.delete(registration.key))  # lost: the heal rewrites both
+    scheduler.advance_to(4)
+    assert registration.current_status is RegistrationStatus.FAILED, registration.reason
+    reason = registration.reason
+    assert "PermissionDenied" in reason
+
+    def rotate_past_the_refusal() -> None:  # another host may write it: its permissions
+        current = Service.from_json(store.get(DB_KEY).value)
+        MemoryStore.put(store, DB_KEY, dataclasses.replace(current, user="u2", password="p2")
+                        .to_json().encode())
+
+    at(scheduler, 5, rotate_past_the_refusal)
+    scheduler.advance_to(6)
+    assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
+    assert registration.current_status is RegistrationStatus.FAILED
+    assert registration.reason == reason
