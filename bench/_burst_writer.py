@@ -16,6 +16,7 @@ from typing import Any
 import etcd3
 from etcd3 import etcdrpc
 
+from bench._child import end_child
 from bench.common import OWN_CONNECTION, host_key, host_value, now_ns
 
 # transactions in flight at once: etcd commits them together, so the burst arrives faster
@@ -49,13 +50,7 @@ class BurstWriter:
         return times
 
     def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end_child(self._process)
 
 
 def _write(client: Any, service: str, count: int, batch: int) -> dict[str, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from bench._child import end_child
 from rx_discovery.testing import TcpProxy
 
 
@@ -41,13 +42,7 @@ class ProxyProcess:
         self._command("restore")
 
     def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end_child(self._process)
 
 
 def main() -> None:

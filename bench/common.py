@@ -297,3 +297,4 @@ def stamping_decoder(stamp: Stamp) -> Callable[[Any], None]:
         stamp.hit()
 
     return on_raw
+
