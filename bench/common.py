@@ -297,4 +297,3 @@ def stamping_decoder(stamp: Stamp) -> Callable[[Any], None]:
         stamp.hit()
 
     return on_raw
-
