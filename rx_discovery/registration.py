@@ -172,12 +172,13 @@ def check_write_sizes(host_key: str, host: Host, service_key: str, service: Serv
             fields = {name: len(json.dumps(value)) for name, value
                       in json.loads(document.to_json()).items()}
             largest = max(fields, key=lambda name: fields[name])
+            largest_bytes = fields[largest]
             if isinstance(document, Host) and largest == "name":
-                largest = "hostname"
+                largest = "hostname"  # the Python field of Go's "name"
             raise ValueError(
                 f"the {what} is too large to register: its key and JSON take {size} bytes, "
                 f"over etcd's request limit ({MAX_WRITE_BYTES} bytes with the envelope's "
-                f"margin); its largest field is {largest!r} ({fields[largest]} bytes)")
+                f"margin); its largest field is {largest!r} ({largest_bytes} bytes)")
 
 
 def checked_host(keyspace: Keyspace, service: str, host: Host) -> Host:
