@@ -5,6 +5,7 @@ boundaries of the checks ``register()`` makes before any I/O, and the pace of it
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from typing import Any
@@ -150,7 +151,7 @@ class RefusedGrants(MemoryStore):
 
 
 def delays(asked: list[float]) -> list[float]:
-    return [round(b - a, 3) for a, b in zip(asked, asked[1:])]
+    return [round(b - a, 3) for a, b in itertools.pairwise(asked)]
 
 
 @pytest.mark.parametrize(("ttl", "expected"), [
