@@ -134,18 +134,10 @@ class _Instruments:
                                       callbacks=[lambda _options: _observe_hosts(provider)],
                                       unit="{host}", description="hosts of a watched service")
         for attribute, kind, name, unit, description in _INSTRUMENTS:
-            create = getattr(meter, f"create_{kind}", None)
-            # opentelemetry-api < 1.23 (pinned by another package) has no synchronous gauge:
-            # that instrument is then a no-op, the import and the others still work
-            setattr(self, attribute, _NoOp() if create is None else create(
+            # counters and histograms: in every opentelemetry-api 1.x (the synchronous gauge
+            # of >= 1.23 is no longer used, so an older pinned API works as well)
+            setattr(self, attribute, getattr(meter, f"create_{kind}")(
                 name, unit=unit, description=description))
-
-
-class _NoOp:
-    """An instrument the installed opentelemetry-api cannot make."""
-
-    def set(self, *_args: object, **_kwargs: object) -> None:
-        pass
 
 
 _on: _Instruments | None = None if _otel is None else _Instruments(None)
