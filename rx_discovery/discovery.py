@@ -21,6 +21,7 @@ from reactivex.scheduler import EventLoopScheduler, NewThreadScheduler
 
 from rx_discovery import metrics
 from rx_discovery._errors import ConfigError, MalformedValue
+from rx_discovery._first_reads import FirstReads
 from rx_discovery._keeper import LeaseKeeper
 from rx_discovery._lifecycle import (
     check_fork,
@@ -114,6 +115,7 @@ class Discovery:
         delivery: abc.SchedulerBase | None = None
         keepalive_io: abc.SchedulerBase | None = io
         delivery_io: abc.SchedulerBase | None = io
+        first_delivery: abc.SchedulerBase | None = None
         if io is None:
             pool = PoolScheduler(8)
             loop = EventLoopScheduler()
@@ -127,11 +129,16 @@ class Discovery:
             # Registrations call their status and credentials observers on threads of their
             # own too: observers that wait for their peers would starve the I/O pool.
             delivery_io = PoolScheduler(8)
-            self._owned += [keepalive_io.shutdown, delivery_io.shutdown]
+            # First states read in bulk reach their subscribers on one thread of their own,
+            # which ends when idle (thousands of services subscribed at once: one thread, not
+            # one per batch)
+            first_delivery = EventLoopScheduler(exit_if_empty=True)
+            self._owned += [keepalive_io.shutdown, delivery_io.shutdown, first_delivery.dispose]
         self.store = store
         self._runtime = Runtime(scheduler or default_timer or io, io, delivery)
         self._keepalive_io = keepalive_io or io
         self._delivery_io = delivery_io or io
+        self._first_reads = FirstReads(store, Runtime(self._runtime.timer, io, first_delivery))
         self._lock = threading.Lock()
         # Weak: a service's SharedSync lives as long as something uses it (a subscription, a
         # stream object, a registration's group) and is released after, so that watching
@@ -300,14 +307,20 @@ class Discovery:
 
     def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
-        """The current set of hosts of ``service`` at once, then a new set on every change.
+        """The current set of hosts of ``service`` first, then a new set on every change.
 
         Hot and shared: every subscriber of this service's host streams (this one,
         :meth:`events`, :meth:`subscribe_new`, :meth:`subscribe_down`) shares one etcd watch,
         cancelled when the last one disposes. Gap-free across reconnects and compaction.
-        An empty set means "no host registered"; nothing is emitted before the first read
-        (made during ``subscribe()`` unless etcd is unreachable then: see :meth:`changes`).
-        Emits on the store's watch thread unless ``observe_on`` is given.
+        An empty set means "no host registered"; nothing is emitted before the first read.
+
+        ``subscribe()`` does not wait for etcd: when the service is watched already, its
+        current set is delivered during ``subscribe()``; otherwise it is read in the
+        background, in bulk with the other services subscribed at about the same time (on
+        etcd, up to 64 services per transaction: a gateway subscribing thousands of services
+        pays tens of round trips, not thousands), and delivered as soon as it arrives, on a
+        delivery thread of the Discovery's own (on the memory store, its scheduler). Later
+        sets come on the store's watch thread. ``observe_on`` moves all of them.
 
         Args:
             service: the service name.
@@ -315,8 +328,7 @@ class Discovery:
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
         name = validate_service_name(service)
-        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
-                                                       wait=True)
+        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -355,10 +367,11 @@ class Discovery:
         """The service document of ``service`` (current, then each change); nothing while no
         service key exists. Hot and shared like :meth:`hosts`, on a second etcd watch (of
         the service key alone) shared by every :meth:`services` and :meth:`credentials`
-        subscriber of the service."""
+        subscriber of the service. As :meth:`hosts`, ``subscribe()`` does not wait for etcd:
+        the first read is made in bulk with the other services subscribed together."""
         self._check_fork()
         name = validate_service_name(service)
-        return _expanded(self._fork_guarded(self._service_sync(name).observe(scheduler, wait=True)),
+        return _expanded(self._fork_guarded(self._service_sync(name).observe(scheduler)),
                          _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
@@ -568,7 +581,7 @@ class _SyncFactory(Generic[T]):
             return PrefixSync(discovery.store, self._prefix, self._codec,
                               discovery._runtime.with_timer(timer), publish,
                               diagnostics.enqueue, self._label, _FlushBoth(flush, diagnostics),
-                              exact=self._exact)
+                              exact=self._exact, first_reads=discovery._first_reads)
 
         if self._exact:
             return build(publish)

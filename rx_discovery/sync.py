@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from immutables import Map
 from reactivex import abc
@@ -31,7 +31,10 @@ from reactivex.disposable import SerialDisposable, SingleAssignmentDisposable
 from rx_discovery import metrics
 from rx_discovery._errors import MalformedValue, RevisionCompacted
 from rx_discovery._runtime import Backoff, Runtime
-from rx_discovery.store import EventType, Store, WatchEvent, WatchResponse
+from rx_discovery.store import EventType, Snapshot, Store, WatchEvent, WatchResponse
+
+if TYPE_CHECKING:
+    from rx_discovery._first_reads import FirstReads
 
 __all__ = ["Change", "Diagnostic", "PrefixSync", "Codec"]
 
@@ -123,12 +126,14 @@ class PrefixSync(Generic[T]):
         flush: delivers what was enqueued; called after the lock is released.
         name: a label for log lines.
         exact: watch the key ``prefix`` alone, not every key starting with it.
+        first_reads: reads the first state in bulk with other syncs started together, when
+            the sync is started without a read of its own (None: read alone).
     """
 
     def __init__(self, store: Store, prefix: str, codec: Codec[T], runtime: Runtime,
                  publish: Callable[[Change[T]], None], report: Callable[[Diagnostic], None],
                  name: str, flush: Callable[[], None] = lambda: None, *,
-                 exact: bool = False) -> None:
+                 exact: bool = False, first_reads: FirstReads | None = None) -> None:
         self._store = store
         self._prefix = prefix
         self._codec = codec
@@ -138,6 +143,7 @@ class PrefixSync(Generic[T]):
         self._flush = flush
         self._name = name
         self._exact = exact
+        self._first_reads = first_reads
         self._lock = threading.RLock()
         self._items: Map[str, T] = Map()
         self._bad: dict[str, int] | None = None  # key -> revision of bad values reported
@@ -158,10 +164,19 @@ class PrefixSync(Generic[T]):
         """True once the first state was read and enqueued."""
         return self._loaded
 
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def wants_first_read(self) -> bool:
+        """Neither read yet nor stopped (what :class:`FirstReads` asks before reading)."""
+        return not (self._loaded or self._stopped)
+
     def start(self, block: bool = False) -> None:
         """Read the prefix and start watching: the first read on the caller's thread when
         ``block`` (bounded by the store's call timeout; on failure it goes on in the
-        background), else in the background."""
+        background), else in the background (in bulk with other syncs, with ``first_reads``)."""
         if block and not self._stopped:
             try:
                 self._load(first=True, retry=False, hand_off=False)
@@ -169,7 +184,29 @@ class PrefixSync(Generic[T]):
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
+            self._later(0, self._first_load)
+        elif self._first_reads is not None:
+            self._first_reads.request(self)
+        else:
+            self._later(0, self._first_load)
+
+    def install_first(self, snapshot: Snapshot) -> None:
+        """Take ``snapshot`` (read in bulk by :class:`FirstReads`) as the first state, unless
+        the sync read its own meanwhile, and start watching; the caller flushes
+        (:meth:`flush_now`) once off its I/O worker."""
+        try:
+            self._install(snapshot, first=True)
+        except Exception as error:  # a codec bug: as a failed read of its own
+            self._retry(self._first_load, error, "read")
+
+    def read_alone(self, error: Exception) -> None:
+        """The bulk read that held this sync failed: read on its own now (its own error
+        reported, its own backoff)."""
         self._later(0, self._first_load)
+
+    def flush_now(self) -> None:
+        """Deliver what was enqueued (user code: call outside every library lock)."""
+        self._flush()
 
     def ensure_loaded(self, hand_off: bool = False) -> None:
         """Read the first state now, on the caller's thread, unless it was read already.
@@ -221,7 +258,9 @@ class PrefixSync(Generic[T]):
                 self._flush()
 
     def _read(self, first: bool) -> None:
-        snapshot = self._store.get_prefix(self._prefix)
+        self._install(self._store.get_prefix(self._prefix), first)
+
+    def _install(self, snapshot: Snapshot, first: bool) -> None:
         with self._lock:
             if self._stopped or (first and self._loaded):
                 return  # another thread read the first state meanwhile

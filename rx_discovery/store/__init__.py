@@ -13,6 +13,7 @@ stay thin and behave the same.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -20,7 +21,8 @@ import reactivex
 
 from rx_discovery.health import Health
 
-__all__ = ["EventType", "KeyValue", "Lease", "Snapshot", "Store", "WatchEvent", "WatchResponse"]
+__all__ = ["EventType", "KeyValue", "Lease", "Snapshot", "Store", "WatchEvent", "WatchResponse",
+           "read_prefixes"]
 
 
 class KeyValue(NamedTuple):
@@ -153,3 +155,18 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and cancel watches (health becomes CLOSED). Idempotent."""
         ...
+
+
+def read_prefixes(store: Store, prefixes: Sequence[str]) -> list[Snapshot]:
+    """:meth:`Store.get_prefix` of each prefix, in order: in bulk when the store has a
+    ``get_prefixes`` (etcd: many ranges in one transaction, one round trip, one revision),
+    else one read after the other (each snapshot has its own revision).
+
+    Raises:
+        StoreError: as ``get_prefix``; a bulk read fails as a whole.
+    """
+    bulk = getattr(store, "get_prefixes", None)
+    if bulk is not None:
+        snapshots: list[Snapshot] = bulk(prefixes)
+        return snapshots
+    return [store.get_prefix(prefix) for prefix in prefixes]

@@ -761,3 +761,42 @@ def test_a_denial_ends_when_the_stream_that_met_it_is_disposed(
         wait_until(lambda: discovery.store._health.current.state is HealthState.CONNECTED,
                    timeout=10, message="health still DENIED after the stream was disposed")
     leaks.check()
+
+
+def test_a_service_refused_in_a_bulk_first_read_holds_back_no_other(
+        auth: EmbeddedEtcd, pki: Pki, leaks: Leaks) -> None:
+    """hosts() of services subscribed together are read in one transaction; etcd refuses a
+    transaction with one forbidden range as a whole. The allowed services still get their
+    first sets, and the refusal is reported for the forbidden service's prefix alone."""
+    root = f"root:{ROOT_PASSWORD}"
+    password = "narrow-Pw-77d0c1"
+    leaks.secrets.add(password)
+    etcdctl(auth, pki, "role", "add", "narrow", user=root)
+    etcdctl(auth, pki, "role", "grant-permission", "narrow", "read", "/services/open-",
+            "--prefix=true", user=root)
+    etcdctl(auth, pki, "user", "add", "narrow", "--new-user-password", password, user=root)
+    etcdctl(auth, pki, "user", "grant-role", "narrow", "narrow", user=root)
+    writer = root_client(auth, pki)
+    try:
+        for name in ("open-a", "open-b", "closed"):
+            writer.put(f"/services/{name}/u-{name}",
+                       host(name, service_name=name, uuid=f"u-{name}").to_json())
+        discovery = Discovery(endpoints=[auth.endpoint], ca_cert=pki.ca, user="narrow",
+                              password=password, timeout=3)
+        with discovery:
+            health = subscribe(discovery.health)
+            sets = {name: subscribe(discovery.hosts(name))
+                    for name in ("open-a", "closed", "open-b")}
+            wait_until(lambda: sets["open-a"].items and sets["open-b"].items, timeout=15)
+            assert [list(s.items[0]) for s in (sets["open-a"], sets["open-b"])] == [
+                ["u-open-a"], ["u-open-b"]]
+            wait_until(lambda: states(health)[-1] is HealthState.DENIED, timeout=10)
+            # by the forbidden service's own read, for its prefix alone (not by the bulk read)
+            assert health.items[-1].reason.startswith("get_prefix: "), health.items[-1]
+            assert list(discovery.store._health._denials) == ["/services/closed/"]
+            assert sets["closed"].items == [] and sets["closed"].error is None
+            leaks.show(*health.items)
+    finally:
+        etcdctl(auth, pki, "user", "delete", "narrow", user=root, check=False)
+        etcdctl(auth, pki, "role", "delete", "narrow", user=root, check=False)
+    leaks.check()

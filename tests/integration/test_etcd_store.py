@@ -428,3 +428,69 @@ def test_ipv6_endpoint_serves_calls_watches_and_keepalives(make_store: MakeStore
         wait_until(lambda: changes(recorder), message="a watch over IPv6")
         assert changes(recorder) == [(EventType.PUT, "/v6/a", b"1")]
         recorder.subscription.dispose()
+
+
+# -- bulk first reads ---------------------------------------------------------------------------
+
+def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
+        etcd_store: EtcdStore, unique_prefix: str) -> None:
+    # 150 prefixes (three transactions of 64 at most), one of 1,200 keys (past a page of 500,
+    # read on at its transaction's revision), some empty; each answer equals get_prefix's
+    from rx_discovery.store.etcd import _store
+
+    for n in range(1200):
+        etcd_store.put(f"{unique_prefix}/big/k{n:05d}", b"v%d" % n)
+    for n in range(0, 150, 2):
+        etcd_store.put(f"{unique_prefix}/s{n}/k", b"x%d" % n)
+    prefixes = [f"{unique_prefix}/s{n}/" for n in range(150)]
+    prefixes.insert(70, f"{unique_prefix}/big/")
+    calls: list[int] = []
+    txn = _store._range_txn
+
+    def counted(client: Any, ranges: Any) -> Any:
+        calls.append(len(ranges))
+        return txn(client, ranges)
+
+    _store._range_txn = counted
+    try:
+        bulk = etcd_store.get_prefixes(prefixes)
+    finally:
+        _store._range_txn = txn
+    assert calls == [64, 64, 23]
+    alone = [etcd_store.get_prefix(prefix) for prefix in prefixes]
+    assert [s.items for s in bulk] == [s.items for s in alone]
+    assert len(bulk[70].items) == 1200 and bulk[70].items[-1].key.endswith("k01199")
+    for first in (0, 64, 128):  # one revision per transaction
+        assert len({s.revision for s in bulk[first:first + 64]}) == 1
+
+
+def test_hosts_of_many_services_on_etcd_are_read_in_bulk_and_delivered_off_the_io_pool(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    from rx_discovery import Discovery, Host
+
+    discovery = Discovery(endpoints=[etcd.endpoint], prefix=unique_prefix)
+    with discovery:
+        for n in range(300):
+            host = Host(hostname=f"h{n}", ports={"http": "80"}, service_name=f"s{n}",
+                        uuid=f"u{n}")
+            discovery.store.put(discovery.keyspace.host_key(f"s{n}", f"u{n}"),
+                                host.to_json().encode())
+        singles: list[str] = []
+        read = discovery.store.get_prefix
+
+        def single(prefix: str) -> Any:
+            singles.append(prefix)
+            return read(prefix)
+
+        discovery.store.get_prefix = single  # type: ignore[method-assign]
+        firsts: dict[int, tuple[list[str], str]] = {}
+        subscriptions = [discovery.hosts(f"s{n}").subscribe(
+            lambda hosts, n=n: firsts.setdefault(n, (list(hosts),
+                                                     threading.current_thread().name)))
+            for n in range(300)]
+        wait_until(lambda: len(firsts) == 300, timeout=30)
+        assert all(firsts[n][0] == [f"u{n}"] for n in range(300))
+        assert singles == []  # every service read in bulk
+        assert not any(name.startswith("rx-discovery-io") for _, name in firsts.values())
+        for subscription in subscriptions:
+            subscription.dispose()

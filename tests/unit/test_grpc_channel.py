@@ -53,7 +53,8 @@ def test_creating_an_aio_channel_does_not_read_etcd_on_the_loop() -> None:
 
     from rx_discovery.grpc import AioDiscoveryChannel
 
-    discovery = Discovery.in_memory(TestScheduler())
+    # a store on real time: hosts() reads in the background, on the store's own thread
+    discovery = Discovery.in_memory()
     store = discovery.store
     store.put("/services/api/u1", Host(hostname="10.0.0.1", ports={"grpc": "7"},
                                        service_name="api", uuid="u1").to_json().encode())
@@ -67,6 +68,9 @@ def test_creating_an_aio_channel_does_not_read_etcd_on_the_loop() -> None:
         async with channel:
             return channel.target, blocked
 
-    target, blocked = asyncio.run(main())
+    try:
+        target, blocked = asyncio.run(main())
+    finally:
+        discovery.close()
     assert target == "ipv4:10.0.0.1:7"
     assert blocked < slow / 2

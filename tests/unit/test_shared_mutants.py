@@ -112,8 +112,8 @@ def test_a_subscribe_interrupted_during_its_first_read_holds_no_watch_for_later_
 
     store = InterruptedRead(scheduler)
     discovery = Discovery(store=store)
-    with pytest.raises(KeyboardInterrupt):
-        discovery.hosts("api").subscribe()
+    with pytest.raises(KeyboardInterrupt):  # (changes(): its subscribe() reads first)
+        discovery.changes("api").subscribe()
     later = record(discovery.hosts("api"), scheduler)
     scheduler.advance_to(1)
     assert store.watch_count == 1

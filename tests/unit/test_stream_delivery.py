@@ -278,6 +278,7 @@ def test_per_service_syncs_are_released_when_unused(
     gc.collect()
     assert list(discovery._host_syncs) == ["kept"]
     assert list(discovery._service_syncs) == []
+    scheduler.advance_to(1)  # the first reads (in the background) open the watches
     assert discovery.store.watch_count == 1  # type: ignore[attr-defined]
     subscription.dispose()
     again = record(kept, scheduler)  # an unused stream object is reused: still one watch
@@ -511,7 +512,8 @@ def test_joining_while_the_first_read_opens_its_watch_sees_no_existing_host_as_n
     store = PausedWatchStore(scheduler)
     put(store, 1)
     discovery = Discovery(store=store)
-    first = threading.Thread(target=lambda: discovery.hosts("api").subscribe(), daemon=True)
+    # (changes(): its subscribe() reads first, on its own thread)
+    first = threading.Thread(target=lambda: discovery.changes("api").subscribe(), daemon=True)
     first.start()  # reads the hosts, then opens the watch (paused) before publishing them
     assert store.opening.wait(5)
     news: list[str] = []
@@ -567,8 +569,8 @@ def test_a_subscribe_interrupted_during_its_first_read_leaves_nothing_running(
     store = InterruptedReadStore(scheduler)
     discovery = Discovery(store=store)
     interrupted: list[object] = []
-    with pytest.raises(KeyboardInterrupt):
-        discovery.hosts("api").subscribe(interrupted.append)
+    with pytest.raises(KeyboardInterrupt):  # (changes(): its subscribe() reads first)
+        discovery.changes("api").subscribe(interrupted.append)
     scheduler.advance_to(1)
     assert store.watch_count == 0  # no watch left behind for a subscription nobody holds
     sets = record(discovery.hosts("api"), scheduler)  # the next subscriber starts afresh

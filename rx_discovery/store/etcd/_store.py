@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import grpc
 import reactivex
 from etcd3.etcdrpc import rpc_pb2
 from reactivex import abc
@@ -46,6 +47,9 @@ _T = TypeVar("_T")
 # are 20 round trips; a page of 500 values at etcd's 1.5 MiB limit is still a finite message.
 _PAGE = 500
 _READ_ATTEMPTS = 3
+# Ranges per transaction of a bulk read: etcd refuses a transaction of more than
+# --max-txn-ops operations (128 unless configured).
+_TXN_RANGES = 64
 # The health scope of a refused login: cleared by a call served, not by an old watch.
 _LOGIN_SCOPE = "(login)"
 
@@ -103,12 +107,47 @@ class EtcdStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _read_pages(self, start: bytes, end: bytes, prefix: str) -> Snapshot:
+    def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
+        """:meth:`get_prefix` of each prefix, in order, :data:`_TXN_RANGES` at a time in one
+        transaction (one round trip, every range of it at one revision): how thousands of
+        services subscribed at once are read. A range longer than a page goes on in pages at
+        its transaction's revision. Nothing is reported on health: a refused or failed batch
+        is read again one prefix at a time by its callers, whose own reads report.
+
+        Raises:
+            StoreError: the transaction failed (any of its ranges refused, etcd unreachable).
+        """
+        snapshots: list[Snapshot] = []
+        for first in range(0, len(prefixes), _TXN_RANGES):
+            chunk = prefixes[first:first + _TXN_RANGES]
+            ranges = [_prefix_range(prefix) for prefix in chunk]
+            response = self._call("get_prefixes", functools.partial(_range_txn, ranges=ranges),
+                                  report=False)
+            revision = response.header.revision
+            for prefix, (_, end), answer in zip(chunk, ranges, response.responses, strict=True):
+                page = answer.response_range
+                items = [_key_value(kv) for kv in page.kvs]
+                if page.more and page.kvs:  # the rest in pages, at the same revision
+                    try:
+                        items.extend(self._read_pages(page.kvs[-1].key + b"\x00", end, prefix,
+                                                      revision).items)
+                    except StoreError as error:
+                        if "compacted" not in str(error):
+                            raise
+                        snapshots.append(self.get_prefix(prefix))  # a fresh read, its own
+                        continue  # revision
+                snapshots.append(Snapshot(revision=revision, items=tuple(items)))
+            for prefix in chunk:
+                self._served(prefix, logged_in=True)
+        return snapshots
+
+    def _read_pages(self, start: bytes, end: bytes, prefix: str, revision: int = 0
+                    ) -> Snapshot:
         """A range read in pages of :data:`_PAGE` keys, every page at the first one's revision
-        (one consistent snapshot, however large, in messages of bounded size). etcd returns a
-        range sorted by key: each page starts just after the previous page's last key."""
+        (one consistent snapshot, however large, in messages of bounded size), or at
+        ``revision`` when given. etcd returns a range sorted by key: each page starts just
+        after the previous page's last key."""
         items: list[KeyValue] = []
-        revision = 0
         while True:
             response = self._call("get_prefix", functools.partial(
                 _range_page, start=start, end=end, revision=revision), prefix)
@@ -253,16 +292,19 @@ class EtcdStore:
 
     # -- internals used by the streams --------------------------------------------------------
 
-    def _call(self, operation: str, action: Callable[[Any], _T], scope: str = "") -> _T:
+    def _call(self, operation: str, action: Callable[[Any], _T], scope: str = "",
+              report: bool = True) -> _T:
         """Run ``action(client)``, mapping errors and reporting the outcome on health (for
-        ``scope``: the key or prefix concerned); log in again once if the token expired."""
+        ``scope``: the key or prefix concerned; nothing when not ``report``); log in again
+        once if the token expired."""
         relogged = False
         while True:
             client = None
             try:
                 client = self._get_client()
                 result = action(client)
-                self._served(scope, logged_in=True)
+                if report:
+                    self._served(scope, logged_in=True)
                 return result
             except Exception as exc:
                 error = _translate(exc, operation)
@@ -275,7 +317,8 @@ class EtcdStore:
                 self._drop_client(client)
                 continue
             error = self._explained(_public(error))
-            self._report(error, scope)
+            if report:
+                self._report(error, scope)
             raise error
 
     def _served(self, scope: str = "", logged_in: bool = False) -> None:
@@ -408,6 +451,22 @@ def _token_still_valid(client: Any, timeout: float) -> bool:
     except Exception:  # expired, or not known: log in again
         return False
     return True
+
+
+def _range_txn(client: Any, ranges: Sequence[tuple[bytes, bytes]]) -> Any:
+    """One transaction of range reads (the first page of each), at one revision. As the
+    client's own calls, a gRPC failure marks the endpoint failed (so the next call fails
+    over) and becomes the client's exception."""
+    request = rpc_pb2.TxnRequest(success=[
+        rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=start, range_end=end,
+                                                             limit=_PAGE))
+        for start, end in ranges])
+    try:
+        return client.kvstub.Txn(request, client.timeout, credentials=client.call_credentials,
+                                 metadata=client.metadata)
+    except grpc.RpcError as error:
+        client._manage_grpc_errors(error)  # raises
+        raise
 
 
 def _range_page(client: Any, start: bytes, end: bytes, revision: int) -> Any:

@@ -1,0 +1,207 @@
+"""First reads in bulk (issue 12): services subscribed together are read together.
+
+A store with ``get_prefixes`` (etcd's: many ranges in one transaction) is modelled by a
+memory store that counts its bulk and single reads; everything runs on a TestScheduler.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from reactivex.testing import TestScheduler
+from test_streams_marble import uuids
+
+from rx_discovery import Discovery, PermissionDenied, StoreUnavailable
+from rx_discovery._first_reads import _BATCH
+from rx_discovery.store import Snapshot
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.testing import make_host, record
+
+
+def put(store: Any, n: int, service: str) -> None:
+    store.put(f"/services/{service}/uuid-{n}", make_host(n).to_json().encode())
+
+
+class BulkStore(MemoryStore):
+    """A memory store that reads many prefixes in one call, as etcd's transaction does,
+    and counts the calls; ``denied`` prefixes are refused (a whole bulk read with them)."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.bulk: list[int] = []  # the size of each bulk read
+        self.single: list[str] = []  # the prefix of each read alone
+        self.denied: set[str] = set()
+        self.bulk_error: Exception | None = None
+
+    def get_prefix(self, prefix: str) -> Snapshot:
+        self.single.append(prefix)
+        if prefix in self.denied:
+            raise PermissionDenied(f"read {prefix} refused")
+        return super().get_prefix(prefix)
+
+    def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
+        self.bulk.append(len(prefixes))
+        if self.bulk_error is not None:
+            raise self.bulk_error
+        if self.denied.intersection(prefixes):
+            raise PermissionDenied("a range of the transaction was refused")
+        return [MemoryStore.get_prefix(self, prefix) for prefix in prefixes]
+
+
+def services(count: int) -> list[str]:
+    return [f"s{n}" for n in range(count)]
+
+
+def test_services_subscribed_together_are_read_in_few_bulk_reads() -> None:
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(200)):
+        put(store, n, name)
+    discovery = Discovery(store=store)
+    sets = [record(discovery.hosts(name), scheduler) for name in services(200)]
+    assert all(not s.items for s in sets)  # subscribe() did not read
+    scheduler.advance_to(1)
+    assert [uuids(s.items[0]) for s in sets] == [[f"uuid-{n}"] for n in range(200)]
+    assert store.single == []  # no service read alone
+    assert sum(store.bulk) == 200 and len(store.bulk) <= -(-200 // _BATCH) + 1
+    assert store.watch_count == 200  # each watch opened from its own read's revision
+    put(store, 1000, "s7")
+    scheduler.advance_to(2)
+    assert uuids(sets[7].items[-1]) == ["uuid-1000", "uuid-7"]
+    assert len(sets[6].items) == 1
+
+
+def test_a_refused_service_does_not_hold_back_the_others_and_is_reported_alone() -> None:
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(5)):
+        put(store, n, name)
+    store.denied.add("/services/s3/")
+    discovery = Discovery(store=store)
+    sets = [record(discovery.hosts(name), scheduler) for name in services(5)]
+    scheduler.advance_to(1)
+    # the bulk read failed as a whole; each service was read alone: four loaded
+    assert [len(s.items) for s in sets] == [1, 1, 1, 0, 1]
+    assert sets[3].error is None  # a refusal is retried slowly, not an end of the stream
+    scheduler.advance_to(30)  # retried slowly (1 s doubling), not every 0.5 s
+    assert 2 <= store.single.count("/services/s3/") <= 6
+    store.denied.clear()  # an operator grants the permission: the stream heals
+    scheduler.advance_to(120)
+    assert uuids(sets[3].items[0]) == ["uuid-3"]
+
+
+def test_a_failed_bulk_read_leaves_each_service_to_its_own_retry() -> None:
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "a")
+    store.bulk_error = StoreUnavailable("etcd went away")
+    discovery = Discovery(store=store)
+    first = record(discovery.hosts("a"), scheduler)
+    store.disconnect()
+    scheduler.advance_to(1)
+    assert first.items == [] and first.error is None
+    store.reconnect()  # each service retries on its own backoff, and loads
+    scheduler.advance_to(5)
+    assert [uuids(s) for s in first.items] == [["uuid-1"]]
+
+
+def test_a_service_disposed_before_its_turn_is_not_read_nor_watched() -> None:
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    discovery = Discovery(store=store)
+    kept = record(discovery.hosts("kept"), scheduler)
+    record(discovery.hosts("gone"), scheduler).dispose()
+    gc.collect()
+    scheduler.advance_to(1)
+    assert "/services/gone/" not in store.single and sum(store.bulk) == 1
+    assert store.watch_count == 1
+    assert [uuids(s) for s in kept.items] == [[]]
+
+
+def test_a_subscriber_that_reads_first_takes_over_from_a_pending_bulk_read() -> None:
+    # hosts() asks for a bulk read; subscribe_new, whose subscribe() must know the current
+    # hosts before it returns, reads them at once: the bulk read that comes later is dropped,
+    # so nobody gets the first state twice and no existing host is new
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    sets = record(discovery.hosts("api"), scheduler)
+    news = record(discovery.subscribe_new("api"), scheduler)
+    assert store.single == ["/services/api/"]
+    assert [uuids(s) for s in sets.items] == [["uuid-1"]]  # delivered by that read
+    scheduler.advance_to(1)
+    put(store, 2, "api")
+    scheduler.advance_to(2)
+    assert [uuids(s) for s in sets.items] == [["uuid-1"], ["uuid-1", "uuid-2"]]
+    assert [h.uuid for h in news.items] == ["uuid-2"]
+    assert store.bulk == [] and store.watch_count == 1
+
+
+def test_an_observer_that_raises_on_its_first_set_stops_no_other_first_set() -> None:
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(3)):
+        put(store, n, name)
+    discovery = Discovery(store=store)
+
+    def explode(_: object) -> None:
+        raise RuntimeError("observer bug")
+
+    discovery.hosts("s0").subscribe(explode, lambda _e: None)
+    others = [record(discovery.hosts(name), scheduler) for name in ("s1", "s2")]
+    scheduler.advance_to(1)
+    assert [len(s.items) for s in others] == [1, 1]
+
+
+def test_first_sets_are_delivered_on_no_thread_that_holds_a_library_lock() -> None:
+    # the bulk worker enqueues under each sync's lock and delivers after: an observer that
+    # subscribes to another service from its on_next must not dead-lock
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "a")
+    put(store, 2, "b")
+    discovery = Discovery(store=store)
+    nested: list[Any] = []
+    held: list[bool] = []
+
+    def on_first(hosts: Any) -> None:
+        sync = discovery._hosts_sync("a")._sync
+        lock = getattr(getattr(sync, "_sync", sync), "_lock", None)
+        held.append(lock is not None and _held_elsewhere(lock))
+        if not nested:
+            nested.append(record(discovery.hosts("b"), scheduler))
+
+    discovery.hosts("a").subscribe(on_first)
+    scheduler.advance_to(1)
+    assert held == [False]
+    assert [uuids(s) for s in nested[0].items] == [["uuid-2"]]
+
+
+def _held_elsewhere(lock: Any) -> bool:
+    """True when ``lock`` (an RLock) is held by this thread (a library lock around user code)."""
+    owned: bool = lock._is_owned()
+    return owned
+
+
+def test_thread_safety_of_requests_from_many_threads() -> None:
+    # requests from many subscribing threads at once: every service loads exactly once
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(64)):
+        put(store, n, name)
+    discovery = Discovery(store=store)
+    recorders: list[Any] = [None] * 64
+    threads = [threading.Thread(target=lambda n=n: recorders.__setitem__(
+        n, record(discovery.hosts(f"s{n}"), scheduler))) for n in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    scheduler.advance_to(1)
+    assert [len(r.items) for r in recorders] == [1] * 64
+    assert sum(store.bulk) == 64
