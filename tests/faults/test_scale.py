@@ -71,7 +71,9 @@ def test_two_thousand_services_stay_live_and_gap_free_through_a_cut_and_a_restar
         streams = _Streams()
         subscriptions = [discovery.hosts(name).subscribe(
             streams.on_set(name), streams.errors.append) for name in names]
-        # subscribe() returned with each first state delivered
+        # each first state read in bulk, in the background
+        wait_until(lambda: all(streams.sets.get(n) for n in names), timeout=60,
+                   message="every first state")
         assert all(list(streams.sets[n][-1]) == [hosts[n].uuid] for n in names)
         assert threading.active_count() - threads <= THREADS_ALLOWED
 
