@@ -14,10 +14,12 @@ thread during ``subscribe()``, even while another thread delivers to the others.
 
 What a subscriber gets first: the current state (``Change.initial``) when it was read before
 ``subscribe()`` returned (a running sync's latest state, or the first read, which a waiting
-subscription makes on its own thread); when the state was not known then (the store
-unreachable at subscribe time), the first state read afterwards comes as a change that *adds*
-every item in it: the subscriber never saw them, and any of them may have appeared after it
-subscribed, so none is lost.
+subscription makes on its own thread); when a waiting subscription did not know the state then
+(the store unreachable at subscribe time), the first state read afterwards comes as a change
+that *adds* every item in it: the subscriber never saw them, and any of them may have appeared
+after it subscribed, so none is lost. A subscription that does not wait (a stream of states:
+``hosts()``, ``services()``) takes the first state read, whenever it comes, as its first
+state (``initial``), sharing the one snapshot object with the other subscribers.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ class SharedSync(Generic[T]):
         except BaseException:  # interrupted (Ctrl-C): nobody will hold this subscription
             self._unsubscribe(joiner)
             raise
-        with self._lock:
-            joiner.after_return = True  # a first value enqueued from now on is unseen state
+        if wait:  # (a subscriber that does not wait takes its first value as a state)
+            with self._lock:
+                joiner.after_return = True  # a first value enqueued from now on is unseen
         subject.flush()  # the replay, if another thread has not delivered it already
         return joiner
 

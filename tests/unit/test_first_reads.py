@@ -205,3 +205,19 @@ def test_thread_safety_of_requests_from_many_threads() -> None:
     scheduler.advance_to(1)
     assert [len(r.items) for r in recorders] == [1] * 64
     assert sum(store.bulk) == 64
+
+
+def test_subscribers_that_do_not_wait_share_the_first_snapshot_as_their_initial_state() -> None:
+    # hosts() subscribers take the first state read in bulk as a state (initial), the one
+    # snapshot object shared by all (not a copy per subscriber marking every host added)
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    shared = discovery._hosts_sync("api")
+    firsts: list[Any] = []
+    for _ in range(2):
+        shared.observe().subscribe(firsts.append)
+    scheduler.advance_to(1)
+    assert len(firsts) == 2 and firsts[0] is firsts[1]
+    assert firsts[0].initial and not firsts[0].added
