@@ -21,7 +21,11 @@ from rx_discovery._errors import (
 )
 from rx_discovery.config import Settings
 from rx_discovery.store.etcd._client import grpc_proxy_applies
-from rx_discovery.store.etcd._codec import is_fragment, watch_create_request
+from rx_discovery.store.etcd._codec import (
+    is_fragment,
+    watch_cancel_request,
+    watch_create_request,
+)
 from rx_discovery.store.etcd._errors import MisconfiguredEndpoint, _from_status, _TokenExpired
 from rx_discovery.store.etcd._keepalive import _ssl_context, grpc_roots_file
 
@@ -78,11 +82,15 @@ def test_keepalive_tls_honours_grpc_default_ssl_roots_file_path(
 
 
 def test_watches_ask_for_fragments_and_fragments_are_recognised() -> None:
-    request = watch_create_request(b"/a", b"/b", 7)
+    encoded = watch_create_request(b"/a", b"/b", 7, watch_id=300)
+    request = rpc_pb2.WatchRequest.FromString(encoded)
     create = request.create_request
     assert (create.key, create.range_end, create.start_revision) == (b"/a", b"/b", 7)
     assert create.progress_notify
-    assert request.SerializeToString().endswith(bytes([8 << 3, 1]))  # fragment = true
+    # fragment = true, watch_id = 300: fields of etcd 3.4+ that this protobuf does not know
+    assert create.SerializeToString().endswith(bytes([8 << 3, 1, 7 << 3]) + bytes([172, 2]))
+    cancel = rpc_pb2.WatchRequest.FromString(watch_cancel_request(300))
+    assert cancel.cancel_request.watch_id == 300 and not cancel.HasField("create_request")
     whole = rpc_pb2.WatchResponse(watch_id=1)
     assert not is_fragment(whole)
     part = rpc_pb2.WatchResponse.FromString(whole.SerializeToString() + bytes([7 << 3, 1]))

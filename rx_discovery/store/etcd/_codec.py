@@ -59,6 +59,9 @@ def _watch_response(events: Any) -> WatchResponse:
 # The same holds for the client-chosen watch id (WatchCreateRequest.watch_id = 7, etcd 3.4+).
 _FRAGMENT_FLAG = bytes([8 << 3, 1])  # field 8, varint, true
 _WATCH_ID_TAG = bytes([7 << 3])  # field 7, varint
+# WatchRequest's create_request (field 1) and cancel_request (field 2), length-delimited
+_CREATE_REQUEST_TAG = bytes([1 << 3 | 2])
+_CANCEL_REQUEST_TAG = bytes([2 << 3 | 2])
 _RESPONSE_FRAGMENT_FIELD = 7
 
 
@@ -73,24 +76,30 @@ def _varint(value: int) -> bytes:
 
 
 def watch_create_request(key: bytes, range_end: bytes, start_revision: int,
-                         watch_id: int = 0) -> Any:
-    """A ``WatchRequest`` creating a watch of ``[key, range_end)`` from ``start_revision``,
-    with progress notifications, and fragmented answers: etcd then splits a response larger
-    than its request limit (1.5 MiB) into fragments instead of sending one huge message.
+                         watch_id: int = 0) -> bytes:
+    """A serialized ``WatchRequest`` creating a watch of ``[key, range_end)`` from
+    ``start_revision``, with progress notifications, and fragmented answers: etcd then splits
+    a response larger than its request limit (1.5 MiB) into fragments instead of sending one
+    huge message.
 
     ``watch_id`` (> 0) names the watch on its stream: etcd then answers every response of it,
     its refusal included, with that id (with ids chosen by the server, a refused creation
-    carries no id, and only the order of the answers tells which watch it was)."""
-    create = rpc_pb2.WatchCreateRequest(key=key, range_end=range_end,
-                                        start_revision=start_revision, progress_notify=True)
-    extra = _FRAGMENT_FLAG + (_WATCH_ID_TAG + _varint(watch_id) if watch_id else b"")
-    create = rpc_pb2.WatchCreateRequest.FromString(create.SerializeToString() + extra)
-    return rpc_pb2.WatchRequest(create_request=create)
+    carries no id, and only the order of the answers tells which watch it was).
+
+    Bytes, not a message: thousands of watches created at once (services subscribed together)
+    wait in the stream's queue as ~60-byte strings; as protobuf messages, each with an arena
+    of its own, they left ~0.8 KB of heap per watch behind after they were sent."""
+    create: bytes = rpc_pb2.WatchCreateRequest(key=key, range_end=range_end,
+                                               start_revision=start_revision,
+                                               progress_notify=True).SerializeToString()
+    create += _FRAGMENT_FLAG + (_WATCH_ID_TAG + _varint(watch_id) if watch_id else b"")
+    return _CREATE_REQUEST_TAG + _varint(len(create)) + create
 
 
-def watch_cancel_request(watch_id: int) -> Any:
-    """A ``WatchRequest`` cancelling the watch ``watch_id`` of its stream."""
-    return rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=watch_id))
+def watch_cancel_request(watch_id: int) -> bytes:
+    """A serialized ``WatchRequest`` cancelling the watch ``watch_id`` of its stream."""
+    cancel: bytes = rpc_pb2.WatchCancelRequest(watch_id=watch_id).SerializeToString()
+    return _CANCEL_REQUEST_TAG + _varint(len(cancel)) + cancel
 
 
 def is_fragment(response: Any) -> bool:

@@ -36,8 +36,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import etcd3
 import grpc
+from etcd3.etcdrpc import rpc_pb2
 from reactivex import abc
 
 from rx_discovery._errors import (
@@ -73,6 +73,13 @@ log = logging.getLogger(__name__)
 # member cut off from the quorum cancels the stream ("no leader") instead of keeping it open
 # and silent until the partition heals, so the watches fail over to another member.
 _REQUIRE_LEADER = ("hasleader", "true")
+
+
+def _watch_call(channel: Any) -> Any:
+    """etcd's ``Watch`` call on ``channel``, taking requests serialized already (see
+    :func:`~rx_discovery.store.etcd._codec.watch_create_request`)."""
+    return channel.stream_stream("/etcdserverpb.Watch/Watch", request_serializer=None,
+                                 response_deserializer=rpc_pb2.WatchResponse.FromString)
 
 
 def _queue_iterator(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
@@ -258,7 +265,7 @@ class WatchMux:
             grpc.RpcError: the stream failed.
         """
         channel, metadata = self._store._stream_target(stream.client)
-        call = etcd3.etcdrpc.WatchStub(channel).Watch(
+        call = _watch_call(channel)(
             _queue_iterator(stream.requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
         with self._lock:
             stream.call = call
