@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections import deque
 from typing import Any, Protocol
 
@@ -65,14 +64,17 @@ class FirstReads:
         self._store = store
         self._runtime = runtime
         self._lock = threading.Lock()
-        # weak: a sync stopped and dropped before its turn is not kept alive by its request
-        self._waiting: deque[weakref.ref[Reader]] = deque()
+        # Strong: while its first read waits, nothing else may hold a sync (a subscriber that
+        # kept no disposable: the watch that will hold it is not open yet), and a weak
+        # reference let a garbage collection drop a live stream. A sync stopped meanwhile is
+        # held until its turn, and skipped then.
+        self._waiting: deque[Reader] = deque()
         self._workers = 0
 
     def request(self, sync: Reader) -> None:
         """Read ``sync``'s first state soon, with whatever else is waiting."""
         with self._lock:
-            self._waiting.append(weakref.ref(sync))
+            self._waiting.append(sync)
             if self._workers >= _WORKERS:
                 return  # a worker running takes it with its next batch
             self._workers += 1
@@ -96,8 +98,8 @@ class FirstReads:
         with self._lock:
             batch: list[Reader] = []
             while self._waiting and len(batch) < _BATCH:
-                sync = self._waiting.popleft()()
-                if sync is not None and sync.wants_first_read:  # not stopped, nor read by a
+                sync = self._waiting.popleft()
+                if sync.wants_first_read:  # not stopped, nor read by a
                     # subscriber meanwhile
                     batch.append(sync)
             if not batch:

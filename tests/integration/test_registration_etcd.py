@@ -198,7 +198,7 @@ def test_a_newcomer_in_another_process_writes_its_credentials_and_the_others_ado
                 assert stored(new_key) == Credentials("u2", "p2")
                 assert discovery.get("db").service().credentials == Credentials("u2", "p2")
                 # reg.credentials emits on a delivery thread, after the host key's rewrite
-                wait_until(lambda: len(adopted.items) >= 2, timeout=15,
+                wait_until(lambda adopted=adopted: len(adopted.items) >= 2, timeout=15,
                            message="reg.credentials emits the adopted credentials")
                 assert adopted.items == [Credentials("u1", "p1"), Credentials("u2", "p2")]
             finally:

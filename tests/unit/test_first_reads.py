@@ -205,3 +205,24 @@ def test_thread_safety_of_requests_from_many_threads() -> None:
     scheduler.advance_to(1)
     assert [len(r.items) for r in recorders] == [1] * 64
     assert sum(store.bulk) == 64
+
+
+# -- review (issue 12): windows of a request that waits for its bulk read ----------------------
+
+def test_a_subscription_not_held_by_its_caller_still_gets_its_first_set_after_a_gc() -> None:
+    # ``hosts(name).subscribe(on_next)`` without keeping the disposable is ordinary Rx (the
+    # TcpProxy docstring does it): the stream lives while it has a subscriber. While its
+    # first read waits for a bulk read, only the request refers to the sync: a weak one let
+    # a garbage collection drop the sync, and the subscriber never got anything
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    sets: list[Any] = []
+    discovery.hosts("api").subscribe(sets.append)  # the disposable is not kept
+    gc.collect()
+    scheduler.advance_to(1)
+    assert [uuids(s) for s in sets] == [["uuid-1"]]
+    put(store, 2, "api")  # and it stays watched
+    scheduler.advance_to(2)
+    assert [uuids(s) for s in sets] == [["uuid-1"], ["uuid-1", "uuid-2"]]
