@@ -494,3 +494,38 @@ def test_hosts_of_many_services_on_etcd_are_read_in_bulk_and_delivered_off_the_i
         assert not any(name.startswith("rx-discovery-io") for _, name in firsts.values())
         for subscription in subscriptions:
             subscription.dispose()
+
+
+def test_bulk_reads_fit_a_server_that_allows_fewer_operations_per_transaction(
+        make_store: MakeStore) -> None:
+    # etcd started with --max-txn-ops below the 64 ranges of a bulk read refuses every such
+    # transaction ("too many operations in txn request"): each batch then failed, and every
+    # service was read alone, one round trip each, for ever (a wasted transaction per batch
+    # on top). The store learns the server's limit and reads in transactions that fit.
+    from rx_discovery.store.etcd import _store
+
+    with EmbeddedEtcd(name="few-ops", extra_args=["--max-txn-ops", "8"]) as server:
+        store = make_store([server.endpoint])
+        for n in range(40):
+            store.put(f"/ops/s{n}/k", b"v%d" % n)
+        prefixes = [f"/ops/s{n}/" for n in range(40)]
+        calls: list[int] = []
+        txn = _store._range_txn
+
+        def counted(client: Any, ranges: Any) -> Any:
+            calls.append(len(ranges))
+            return txn(client, ranges)
+
+        _store._range_txn = counted
+        try:
+            first = store.get_prefixes(prefixes)
+            calls_first = list(calls)
+            calls.clear()
+            again = store.get_prefixes(prefixes)  # the limit is remembered
+        finally:
+            _store._range_txn = txn
+        for bulk in (first, again):
+            assert [[kv.value for kv in s.items] for s in bulk] == [
+                [b"v%d" % n] for n in range(40)]
+        assert max(calls_first[-5:]) <= 8 and len(calls_first) <= 5 + 4  # a few refused
+        assert calls == [8] * 5
