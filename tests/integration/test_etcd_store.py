@@ -7,6 +7,7 @@ Tests that kill or pause a server start their own; the others use the session's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -432,18 +433,11 @@ def test_ipv6_endpoint_serves_calls_watches_and_keepalives(make_store: MakeStore
 
 # -- bulk first reads ---------------------------------------------------------------------------
 
-def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
-        etcd_store: EtcdStore, unique_prefix: str) -> None:
-    # 150 prefixes (three transactions of 64 at most), one of 1,200 keys (past a page of 500,
-    # read on at its transaction's revision), some empty; each answer equals get_prefix's
+@contextlib.contextmanager
+def counted_transactions() -> Iterator[list[int]]:
+    """The number of ranges of each bulk-read transaction sent (refused ones too)."""
     from rx_discovery.store.etcd import _store
 
-    for n in range(1200):
-        etcd_store.put(f"{unique_prefix}/big/k{n:05d}", b"v%d" % n)
-    for n in range(0, 150, 2):
-        etcd_store.put(f"{unique_prefix}/s{n}/k", b"x%d" % n)
-    prefixes = [f"{unique_prefix}/s{n}/" for n in range(150)]
-    prefixes.insert(70, f"{unique_prefix}/big/")
     calls: list[int] = []
     txn = _store._range_txn
 
@@ -453,9 +447,23 @@ def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
 
     _store._range_txn = counted
     try:
-        bulk = etcd_store.get_prefixes(prefixes)
+        yield calls
     finally:
         _store._range_txn = txn
+
+
+def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
+        etcd_store: EtcdStore, unique_prefix: str) -> None:
+    # 150 prefixes (three transactions of 64 at most), one of 1,200 keys (past a page of 500,
+    # read on at its transaction's revision), some empty; each answer equals get_prefix's
+    for n in range(1200):
+        etcd_store.put(f"{unique_prefix}/big/k{n:05d}", b"v%d" % n)
+    for n in range(0, 150, 2):
+        etcd_store.put(f"{unique_prefix}/s{n}/k", b"x%d" % n)
+    prefixes = [f"{unique_prefix}/s{n}/" for n in range(150)]
+    prefixes.insert(70, f"{unique_prefix}/big/")
+    with counted_transactions() as calls:
+        bulk = etcd_store.get_prefixes(prefixes)
     assert calls == [64, 64, 23]
     alone = [etcd_store.get_prefix(prefix) for prefix in prefixes]
     assert [s.items for s in bulk] == [s.items for s in alone]
@@ -502,28 +510,16 @@ def test_bulk_reads_fit_a_server_that_allows_fewer_operations_per_transaction(
     # transaction ("too many operations in txn request"): each batch then failed, and every
     # service was read alone, one round trip each, for ever (a wasted transaction per batch
     # on top). The store learns the server's limit and reads in transactions that fit.
-    from rx_discovery.store.etcd import _store
-
     with EmbeddedEtcd(name="few-ops", extra_args=["--max-txn-ops", "8"]) as server:
         store = make_store([server.endpoint])
         for n in range(40):
             store.put(f"/ops/s{n}/k", b"v%d" % n)
         prefixes = [f"/ops/s{n}/" for n in range(40)]
-        calls: list[int] = []
-        txn = _store._range_txn
-
-        def counted(client: Any, ranges: Any) -> Any:
-            calls.append(len(ranges))
-            return txn(client, ranges)
-
-        _store._range_txn = counted
-        try:
+        with counted_transactions() as calls:
             first = store.get_prefixes(prefixes)
             calls_first = list(calls)
             calls.clear()
             again = store.get_prefixes(prefixes)  # the limit is remembered
-        finally:
-            _store._range_txn = txn
         for bulk in (first, again):
             assert [[kv.value for kv in s.items] for s in bulk] == [
                 [b"v%d" % n] for n in range(40)]
