@@ -25,9 +25,12 @@ from typing import Any, Protocol
 from rx_discovery._runtime import Runtime
 from rx_discovery.store import Snapshot, Store, read_prefixes
 
-__all__ = ["FirstReads"]
+__all__ = ["FirstReads", "delivering_first_sets"]
 
 log = logging.getLogger("rx_discovery")
+
+# Set on the thread while it delivers first sets read in bulk (see delivering_first_sets)
+_delivering = threading.local()
 
 # At most this many prefixes per bulk read, and this many reads in flight at once: two keep a
 # round trip in flight while the previous answer is installed, without holding every I/O worker
@@ -119,6 +122,15 @@ class FirstReads:
         return True
 
 
+def delivering_first_sets() -> bool:
+    """True on a thread that is delivering first sets read in bulk. They are delivered one
+    after the other: an observer that subscribes another service there and waits for its
+    first set (a balancer's ``pick()``) would wait for a delivery queued behind itself, so a
+    subscription made there reads its first state at once, on this thread (as
+    ``subscribe_new`` does)."""
+    return getattr(_delivering, "active", False)
+
+
 class _FlushAll:
     """Delivers what the syncs of a batch enqueued (user code: never on the I/O worker)."""
 
@@ -128,8 +140,13 @@ class _FlushAll:
         self._syncs = syncs
 
     def __call__(self) -> None:
-        for sync in self._syncs:
-            try:
-                sync.flush_now()
-            except Exception:  # one observer's failure is logged; the others get theirs
-                log.exception("rx-discovery: delivering a first state failed")
+        outer = delivering_first_sets()  # (delivered inline: nested in another delivery)
+        _delivering.active = True
+        try:
+            for sync in self._syncs:
+                try:
+                    sync.flush_now()
+                except Exception:  # one observer's failure is logged; the others get theirs
+                    log.exception("rx-discovery: delivering a first state failed")
+        finally:
+            _delivering.active = outer

@@ -31,6 +31,7 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
+from rx_discovery._first_reads import delivering_first_sets
 from rx_discovery._serial import SerialSubject, as_observer
 from rx_discovery.sync import Change
 
@@ -182,6 +183,8 @@ class SharedSync(Generic[T]):
 
     def _subscribe(self, observer: abc.ObserverBase[Change[T]],
                    scheduler: abc.SchedulerBase | None, wait: bool) -> abc.DisposableBase:
+        # an observer of a first set that subscribes here: read now (see the function)
+        wait = wait or delivering_first_sets()
         subject: SerialSubject[Change[T]] = SerialSubject(self._label)
         inner = subject.attach(observer)  # nothing queued yet: calls nothing
         joiner = _Joiner(self, subject, inner)

@@ -415,3 +415,30 @@ def test_an_observer_that_blocks_does_not_hold_back_the_others(discovery: Discov
                    message="the other subscriber gets the new host while the first blocks")
     finally:
         release.set()
+
+
+def test_a_balancer_made_in_an_observer_of_a_first_set_picks_at_once(
+        discovery: Discovery) -> None:
+    # first sets read in bulk are delivered one after the other on one thread: a balancer
+    # made in an observer of one of them waited for its own first set, queued behind that
+    # observer, and its pick() failed after the whole wait with NoHostFound
+    for n, name in enumerate(("a", "b")):
+        discovery.store.put(discovery.keyspace.host_key(name, f"u-{name}"), host(
+            n, service_name=name, uuid=f"u-{name}").to_json().encode())
+    picks: list[object] = []
+
+    def on_first(_: object) -> None:
+        if picks:
+            return
+        balancer = discovery.balancer("b", wait=10)
+        try:
+            picks.append(balancer.pick().uuid)
+        except Exception as error:  # recorded for the assertion
+            picks.append(error)
+        finally:
+            balancer.close()
+
+    subscription = discovery.hosts("a").subscribe(on_first)
+    wait_until(lambda: picks, timeout=20)
+    subscription.dispose()
+    assert picks == ["u-b"]

@@ -226,3 +226,37 @@ def test_a_subscription_not_held_by_its_caller_still_gets_its_first_set_after_a_
     put(store, 2, "api")  # and it stays watched
     scheduler.advance_to(2)
     assert [uuids(s) for s in sets] == [["uuid-1"], ["uuid-1", "uuid-2"]]
+
+
+def test_a_service_subscribed_from_a_first_set_observer_gets_its_set_during_subscribe() -> None:
+    # first sets read in bulk are delivered one after the other on one thread; an observer of
+    # one that subscribes another service and waits for its first set (a balancer's pick())
+    # would wait for a delivery queued behind itself: on that thread, subscribe() reads the
+    # new service's set at once, as it did before bulk reads (see the etcd test with a
+    # balancer in tests/integration/test_discovery_etcd.py)
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "a")
+    put(store, 2, "b")
+    put(store, 3, "c")
+    discovery = Discovery(store=store)
+    during: dict[str, list[Any]] = {}
+    keep: list[Any] = []
+
+    def on_first(_: Any) -> None:
+        if during:
+            return
+        b_sets = record(discovery.hosts("b"), scheduler)  # not watched yet
+        during["b"] = list(b_sets.items)
+        c_sets = record(discovery.hosts("c"), scheduler)  # watched, not read yet
+        during["c"] = list(c_sets.items)
+        keep.extend((b_sets, c_sets))
+
+    store.denied.add("/services/c/")
+    keep.append(record(discovery.hosts("c"), scheduler))
+    scheduler.advance_to(0.1)  # c refused: watched, its read retried later (after 0.5 s+)
+    store.denied.clear()
+    discovery.hosts("a").subscribe(on_first)
+    scheduler.advance_to(0.2)
+    assert [uuids(s) for s in during["b"]] == [["uuid-2"]]
+    assert [uuids(s) for s in during["c"]] == [["uuid-3"]]
