@@ -9,10 +9,15 @@ trip, one revision). Batches form by themselves, without a timer: while one read
 flight, the next requests queue, and the next worker takes them all. A single stream started
 alone is read at once, as before.
 
-A batch that fails (etcd unreachable, one range refused, a transaction too large) hands each
-of its syncs back to its own first read (``PrefixSync.read_alone``), which reports the
-failure where the user looks and retries with backoff as it always did: a refusal of one
-service never holds back the others.
+A batch that fails because the store is unreachable goes back to the head of the queue, and
+nothing is read until a backoff passed (one for the whole queue, not one per service): a
+gateway started before etcd costs one failed call per backoff, not thousands, and its services
+are read in bulk when etcd comes (the store reports the outage on health; a stream started
+with a ``scheduler=`` of its own reads alone then, its retries timed there). A batch that fails
+otherwise (one range refused, a transaction too large or not supported) hands each of its
+syncs back to its own first read (``PrefixSync.read_alone``), which reports the failure where
+the user looks and retries with backoff as it always did: a refusal of one service never holds
+back the others.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from rx_discovery._runtime import Runtime
+from reactivex import abc
+
+from rx_discovery._errors import StoreUnavailable
+from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery.store import Snapshot, Store, read_prefixes
+from rx_discovery.sync import _RETRY
 
 __all__ = ["FirstReads", "delivering_first_sets"]
 
@@ -48,6 +57,9 @@ class Reader(Protocol):
     @property
     def wants_first_read(self) -> bool: ...
 
+    @property
+    def timer(self) -> abc.SchedulerBase: ...
+
     def install_first(self, snapshot: Snapshot) -> None: ...
 
     def read_alone(self, error: Exception) -> None: ...
@@ -60,7 +72,8 @@ class FirstReads:
 
     Args:
         store: the store to read.
-        runtime: the I/O scheduler the reads run on; deliveries are handed off from it.
+        runtime: the I/O scheduler the reads run on, and the timer of its rests; deliveries
+            are handed off from it.
     """
 
     def __init__(self, store: Store, runtime: Runtime) -> None:
@@ -73,13 +86,19 @@ class FirstReads:
         # held until its turn, and skipped then.
         self._waiting: deque[Reader] = deque()
         self._workers = 0
+        # While the store is unreachable: no read until the rest ends (one backoff for the
+        # whole queue), and batches halved by each failure (a transaction too slow to answer
+        # in time is one too), doubled back by each success
+        self._resting = False
+        self._backoff: Backoff | None = None
+        self._limit = _BATCH
 
     def request(self, sync: Reader) -> None:
         """Read ``sync``'s first state soon, with whatever else is waiting."""
         with self._lock:
             self._waiting.append(sync)
-            if self._workers >= _WORKERS:
-                return  # a worker running takes it with its next batch
+            if self._resting or self._workers >= _WORKERS:
+                return  # a worker running takes it with its next batch, or one after the rest
             self._workers += 1
         self._runtime.run(self._work)
 
@@ -90,17 +109,22 @@ class FirstReads:
         finally:
             with self._lock:
                 self._workers -= 1
-                again = bool(self._waiting) and self._workers < _WORKERS
-                if again:  # a request queued while this worker was leaving
-                    self._workers += 1
-            if again:
+                again = self._can_start()
+            if again:  # a request queued while this worker was leaving
                 self._runtime.run(self._work)
 
+    def _can_start(self) -> bool:
+        """Count a new worker if one should start (call under the lock)."""
+        if self._waiting and not self._resting and self._workers < _WORKERS:
+            self._workers += 1
+            return True
+        return False
+
     def _read_batch(self) -> bool:
-        """Read one batch; False when nothing waits."""
+        """Read one batch; False when nothing waits, or the store is resting."""
         with self._lock:
             batch: list[Reader] = []
-            while self._waiting and len(batch) < _BATCH:
+            while self._waiting and len(batch) < self._limit and not self._resting:
                 sync = self._waiting.popleft()
                 if sync.wants_first_read:  # not stopped, nor read by a
                     # subscriber meanwhile
@@ -109,17 +133,59 @@ class FirstReads:
                 return False
         try:
             snapshots = read_prefixes(self._store, [sync.prefix for sync in batch])
-        except Exception as error:  # each alone: its own error, its own retry
+        except StoreUnavailable as error:  # etcd unreachable: all wait, and retry together,
+            # but for a stream started with a scheduler of its own, which times its retries
+            timer = self._runtime.timer
+            for sync in batch:
+                if sync.timer is not timer:
+                    sync.read_alone(error)
+            resting = [sync for sync in batch if sync.timer is timer]
+            if resting:
+                self._rest(resting, error)
+                return False
+            return True
+        except Exception as error:  # refused (one range maybe): each alone, its own error
             log.debug("bulk first read of %d prefixes failed (%s: %s); reading each alone",
                       len(batch), type(error).__name__, error)
             for sync in batch:
                 sync.read_alone(error)
             return True
+        with self._lock:
+            self._backoff = None
+            self._limit = min(_BATCH, self._limit * 2)
+            another = self._can_start()  # after a rest, one worker starts: now two
+        if another:
+            self._runtime.run(self._work)
         for sync, snapshot in zip(batch, snapshots, strict=True):
             sync.install_first(snapshot)
         # the first states reach their subscribers off this worker, in one hand-off
         self._runtime.hand_off(_FlushAll(batch))
         return True
+
+    def _rest(self, batch: list[Reader], error: StoreUnavailable) -> None:
+        """Put ``batch`` back first in line, and read nothing until a backoff passed: while
+        etcd is unreachable, thousands of first reads cost one failed call per backoff, not
+        one each (the store reports the outage on health)."""
+        with self._lock:
+            self._waiting.extendleft(reversed(batch))
+            self._limit = max(1, len(batch) // 2)
+            if self._resting:
+                return  # the other worker's failure started the rest already
+            self._resting = True
+            backoff = self._backoff = self._backoff or Backoff(*_RETRY)
+            delay = backoff.next()
+        log.log(logging.INFO if backoff.attempt == 1 else logging.DEBUG,
+                "first reads of %d services failed (%s); retrying together in %.2fs",
+                len(self._waiting), error, delay)
+        self._runtime.after(delay, self._wake)
+
+    def _wake(self) -> None:
+        """The rest is over: one worker reads again (a second one joins once it succeeds)."""
+        with self._lock:
+            self._resting = False
+            start = self._can_start()
+        if start:
+            self._work()  # on the I/O scheduler already
 
 
 def delivering_first_sets() -> bool:

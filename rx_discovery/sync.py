@@ -169,6 +169,11 @@ class PrefixSync(Generic[T]):
         return self._prefix
 
     @property
+    def timer(self) -> abc.SchedulerBase:
+        """The scheduler that times this sync's retries."""
+        return self._runtime.timer
+
+    @property
     def wants_first_read(self) -> bool:
         """Neither read yet nor stopped (what :class:`FirstReads` asks before reading)."""
         return not (self._loaded or self._stopped)

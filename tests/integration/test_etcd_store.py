@@ -525,3 +525,45 @@ def test_bulk_reads_fit_a_server_that_allows_fewer_operations_per_transaction(
                 [b"v%d" % n] for n in range(40)]
         assert max(calls_first[-5:]) <= 8 and len(calls_first) <= 5 + 4  # a few refused
         assert calls == [8] * 5
+
+
+def test_services_subscribed_before_etcd_is_up_wait_together_and_load_in_bulk() -> None:
+    # a gateway that starts before etcd: each first read failed alone and retried alone
+    # (2,000 services: ~1,100 failed calls and a whole core per second); and when etcd came,
+    # each service was read alone. Now the waiting reads rest together, and load in bulk.
+    from rx_discovery import Discovery, HealthState, Host
+
+    with EmbeddedEtcd(name="late") as server:
+        discovery = Discovery(endpoints=[server.endpoint], timeout=2)
+        with discovery:
+            for n in range(500):
+                discovery.store.put(discovery.keyspace.host_key(f"s{n}", f"u{n}"), Host(
+                    hostname=f"h{n}", ports={"http": "80"}, service_name=f"s{n}",
+                    uuid=f"u{n}").to_json().encode())
+            server.stop()
+            health = Recorder()
+            discovery.health.subscribe(health)
+            calls: list[str] = []
+            call = discovery.store._call
+
+            def counted(operation: str, *args: Any, **kwargs: Any) -> Any:
+                calls.append(operation)
+                return call(operation, *args, **kwargs)
+
+            discovery.store._call = counted  # type: ignore[method-assign]
+            firsts: dict[int, list[str]] = {}
+            subscriptions = [discovery.hosts(f"s{n}").subscribe(
+                lambda hosts, n=n: firsts.setdefault(n, list(hosts))) for n in range(500)]
+            time.sleep(3)  # etcd down: what do 500 waiting streams cost meanwhile?
+            assert len(calls) <= 40, len(calls)  # ~1 per backoff (0.5 s at most), not 500
+            assert firsts == {}
+            assert health.items[-1].state in (HealthState.RECONNECTING, HealthState.UNAVAILABLE)
+            calls.clear()
+            server.restart()
+            wait_until(lambda: len(firsts) == 500, timeout=30,
+                       message="every first set after etcd came")
+            assert all(firsts[n] == [f"u{n}"] for n in range(500))
+            assert "get_prefix" not in calls  # read in bulk, none alone
+            assert calls.count("get_prefixes") <= 30, calls.count("get_prefixes")
+            for subscription in subscriptions:
+                subscription.dispose()

@@ -14,7 +14,7 @@ from typing import Any
 from reactivex.testing import TestScheduler
 from test_streams_marble import uuids
 
-from rx_discovery import Discovery, PermissionDenied, StoreUnavailable
+from rx_discovery import Discovery, PermissionDenied, StoreError
 from rx_discovery._first_reads import _BATCH
 from rx_discovery.store import Snapshot
 from rx_discovery.store.memory import MemoryStore
@@ -94,10 +94,13 @@ def test_a_refused_service_does_not_hold_back_the_others_and_is_reported_alone()
 
 
 def test_a_failed_bulk_read_leaves_each_service_to_its_own_retry() -> None:
+    # a bulk read refused for a reason of its own (a store that takes no transaction of
+    # ranges, as etcd shims may): each service reads alone. (An unreachable store rests the
+    # whole queue instead: see the test of services subscribed while it is unreachable.)
     scheduler = TestScheduler()
     store = BulkStore(scheduler)
     put(store, 1, "a")
-    store.bulk_error = StoreUnavailable("etcd went away")
+    store.bulk_error = StoreError("get_prefixes: UNKNOWN unsupported transaction")
     discovery = Discovery(store=store)
     first = record(discovery.hosts("a"), scheduler)
     store.disconnect()
@@ -260,3 +263,30 @@ def test_a_service_subscribed_from_a_first_set_observer_gets_its_set_during_subs
     scheduler.advance_to(0.2)
     assert [uuids(s) for s in during["b"]] == [["uuid-2"]]
     assert [uuids(s) for s in during["c"]] == [["uuid-3"]]
+
+
+def test_services_subscribed_while_the_store_is_unreachable_retry_together_and_load_in_bulk(
+        ) -> None:
+    # a gateway started before etcd: each service's first read failed alone and retried
+    # alone every 0.5 s or so, for ever (2,000 services: ~1,100 failed calls and a whole
+    # core per second on etcd), and when etcd came, each was read alone: one round trip
+    # each. A failed bulk read now rests the queue, with one backoff for all of it.
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(200)):
+        put(store, n, name)
+    store.disconnect()
+    discovery = Discovery(store=store)
+    health = record(discovery.health, scheduler)
+    sets = [record(discovery.hosts(name), scheduler) for name in services(200)]
+    scheduler.advance_to(10)
+    calls_while_down = len(store.bulk) + len(store.single)
+    assert calls_while_down <= 60, calls_while_down
+    assert health.items[-1].state.name in ("RECONNECTING", "UNAVAILABLE")
+    assert all(not s.items and s.error is None for s in sets)
+    store.single.clear()
+    store.bulk.clear()
+    store.reconnect()
+    scheduler.advance_to(11)  # within one backoff (0.5 s at most)
+    assert [uuids(s.items[0]) for s in sets] == [[f"uuid-{n}"] for n in range(200)]
+    assert len(store.single) + len(store.bulk) <= 12  # in bulk, a few small ones to start

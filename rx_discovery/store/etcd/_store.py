@@ -117,8 +117,9 @@ class EtcdStore:
         transaction (fewer when the server's ``--max-txn-ops`` is lower: learnt from its
         refusal) (one round trip, every range of it at one revision): how thousands of
         services subscribed at once are read. A range longer than a page goes on in pages at
-        its transaction's revision. Nothing is reported on health: a refused or failed batch
-        is read again one prefix at a time by its callers, whose own reads report.
+        its transaction's revision. Only an unreachable etcd is reported on health (as
+        RECONNECTING, then UNAVAILABLE): a refused batch is read again one prefix at a time by
+        its callers, whose own reads report, each for its own prefix.
 
         Raises:
             StoreError: the transaction failed (any of its ranges refused, etcd unreachable).
@@ -133,6 +134,8 @@ class EtcdStore:
                 response = self._call("get_prefixes",
                                       functools.partial(_range_txn, ranges=ranges), report=False)
             except StoreError as error:
+                if isinstance(error, StoreUnavailable):  # the connection's state: reported
+                    self._report(error)  # (the first reads wait for etcd together)
                 # a server with a lower --max-txn-ops: every transaction this large would be
                 # refused, and every service read alone, for ever; take what it allows
                 if _TOO_MANY_OPS not in str(error) or size == 1:
