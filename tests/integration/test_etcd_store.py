@@ -567,3 +567,34 @@ def test_services_subscribed_before_etcd_is_up_wait_together_and_load_in_bulk() 
             assert calls.count("get_prefixes") <= 30, calls.count("get_prefixes")
             for subscription in subscriptions:
                 subscription.dispose()
+
+
+def test_a_bulk_read_compacted_before_its_pages_reads_that_prefix_afresh(
+        private_etcd: EmbeddedEtcd, make_store: MakeStore) -> None:
+    # a prefix longer than a page goes on in pages at its transaction's revision; when that
+    # revision is compacted meanwhile, the prefix is read again at the current revision
+    store = make_store([private_etcd.endpoint])
+    for n in range(600):
+        store.put(f"/c/big/k{n:04d}", b"%d" % n)
+    store.put("/c/small/k", b"s")
+    raw = etcd3.client("127.0.0.1", private_etcd.client_port)
+    from rx_discovery.store.etcd import _store
+
+    txn = _store._range_txn
+
+    def then_compacted(client: Any, ranges: Any) -> Any:
+        answer = txn(client, ranges)
+        store.delete("/c/big/k0001")
+        raw.compact(store.put("/c/big/k9999", b"new"), physical=True)
+        return answer
+
+    _store._range_txn = then_compacted
+    try:
+        small, big = store.get_prefixes(["/c/small/", "/c/big/"])
+    finally:
+        _store._range_txn = txn
+        raw.close()
+    fresh = store.get_prefix("/c/big/")
+    assert big == fresh and len(big.items) == 600
+    assert "/c/big/k0001" not in {kv.key for kv in big.items}
+    assert [kv.value for kv in small.items] == [b"s"] and small.revision < big.revision
