@@ -332,9 +332,11 @@ def _etcdctl(server: EmbeddedEtcd, ca: Path, *args: str) -> None:
                    timeout=20)
 
 
+@pytest.mark.parametrize("read", ["get", "get_prefixes"])  # a bulk first read too
 def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, Path],
                                                     make_store: MakeStore,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    read: str) -> None:
     files, ca = tls_files
     with EmbeddedEtcd(tls=files, auth_token_ttl=2) as server:
         assert server.endpoint.startswith("https://")
@@ -365,7 +367,8 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
             witness.get("/k")
         assert "invalid auth token" in expired.value.details()  # type: ignore[attr-defined]
         with caplog.at_level(logging.INFO, logger="rx_discovery.store.etcd"):
-            kv = store.get("/k")  # logs in again, transparently
+            kv = (store.get("/k") if read == "get"  # logs in again, transparently
+                  else store.get_prefixes(["/j", "/k"])[1].items[0])
         assert "logging in again" in caplog.text
         assert "s3cret-pw" not in caplog.text
         assert kv is not None and kv.value == b"v"
