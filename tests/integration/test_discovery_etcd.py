@@ -446,3 +446,21 @@ def test_a_balancer_made_in_an_observer_of_a_first_set_picks_at_once(
     wait_until(lambda: picks, timeout=20)
     subscription.dispose()
     assert picks == ["u-b"]
+
+
+@pytest.mark.xfail(strict=True, reason="first sets read in bulk are delivered one after the "
+                   "other on one thread of the Discovery's (as watch events are on the watch "
+                   "thread): an observer that blocks on its first set holds back every other "
+                   "service's first set; needs a delivery thread per subscriber (review12)")
+def test_an_observer_that_blocks_on_its_first_set_does_not_hold_back_other_services(
+        discovery: Discovery) -> None:
+    release = threading.Event()
+    try:
+        discovery.hosts("slow").subscribe(lambda _: release.wait(30))
+        wait_until(lambda: discovery._hosts_sync("slow")._last is not None, timeout=10,
+                   message="the slow observer got its first set")
+        other = subscribe(discovery.hosts("other"))
+        wait_until(lambda: other.items, timeout=10,
+                   message="another service's first set while the first observer blocks")
+    finally:
+        release.set()
