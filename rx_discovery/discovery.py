@@ -329,8 +329,11 @@ class Discovery:
             scheduler: times the watch's retries if this subscription starts it.
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
+        self._check_fork()
         name = validate_service_name(service)
-        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler)
+        # (fork-guarded at subscribe() without reactivex.create's per-subscription objects)
+        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
+                                                       guard=self._check_fork)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
