@@ -93,6 +93,11 @@ class FirstReads:
         self._backoff: Backoff | None = None
         self._limit = _BATCH
 
+    @property
+    def timer(self) -> abc.SchedulerBase:
+        """The scheduler that times the rests (the Discovery's timer)."""
+        return self._runtime.timer
+
     def request(self, sync: Reader) -> None:
         """Read ``sync``'s first state soon, with whatever else is waiting."""
         with self._lock:
@@ -135,7 +140,7 @@ class FirstReads:
             snapshots = read_prefixes(self._store, [sync.prefix for sync in batch])
         except StoreUnavailable as error:  # etcd unreachable: all wait, and retry together,
             # but for a stream started with a scheduler of its own, which times its retries
-            timer = self._runtime.timer
+            timer = self.timer
             for sync in batch:
                 if sync.timer is not timer:
                     sync.read_alone(error)

@@ -189,8 +189,12 @@ class PrefixSync(Generic[T]):
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
-            self._later(0, self._first_load)
-        elif self._first_reads is not None:
+            if self._first_reads is None or self._first_reads.timer is not self.timer:
+                self._later(0, self._first_load)  # a scheduler of its own times its retries
+                return
+        # in the background: with the other first reads (which wait for an unreachable
+        # store together), else alone
+        if self._first_reads is not None:
             self._first_reads.request(self)
         else:
             self._later(0, self._first_load)

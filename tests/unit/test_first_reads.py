@@ -290,3 +290,29 @@ def test_services_subscribed_while_the_store_is_unreachable_retry_together_and_l
     scheduler.advance_to(11)  # within one backoff (0.5 s at most)
     assert [uuids(s.items[0]) for s in sets] == [[f"uuid-{n}"] for n in range(200)]
     assert len(store.single) + len(store.bulk) <= 12  # in bulk, a few small ones to start
+
+
+def test_streams_whose_subscribe_read_failed_retry_together_too() -> None:
+    # events(), subscribe_new()... read in subscribe(); when that read fails (etcd down),
+    # their retries joined no bulk read: each retried alone every 0.5 s or so, for ever
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(200)):
+        put(store, n, name)
+    store.disconnect()
+    discovery = Discovery(store=store)
+    news = [record(discovery.subscribe_new(name), scheduler) for name in services(200)]
+    assert len(store.single) == 200  # each read once in its subscribe()
+    store.single.clear()
+    scheduler.advance_to(10)
+    calls_while_down = len(store.bulk) + len(store.single)
+    assert calls_while_down <= 60, calls_while_down
+    store.single.clear()
+    store.bulk.clear()
+    store.reconnect()
+    scheduler.advance_to(11)
+    assert store.watch_count == 200 and len(store.single) + len(store.bulk) <= 12
+    put(store, 1000, "s7")  # the first read found uuid-7: new to a subscriber that never saw it
+    scheduler.advance_to(12)
+    assert [h.uuid for h in news[7].items] == ["uuid-7", "uuid-1000"]
+    assert all(s.error is None for s in news)
