@@ -265,53 +265,54 @@ def test_a_service_subscribed_from_a_first_set_observer_gets_its_set_during_subs
     assert [uuids(s) for s in during["c"]] == [["uuid-3"]]
 
 
+def unreachable(count: int) -> tuple[TestScheduler, BulkStore, Discovery]:
+    """A Discovery on a store holding one host for each of ``count`` services, unreachable."""
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(count)):
+        put(store, n, name)
+    store.disconnect()
+    return scheduler, store, Discovery(store=store)
+
+
+def ten_seconds_down_then_back(scheduler: TestScheduler, store: BulkStore) -> None:
+    """Ten seconds unreachable cost at most 60 reads; back, everything waiting is read within
+    one backoff (0.5 s at most), in bulk (a few small reads to start)."""
+    scheduler.advance_to(scheduler.clock + 10)
+    calls_while_down = len(store.bulk) + len(store.single)
+    assert calls_while_down <= 60, calls_while_down
+    store.single.clear()
+    store.bulk.clear()
+    store.reconnect()
+    scheduler.advance_to(scheduler.clock + 1)
+    assert len(store.single) + len(store.bulk) <= 12
+
+
 def test_services_subscribed_while_the_store_is_unreachable_retry_together_and_load_in_bulk(
         ) -> None:
     # a gateway started before etcd: each service's first read failed alone and retried
     # alone every 0.5 s or so, for ever (2,000 services: ~1,100 failed calls and a whole
     # core per second on etcd), and when etcd came, each was read alone: one round trip
     # each. A failed bulk read now rests the queue, with one backoff for all of it.
-    scheduler = TestScheduler()
-    store = BulkStore(scheduler)
-    for n, name in enumerate(services(200)):
-        put(store, n, name)
-    store.disconnect()
-    discovery = Discovery(store=store)
+    scheduler, store, discovery = unreachable(200)
     health = record(discovery.health, scheduler)
     sets = [record(discovery.hosts(name), scheduler) for name in services(200)]
-    scheduler.advance_to(10)
-    calls_while_down = len(store.bulk) + len(store.single)
-    assert calls_while_down <= 60, calls_while_down
-    assert health.items[-1].state.name in ("RECONNECTING", "UNAVAILABLE")
-    assert all(not s.items and s.error is None for s in sets)
-    store.single.clear()
-    store.bulk.clear()
-    store.reconnect()
-    scheduler.advance_to(11)  # within one backoff (0.5 s at most)
-    assert [uuids(s.items[0]) for s in sets] == [[f"uuid-{n}"] for n in range(200)]
-    assert len(store.single) + len(store.bulk) <= 12  # in bulk, a few small ones to start
+    ten_seconds_down_then_back(scheduler, store)
+    assert health.items[-2].state.name in ("RECONNECTING", "UNAVAILABLE")
+    assert [[uuids(hosts) for hosts in s.items] for s in sets] == [
+        [[f"uuid-{n}"]] for n in range(200)]  # nothing while down, then the one first set
+    assert all(s.error is None for s in sets)
 
 
 def test_streams_whose_subscribe_read_failed_retry_together_too() -> None:
     # events(), subscribe_new()... read in subscribe(); when that read fails (etcd down),
     # their retries joined no bulk read: each retried alone every 0.5 s or so, for ever
-    scheduler = TestScheduler()
-    store = BulkStore(scheduler)
-    for n, name in enumerate(services(200)):
-        put(store, n, name)
-    store.disconnect()
-    discovery = Discovery(store=store)
+    scheduler, store, discovery = unreachable(200)
     news = [record(discovery.subscribe_new(name), scheduler) for name in services(200)]
     assert len(store.single) == 200  # each read once in its subscribe()
     store.single.clear()
-    scheduler.advance_to(10)
-    calls_while_down = len(store.bulk) + len(store.single)
-    assert calls_while_down <= 60, calls_while_down
-    store.single.clear()
-    store.bulk.clear()
-    store.reconnect()
-    scheduler.advance_to(11)
-    assert store.watch_count == 200 and len(store.single) + len(store.bulk) <= 12
+    ten_seconds_down_then_back(scheduler, store)
+    assert store.watch_count == 200
     put(store, 1000, "s7")  # the first read found uuid-7: new to a subscriber that never saw it
     scheduler.advance_to(12)
     assert [h.uuid for h in news[7].items] == ["uuid-7", "uuid-1000"]
