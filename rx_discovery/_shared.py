@@ -33,6 +33,7 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
+from rx_discovery._first_reads import delivering_first_sets
 from rx_discovery._serial import SerialSubject, as_observer
 from rx_discovery.sync import Change
 
@@ -152,12 +153,13 @@ class SharedSync(Generic[T]):
         return _Subscribable(self, None, scheduler, wait)
 
     def observe_mapped(self, mapper: Callable[[Change[T]], R],
-                       scheduler: abc.SchedulerBase | None = None, *, wait: bool = False
-                       ) -> reactivex.Observable[R]:
+                       scheduler: abc.SchedulerBase | None = None, *, wait: bool = False,
+                       guard: Callable[[], None] | None = None) -> reactivex.Observable[R]:
         """:meth:`observe`, each change passed through ``mapper`` (which must not raise) on
         its way: what ``observe().pipe(map(mapper))`` does, without reactivex's subscription
-        objects for the extra layer (~0.7 KB per subscriber of every watched service)."""
-        return _Subscribable(self, mapper, scheduler, wait)
+        objects for the extra layer (~0.7 KB per subscriber of every watched service).
+        ``guard`` is called at each ``subscribe()``; what it raises goes to ``on_error``."""
+        return _Subscribable(self, mapper, scheduler, wait, guard)
 
     def ensure_loaded(self) -> None:
         """Make the running sync read its first state now, on this thread, handing what it
@@ -184,6 +186,8 @@ class SharedSync(Generic[T]):
 
     def _subscribe(self, observer: abc.ObserverBase[Change[T]],
                    scheduler: abc.SchedulerBase | None, wait: bool) -> abc.DisposableBase:
+        # an observer of a first set that subscribes here: read now (see the function)
+        wait = wait or delivering_first_sets()
         subject: SerialSubject[Change[T]] = SerialSubject(self._label)
         inner = subject.attach(observer)  # nothing queued yet: calls nothing
         joiner = _Joiner(self, subject, inner)
@@ -257,18 +261,22 @@ class _Subscribable(reactivex.Observable[R], Generic[T, R]):
     raised while subscribing reaches ``on_error``."""
 
     def __init__(self, shared: SharedSync[T], mapper: Callable[[Change[T]], R] | None,
-                 scheduler: abc.SchedulerBase | None, wait: bool) -> None:
+                 scheduler: abc.SchedulerBase | None, wait: bool,
+                 guard: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._shared = shared
         self._mapper = mapper
         self._scheduler = scheduler
         self._wait = wait
+        self._guard = guard
 
     def subscribe(self, on_next: Any = None, on_error: Any = None, on_completed: Any = None,
                   *, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
         given = as_observer(on_next, on_error, on_completed)
         observer = given if self._mapper is None else _Mapped(given, self._mapper)
         try:
+            if self._guard is not None:
+                self._guard()
             return self._shared._subscribe(observer, self._scheduler, self._wait)
         except Exception as error:  # as reactivex's subscribe: the error goes to on_error,
             if getattr(given, "is_stopped", False):  # unless it came from there (an

@@ -314,21 +314,26 @@ class Discovery:
         cancelled when the last one disposes. Gap-free across reconnects and compaction.
         An empty set means "no host registered"; nothing is emitted before the first read.
 
-        ``subscribe()`` does not wait for etcd: when the service is watched already, its
-        current set is delivered during ``subscribe()``; otherwise it is read in the
+        ``subscribe()`` does not wait for etcd: when the service's set is known already, it
+        is delivered during ``subscribe()``; otherwise it is read in the
         background, in bulk with the other services subscribed at about the same time (on
         etcd, up to 64 services per transaction: a gateway subscribing thousands of services
         pays tens of round trips, not thousands), and delivered as soon as it arrives, on a
         delivery thread of the Discovery's own (on the memory store, its scheduler). Later
-        sets come on the store's watch thread. ``observe_on`` moves all of them.
+        sets come on the store's watch thread. ``observe_on`` moves all of them. (In an
+        observer of a first set read in bulk, ``subscribe()`` reads at once, on that
+        thread: the first sets after it wait for that observer.)
 
         Args:
             service: the service name.
             scheduler: times the watch's retries if this subscription starts it.
             observe_on: deliver on this scheduler instead of the store's watch thread.
         """
+        self._check_fork()
         name = validate_service_name(service)
-        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler)
+        # (fork-guarded at subscribe() without reactivex.create's per-subscription objects)
+        stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
+                                                       guard=self._check_fork)
         return _deliver(stream, observe_on)
 
     def events(self, service: str, *, scheduler: abc.SchedulerBase | None = None,

@@ -169,6 +169,11 @@ class PrefixSync(Generic[T]):
         return self._prefix
 
     @property
+    def timer(self) -> abc.SchedulerBase:
+        """The scheduler that times this sync's retries."""
+        return self._runtime.timer
+
+    @property
     def wants_first_read(self) -> bool:
         """Neither read yet nor stopped (what :class:`FirstReads` asks before reading)."""
         return not (self._loaded or self._stopped)
@@ -184,8 +189,12 @@ class PrefixSync(Generic[T]):
             except Exception as error:
                 log.info("%s: first read failed (%s: %s); retrying in the background",
                          self._name, type(error).__name__, error)
-            self._later(0, self._first_load)
-        elif self._first_reads is not None:
+            if self._first_reads is None or self._first_reads.timer is not self.timer:
+                self._later(0, self._first_load)  # a scheduler of its own times its retries
+                return
+        # in the background: with the other first reads (which wait for an unreachable
+        # store together), else alone
+        if self._first_reads is not None:
             self._first_reads.request(self)
         else:
             self._later(0, self._first_load)

@@ -7,6 +7,7 @@ Tests that kill or pause a server start their own; the others use the session's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -331,9 +332,11 @@ def _etcdctl(server: EmbeddedEtcd, ca: Path, *args: str) -> None:
                    timeout=20)
 
 
+@pytest.mark.parametrize("read", ["get", "get_prefixes"])  # a bulk first read too
 def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, Path],
                                                     make_store: MakeStore,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    read: str) -> None:
     files, ca = tls_files
     with EmbeddedEtcd(tls=files, auth_token_ttl=2) as server:
         assert server.endpoint.startswith("https://")
@@ -364,7 +367,8 @@ def test_tls_auth_relogs_in_after_the_token_expires(tls_files: tuple[TLSFiles, P
             witness.get("/k")
         assert "invalid auth token" in expired.value.details()  # type: ignore[attr-defined]
         with caplog.at_level(logging.INFO, logger="rx_discovery.store.etcd"):
-            kv = store.get("/k")  # logs in again, transparently
+            kv = (store.get("/k") if read == "get"  # logs in again, transparently
+                  else store.get_prefixes(["/j", "/k"])[1].items[0])
         assert "logging in again" in caplog.text
         assert "s3cret-pw" not in caplog.text
         assert kv is not None and kv.value == b"v"
@@ -432,18 +436,11 @@ def test_ipv6_endpoint_serves_calls_watches_and_keepalives(make_store: MakeStore
 
 # -- bulk first reads ---------------------------------------------------------------------------
 
-def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
-        etcd_store: EtcdStore, unique_prefix: str) -> None:
-    # 150 prefixes (three transactions of 64 at most), one of 1,200 keys (past a page of 500,
-    # read on at its transaction's revision), some empty; each answer equals get_prefix's
+@contextlib.contextmanager
+def counted_transactions() -> Iterator[list[int]]:
+    """The number of ranges of each bulk-read transaction sent (refused ones too)."""
     from rx_discovery.store.etcd import _store
 
-    for n in range(1200):
-        etcd_store.put(f"{unique_prefix}/big/k{n:05d}", b"v%d" % n)
-    for n in range(0, 150, 2):
-        etcd_store.put(f"{unique_prefix}/s{n}/k", b"x%d" % n)
-    prefixes = [f"{unique_prefix}/s{n}/" for n in range(150)]
-    prefixes.insert(70, f"{unique_prefix}/big/")
     calls: list[int] = []
     txn = _store._range_txn
 
@@ -453,9 +450,23 @@ def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
 
     _store._range_txn = counted
     try:
-        bulk = etcd_store.get_prefixes(prefixes)
+        yield calls
     finally:
         _store._range_txn = txn
+
+
+def test_get_prefixes_reads_many_prefixes_in_transactions_of_one_revision_each(
+        etcd_store: EtcdStore, unique_prefix: str) -> None:
+    # 150 prefixes (three transactions of 64 at most), one of 1,200 keys (past a page of 500,
+    # read on at its transaction's revision), some empty; each answer equals get_prefix's
+    for n in range(1200):
+        etcd_store.put(f"{unique_prefix}/big/k{n:05d}", b"v%d" % n)
+    for n in range(0, 150, 2):
+        etcd_store.put(f"{unique_prefix}/s{n}/k", b"x%d" % n)
+    prefixes = [f"{unique_prefix}/s{n}/" for n in range(150)]
+    prefixes.insert(70, f"{unique_prefix}/big/")
+    with counted_transactions() as calls:
+        bulk = etcd_store.get_prefixes(prefixes)
     assert calls == [64, 64, 23]
     alone = [etcd_store.get_prefix(prefix) for prefix in prefixes]
     assert [s.items for s in bulk] == [s.items for s in alone]
@@ -510,3 +521,99 @@ def test_hosts_of_many_services_on_etcd_are_read_in_bulk_and_delivered_off_the_i
         assert not any(name.startswith("rx-discovery-io") for _, name in firsts.values())
         for subscription in subscriptions:
             subscription.dispose()
+
+
+def test_bulk_reads_fit_a_server_that_allows_fewer_operations_per_transaction(
+        make_store: MakeStore) -> None:
+    # etcd started with --max-txn-ops below the 64 ranges of a bulk read refuses every such
+    # transaction ("too many operations in txn request"): each batch then failed, and every
+    # service was read alone, one round trip each, for ever (a wasted transaction per batch
+    # on top). The store learns the server's limit and reads in transactions that fit.
+    with EmbeddedEtcd(name="few-ops", extra_args=["--max-txn-ops", "8"]) as server:
+        store = make_store([server.endpoint])
+        for n in range(40):
+            store.put(f"/ops/s{n}/k", b"v%d" % n)
+        prefixes = [f"/ops/s{n}/" for n in range(40)]
+        with counted_transactions() as calls:
+            first = store.get_prefixes(prefixes)
+            calls_first = list(calls)
+            calls.clear()
+            again = store.get_prefixes(prefixes)  # the limit is remembered
+        for bulk in (first, again):
+            assert [[kv.value for kv in s.items] for s in bulk] == [
+                [b"v%d" % n] for n in range(40)]
+        assert max(calls_first[-5:]) <= 8 and len(calls_first) <= 5 + 4  # a few refused
+        assert calls == [8] * 5
+
+
+def test_services_subscribed_before_etcd_is_up_wait_together_and_load_in_bulk() -> None:
+    # a gateway that starts before etcd: each first read failed alone and retried alone
+    # (2,000 services: ~1,100 failed calls and a whole core per second); and when etcd came,
+    # each service was read alone. Now the waiting reads rest together, and load in bulk.
+    from rx_discovery import Discovery, HealthState, Host
+
+    with EmbeddedEtcd(name="late") as server:
+        discovery = Discovery(endpoints=[server.endpoint], timeout=2)
+        with discovery:
+            for n in range(500):
+                discovery.store.put(discovery.keyspace.host_key(f"s{n}", f"u{n}"), Host(
+                    hostname=f"h{n}", ports={"http": "80"}, service_name=f"s{n}",
+                    uuid=f"u{n}").to_json().encode())
+            server.stop()
+            health = Recorder()
+            discovery.health.subscribe(health)
+            calls: list[str] = []
+            call = discovery.store._call
+
+            def counted(operation: str, *args: Any, **kwargs: Any) -> Any:
+                calls.append(operation)
+                return call(operation, *args, **kwargs)
+
+            discovery.store._call = counted  # type: ignore[method-assign]
+            firsts: dict[int, list[str]] = {}
+            subscriptions = [discovery.hosts(f"s{n}").subscribe(
+                lambda hosts, n=n: firsts.setdefault(n, list(hosts))) for n in range(500)]
+            time.sleep(3)  # etcd down: what do 500 waiting streams cost meanwhile?
+            assert len(calls) <= 40, len(calls)  # ~1 per backoff (0.5 s at most), not 500
+            assert firsts == {}
+            assert health.items[-1].state in (HealthState.RECONNECTING, HealthState.UNAVAILABLE)
+            calls.clear()
+            server.restart()
+            wait_until(lambda: len(firsts) == 500, timeout=30,
+                       message="every first set after etcd came")
+            assert all(firsts[n] == [f"u{n}"] for n in range(500))
+            assert "get_prefix" not in calls  # read in bulk, none alone
+            assert calls.count("get_prefixes") <= 30, calls.count("get_prefixes")
+            for subscription in subscriptions:
+                subscription.dispose()
+
+
+def test_a_bulk_read_compacted_before_its_pages_reads_that_prefix_afresh(
+        private_etcd: EmbeddedEtcd, make_store: MakeStore) -> None:
+    # a prefix longer than a page goes on in pages at its transaction's revision; when that
+    # revision is compacted meanwhile, the prefix is read again at the current revision
+    store = make_store([private_etcd.endpoint])
+    for n in range(600):
+        store.put(f"/c/big/k{n:04d}", b"%d" % n)
+    store.put("/c/small/k", b"s")
+    raw = etcd3.client("127.0.0.1", private_etcd.client_port)
+    from rx_discovery.store.etcd import _store
+
+    txn = _store._range_txn
+
+    def then_compacted(client: Any, ranges: Any) -> Any:
+        answer = txn(client, ranges)
+        store.delete("/c/big/k0001")
+        raw.compact(store.put("/c/big/k9999", b"new"), physical=True)
+        return answer
+
+    _store._range_txn = then_compacted
+    try:
+        small, big = store.get_prefixes(["/c/small/", "/c/big/"])
+    finally:
+        _store._range_txn = txn
+        raw.close()
+    fresh = store.get_prefix("/c/big/")
+    assert big == fresh and len(big.items) == 600
+    assert "/c/big/k0001" not in {kv.key for kv in big.items}
+    assert [kv.value for kv in small.items] == [b"s"] and small.revision < big.revision

@@ -14,7 +14,7 @@ from typing import Any
 from reactivex.testing import TestScheduler
 from test_streams_marble import uuids
 
-from rx_discovery import Discovery, PermissionDenied, StoreUnavailable
+from rx_discovery import Discovery, PermissionDenied, StoreError
 from rx_discovery._first_reads import _BATCH
 from rx_discovery.store import Snapshot
 from rx_discovery.store.memory import MemoryStore
@@ -94,10 +94,13 @@ def test_a_refused_service_does_not_hold_back_the_others_and_is_reported_alone()
 
 
 def test_a_failed_bulk_read_leaves_each_service_to_its_own_retry() -> None:
+    # a bulk read refused for a reason of its own (a store that takes no transaction of
+    # ranges, as etcd shims may): each service reads alone. (An unreachable store rests the
+    # whole queue instead: see the test of services subscribed while it is unreachable.)
     scheduler = TestScheduler()
     store = BulkStore(scheduler)
     put(store, 1, "a")
-    store.bulk_error = StoreUnavailable("etcd went away")
+    store.bulk_error = StoreError("get_prefixes: UNKNOWN unsupported transaction")
     discovery = Discovery(store=store)
     first = record(discovery.hosts("a"), scheduler)
     store.disconnect()
@@ -221,3 +224,112 @@ def test_subscribers_that_do_not_wait_share_the_first_snapshot_as_their_initial_
     scheduler.advance_to(1)
     assert len(firsts) == 2 and firsts[0] is firsts[1]
     assert firsts[0].initial and not firsts[0].added
+
+
+# -- review (issue 12): windows of a request that waits for its bulk read ----------------------
+
+def test_a_subscription_not_held_by_its_caller_still_gets_its_first_set_after_a_gc() -> None:
+    # ``hosts(name).subscribe(on_next)`` without keeping the disposable is ordinary Rx (the
+    # TcpProxy docstring does it): the stream lives while it has a subscriber. While its
+    # first read waits for a bulk read, only the request refers to the sync: a weak one let
+    # a garbage collection drop the sync, and the subscriber never got anything
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    sets: list[Any] = []
+    discovery.hosts("api").subscribe(sets.append)  # the disposable is not kept
+    gc.collect()
+    scheduler.advance_to(1)
+    assert [uuids(s) for s in sets] == [["uuid-1"]]
+    put(store, 2, "api")  # and it stays watched
+    scheduler.advance_to(2)
+    assert [uuids(s) for s in sets] == [["uuid-1"], ["uuid-1", "uuid-2"]]
+
+
+def test_a_service_subscribed_from_a_first_set_observer_gets_its_set_during_subscribe() -> None:
+    # first sets read in bulk are delivered one after the other on one thread; an observer of
+    # one that subscribes another service and waits for its first set (a balancer's pick())
+    # would wait for a delivery queued behind itself: on that thread, subscribe() reads the
+    # new service's set at once, as it did before bulk reads (see the etcd test with a
+    # balancer in tests/integration/test_discovery_etcd.py)
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "a")
+    put(store, 2, "b")
+    put(store, 3, "c")
+    discovery = Discovery(store=store)
+    during: dict[str, list[Any]] = {}
+    keep: list[Any] = []
+
+    def on_first(_: Any) -> None:
+        if during:
+            return
+        b_sets = record(discovery.hosts("b"), scheduler)  # not watched yet
+        during["b"] = list(b_sets.items)
+        c_sets = record(discovery.hosts("c"), scheduler)  # watched, not read yet
+        during["c"] = list(c_sets.items)
+        keep.extend((b_sets, c_sets))
+
+    store.denied.add("/services/c/")
+    keep.append(record(discovery.hosts("c"), scheduler))
+    scheduler.advance_to(0.1)  # c refused: watched, its read retried later (after 0.5 s+)
+    store.denied.clear()
+    discovery.hosts("a").subscribe(on_first)
+    scheduler.advance_to(0.2)
+    assert [uuids(s) for s in during["b"]] == [["uuid-2"]]
+    assert [uuids(s) for s in during["c"]] == [["uuid-3"]]
+
+
+def unreachable(count: int) -> tuple[TestScheduler, BulkStore, Discovery]:
+    """A Discovery on a store holding one host for each of ``count`` services, unreachable."""
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    for n, name in enumerate(services(count)):
+        put(store, n, name)
+    store.disconnect()
+    return scheduler, store, Discovery(store=store)
+
+
+def ten_seconds_down_then_back(scheduler: TestScheduler, store: BulkStore) -> None:
+    """Ten seconds unreachable cost at most 60 reads; back, everything waiting is read within
+    one backoff (0.5 s at most), in bulk (a few small reads to start)."""
+    scheduler.advance_to(scheduler.clock + 10)
+    calls_while_down = len(store.bulk) + len(store.single)
+    assert calls_while_down <= 60, calls_while_down
+    store.single.clear()
+    store.bulk.clear()
+    store.reconnect()
+    scheduler.advance_to(scheduler.clock + 1)
+    assert len(store.single) + len(store.bulk) <= 12
+
+
+def test_services_subscribed_while_the_store_is_unreachable_retry_together_and_load_in_bulk(
+        ) -> None:
+    # a gateway started before etcd: each service's first read failed alone and retried
+    # alone every 0.5 s or so, for ever (2,000 services: ~1,100 failed calls and a whole
+    # core per second on etcd), and when etcd came, each was read alone: one round trip
+    # each. A failed bulk read now rests the queue, with one backoff for all of it.
+    scheduler, store, discovery = unreachable(200)
+    health = record(discovery.health, scheduler)
+    sets = [record(discovery.hosts(name), scheduler) for name in services(200)]
+    ten_seconds_down_then_back(scheduler, store)
+    assert health.items[-2].state.name in ("RECONNECTING", "UNAVAILABLE")
+    assert [[uuids(hosts) for hosts in s.items] for s in sets] == [
+        [[f"uuid-{n}"]] for n in range(200)]  # nothing while down, then the one first set
+    assert all(s.error is None for s in sets)
+
+
+def test_streams_whose_subscribe_read_failed_retry_together_too() -> None:
+    # events(), subscribe_new()... read in subscribe(); when that read fails (etcd down),
+    # their retries joined no bulk read: each retried alone every 0.5 s or so, for ever
+    scheduler, store, discovery = unreachable(200)
+    news = [record(discovery.subscribe_new(name), scheduler) for name in services(200)]
+    assert len(store.single) == 200  # each read once in its subscribe()
+    store.single.clear()
+    ten_seconds_down_then_back(scheduler, store)
+    assert store.watch_count == 200
+    put(store, 1000, "s7")  # the first read found uuid-7: new to a subscriber that never saw it
+    scheduler.advance_to(12)
+    assert [h.uuid for h in news[7].items] == ["uuid-7", "uuid-1000"]
+    assert all(s.error is None for s in news)

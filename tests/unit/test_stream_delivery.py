@@ -275,10 +275,12 @@ def test_per_service_syncs_are_released_when_unused(
     del stream  # the last stream object would keep its sync (as it should)
     kept = discovery.hosts("kept")
     subscription = record(kept, scheduler)
+    # the first reads (in the background) open the watches; the syncs disposed before their
+    # turn are held by their request until then (a live one must not be dropped meanwhile)
+    scheduler.advance_to(1)
     gc.collect()
     assert list(discovery._host_syncs) == ["kept"]
     assert list(discovery._service_syncs) == []
-    scheduler.advance_to(1)  # the first reads (in the background) open the watches
     assert discovery.store.watch_count == 1  # type: ignore[attr-defined]
     subscription.dispose()
     again = record(kept, scheduler)  # an unused stream object is reused: still one watch

@@ -48,8 +48,11 @@ _T = TypeVar("_T")
 _PAGE = 500
 _READ_ATTEMPTS = 3
 # Ranges per transaction of a bulk read: etcd refuses a transaction of more than
-# --max-txn-ops operations (128 unless configured).
+# --max-txn-ops operations (128 unless configured); a server set lower is met by halving
+# (see _TOO_MANY_OPS).
 _TXN_RANGES = 64
+# etcd's answer to a transaction of more than --max-txn-ops operations
+_TOO_MANY_OPS = "too many operations in txn request"
 # The health scope of a refused login: cleared by a call served, not by an old watch.
 _LOGIN_SCOPE = "(login)"
 
@@ -82,6 +85,8 @@ class EtcdStore:
         self._last_failure = ""  # why the last call could not reach etcd
         self._health = HealthTracker("etcd", own_thread=True)
         self._login = LoginGate()
+        # Ranges per bulk transaction: lowered to what the server takes (its --max-txn-ops)
+        self._txn_ranges = _TXN_RANGES
 
     def __repr__(self) -> str:
         endpoints = ",".join(e.url for e in self._settings.endpoints)
@@ -109,20 +114,37 @@ class EtcdStore:
 
     def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
         """:meth:`get_prefix` of each prefix, in order, :data:`_TXN_RANGES` at a time in one
-        transaction (one round trip, every range of it at one revision): how thousands of
+        transaction (fewer when the server's ``--max-txn-ops`` is lower: learnt from its
+        refusal) (one round trip, every range of it at one revision): how thousands of
         services subscribed at once are read. A range longer than a page goes on in pages at
-        its transaction's revision. Nothing is reported on health: a refused or failed batch
-        is read again one prefix at a time by its callers, whose own reads report.
+        its transaction's revision. Only an unreachable etcd is reported on health (as
+        RECONNECTING, then UNAVAILABLE): a refused batch is read again one prefix at a time by
+        its callers, whose own reads report, each for its own prefix.
 
         Raises:
             StoreError: the transaction failed (any of its ranges refused, etcd unreachable).
         """
         snapshots: list[Snapshot] = []
-        for first in range(0, len(prefixes), _TXN_RANGES):
-            chunk = prefixes[first:first + _TXN_RANGES]
+        first = 0
+        while first < len(prefixes):
+            size = self._txn_ranges
+            chunk = prefixes[first:first + size]
             ranges = [_prefix_range(prefix) for prefix in chunk]
-            response = self._call("get_prefixes", functools.partial(_range_txn, ranges=ranges),
-                                  report=False)
+            try:
+                response = self._call("get_prefixes",
+                                      functools.partial(_range_txn, ranges=ranges), report=False)
+            except StoreError as error:
+                if isinstance(error, StoreUnavailable):  # the connection's state: reported
+                    self._report(error)  # (the first reads wait for etcd together)
+                # a server with a lower --max-txn-ops: every transaction this large would be
+                # refused, and every service read alone, for ever; take what it allows
+                if _TOO_MANY_OPS not in str(error) or size == 1:
+                    raise
+                self._txn_ranges = min(self._txn_ranges, max(1, size // 2))
+                log.info("etcd refuses %d operations per transaction (--max-txn-ops); bulk "
+                         "reads now use %d", size, self._txn_ranges)
+                continue
+            first += len(chunk)
             revision = response.header.revision
             for prefix, (_, end), answer in zip(chunk, ranges, response.responses, strict=True):
                 page = answer.response_range
