@@ -95,8 +95,9 @@ class _Follower:
         def start(*_: Any) -> None:
             subscription.disposable = self._hosts.subscribe(on_hosts)
 
-        # subscribing reads the hosts from etcd at once: on the channel's thread, not the
-        # caller's (an aio channel is created on the event loop). Disposed before it ran,
+        # subscribing may read the hosts from etcd (hosts() reads in the background, but at
+        # once when called where first sets are delivered): on the channel's thread, never
+        # the caller's (an aio channel is created on the event loop). Disposed before it ran,
         # the serial disposable disposes the subscription as soon as it is made.
         subscription = SerialDisposable()
         self._thread.schedule(start)

@@ -46,6 +46,9 @@ _T = TypeVar("_T")
 # Keys per page of a prefix read: a host is ~300 bytes, so a page is ~150 KB and 10,000 hosts
 # are 20 round trips; a page of 500 values at etcd's 1.5 MiB limit is still a finite message.
 _PAGE = 500
+# Keys of each range in a bulk read's transaction (the rest of a longer range goes on in pages
+# of _PAGE at its revision): 64 ranges of 100 hosts are ~2 MB, not 64 pages' worth.
+_TXN_PAGE = 100
 _READ_ATTEMPTS = 3
 # Ranges per transaction of a bulk read: etcd refuses a transaction of more than
 # --max-txn-ops operations (128 unless configured); a server set lower is met by halving
@@ -481,7 +484,7 @@ def _range_txn(client: Any, ranges: Sequence[tuple[bytes, bytes]]) -> Any:
     over) and becomes the client's exception."""
     request = rpc_pb2.TxnRequest(success=[
         rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=start, range_end=end,
-                                                             limit=_PAGE))
+                                                             limit=_TXN_PAGE))
         for start, end in ranges])
     try:
         return client.kvstub.Txn(request, client.timeout, credentials=client.call_credentials,
