@@ -7,15 +7,24 @@ docs/mutants-core.md.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import reactivex
+import trustme
+from helpers import wait_until
+from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
+from test_lifecycle_marble import due
 from test_streams_marble import at
 
-from rx_discovery import Discovery, StoreUnavailable
+from rx_discovery import ConfigError, Discovery, StoreUnavailable, _lifecycle
+from rx_discovery.lifecycle import UsedAfterFork
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
 
@@ -53,7 +62,13 @@ def test_each_streams_scheduler_times_the_retries_of_the_watch_it_starts(
     store.fail = True
     retries = TestScheduler()
     record(STREAMS[stream](Discovery(store=store), retries), scheduler)
-    scheduler.advance_to(30)  # the Discovery's timer runs; every retry waits on ``retries``
+    assert_retries_wait_on(retries, scheduler, store)
+
+
+def assert_retries_wait_on(retries: TestScheduler, scheduler: TestScheduler,
+                           store: CountingReads) -> None:
+    """The reads of ``store`` (failing) are retried on ``retries``' clock alone."""
+    scheduler.advance_to(30)  # the store's clock runs; every retry waits on ``retries``
     reads = store.reads
     assert reads <= 2  # the read at subscribe, and the one it hands to the background
     retries.advance_to(30)
@@ -220,3 +235,172 @@ def test_api_v2_builds_the_v2_store() -> None:
         assert isinstance(discovery.store, EtcdV2Store)
     finally:
         discovery.close()
+
+
+# --- the second triage (the fresh run after the per-service memory trimming) ---------------
+
+_CA = trustme.CA()
+_CLIENT = _CA.issue_cert("rx-discovery-client")
+
+
+def test_the_constructor_passes_the_tls_material_and_the_login_on() -> None:
+    # mutants: ca_cert / client_cert / client_key / user / password passed on as None or
+    # not at all (etcd would be reached without TLS or without logging in)
+    ca, cert, key = (_CA.cert_pem.bytes(), _CLIENT.cert_chain_pems[0].bytes(),
+                     _CLIENT.private_key_pem.bytes())
+    discovery = Discovery("https://127.0.0.1:1", ca_cert=ca, client_cert=cert, client_key=key,
+                          user="u", password="p")
+    try:
+        settings = discovery.settings
+        assert (settings.ca_cert, settings.client_cert, settings.client_key) == (ca, cert, key)
+        assert (settings.user, settings.password) == ("u", "p")
+    finally:
+        discovery.close()
+
+
+def test_api_v2_without_httpx_says_which_extra_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # mutants: the ConfigError's text (None, changed)
+    monkeypatch.setitem(sys.modules, "rx_discovery.store.v2", None)  # import fails
+    with pytest.raises(ConfigError) as raised:
+        Discovery("http://127.0.0.1:1", api="v2")
+    assert str(raised.value) == "api='v2' needs httpx: pip install 'rx-discovery[v2]'"
+
+
+def test_a_discovery_says_it_cannot_be_pickled_nor_used_after_fork(
+        scheduler: TestScheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mutants: the object named in the pickling and fork errors (None, changed)
+    discovery = Discovery.in_memory(scheduler)
+    with pytest.raises(TypeError, match=r"^a Discovery cannot be sent to another process"):
+        pickle.dumps(discovery)
+    monkeypatch.setattr(_lifecycle, "_generation", _lifecycle.fork_generation() + 1)  # a fork
+    for use in (lambda: discovery.health, lambda: discovery.get("api"),
+                lambda: discovery.register("api", make_host(1))):
+        with pytest.raises(UsedAfterFork, match=r"^this Discovery was created before"):
+            use()
+
+
+def test_registers_refusals_say_what_is_wrong(scheduler: TestScheduler,
+                                             discovery: Discovery) -> None:
+    # mutants: the texts of register()'s and get()'s errors (the type of a bad ``healthy``,
+    # the closed Discovery, the service named in a clash, the shard's rule)
+    with pytest.raises(ValueError, match=r"^healthy must be an Observable of bool \(or None\), "
+                                         r"got int$"):
+        discovery.register("api", make_host(1), healthy=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^shard must be a non-empty string or None$"):
+        discovery.get("api", shard="")
+    discovery.register("api", make_host(1))
+    with pytest.raises(ValueError) as raised:
+        discovery.register("api", make_host(1))
+    assert str(raised.value) == (
+        "Host.uuid 'uuid-1' is already registered for 'api' by this Discovery (a host read back "
+        "keeps its uuid: dataclasses.replace(host, uuid='') derives a new one)")
+    discovery.close()
+    with pytest.raises(RuntimeError, match=r"^this Discovery is closed$"):
+        discovery.register("api", make_host(2))
+
+
+def test_the_clash_check_before_io_looks_at_the_hosts_own_key(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: the key checked before any I/O built with the service or the uuid None: a
+    # service named "None", or a host whose uuid is "None", would make later keys clash
+    discovery.register("None", make_host(1))
+    discovery.register("api", make_host(1))  # the same uuid under another service
+    discovery.register("api", dataclasses.replace(make_host(2), uuid="None"))
+    discovery.register("api", make_host(3))
+    scheduler.advance_to(1)
+    assert sorted(discovery.store.keys("/services/")) == [  # type: ignore[attr-defined]
+        "/services/None/uuid-1", "/services/api/None", "/services/api/uuid-1",
+        "/services/api/uuid-3"]
+
+
+def in_the_window(discovery: Discovery, action: Callable[[], None]) -> None:
+    """Run ``action`` once, inside the next register() call, after its checks made before
+    any I/O and before it takes the lock to add the registration: what another thread's
+    register() or close() landing in that window does."""
+    build = discovery._hosts_sync
+
+    def hosts_sync(service: str) -> Any:
+        del discovery._hosts_sync  # once: the instance's attribute hid the method
+        action()
+        return build(service)
+
+    discovery._hosts_sync = hosts_sync  # type: ignore[method-assign]
+
+
+def test_a_registration_of_the_same_key_made_meanwhile_is_kept_and_the_later_refused(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: the clash check under the lock always passes (clash None, the key None, ``and``
+    # for ``or``: the later registration replaces the earlier in the Discovery's books, so
+    # close() no longer revokes it), or refuses with the service or host None
+    store: Any = discovery.store
+    first: list[Any] = []
+    in_the_window(discovery, lambda: first.append(discovery.register("api", make_host(1))))
+    with pytest.raises(ValueError, match=r"^Host.uuid 'uuid-1' is already registered for "
+                                         r"'api' by this Discovery"):
+        discovery.register("api", make_host(1))
+    scheduler.advance_to(1)
+    assert first[0].ready and store.keys("/services/") == ["/services/api/uuid-1"]
+    discovery.close()
+    assert store.keys("/services/") == []  # close() revoked the one registered
+
+
+def test_a_close_made_meanwhile_refuses_the_registration(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: the text of the RuntimeError raised when close() lands after the first check
+    in_the_window(discovery, discovery.close)
+    with pytest.raises(RuntimeError, match=r"^this Discovery is closed$"):
+        discovery.register("api", make_host(1))
+    scheduler.advance_to(1)
+    assert discovery.store.keys("/services/") == []  # type: ignore[attr-defined]
+
+
+def test_a_key_with_extra_segments_is_reported_as_not_a_host_key(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: _HostIdent's reason (changed, or the key given as the reason)
+    problems = record(discovery.diagnostics, scheduler)
+    record(discovery.hosts("api"), scheduler)
+    at(scheduler, 1, lambda: discovery.store.put(  # type: ignore[attr-defined]
+        "/services/api/uuid-1/extra", make_host(1).to_json().encode()))
+    scheduler.advance_to(2)
+    assert [(p.key, p.reason) for p in problems.items] == [
+        ("/services/api/uuid-1/extra", "not a host key (extra path segments or no uuid)")]
+
+
+def test_a_balancers_scheduler_times_the_retries_of_the_watch_it_starts(
+        scheduler: TestScheduler) -> None:
+    # mutants: balancer() subscribes to hosts without its ``scheduler``
+    store = CountingReads(scheduler)
+    store.fail = True
+    retries = TestScheduler()
+    balancer = Discovery(store=store).balancer("api", scheduler=retries)
+    assert_retries_wait_on(retries, scheduler, store)
+    balancer.close()
+
+
+def test_the_constructors_scheduler_times_the_retries_on_a_store_with_a_scheduler(
+        scheduler: TestScheduler) -> None:
+    # mutant: ``scheduler and default_timer or io`` (the store's scheduler, not the one given)
+    store = CountingReads(scheduler)
+    store.fail = True
+    timer = TestScheduler()
+    record(Discovery(store=store, scheduler=timer).hosts("api"), scheduler)
+    assert_retries_wait_on(timer, scheduler, store)
+
+
+def test_close_drains_when_the_first_registration_is_live_and_a_later_one_withdrawn(
+        scheduler: TestScheduler) -> None:
+    # mutant: close() keeps only the last registration's answer (``=`` for ``|=``)
+    discovery = Discovery.in_memory(scheduler)
+    live = discovery.register("api", make_host(1), ttl=30)
+    discovery.register("api", make_host(2), ttl=30, healthy=Subject())  # never healthy
+    scheduler.advance_to(10)
+    assert live.ready
+    closer = threading.Thread(target=lambda: discovery.close(drain=3.0), daemon=True)
+    closer.start()
+    wait_until(lambda: due(scheduler, 13.0) or not closer.is_alive(),
+               message="the drain started")
+    assert closer.is_alive(), "close() revoked a live host key without a drain"
+    scheduler.advance_to(13.0)
+    closer.join(10)
+    assert not closer.is_alive()
