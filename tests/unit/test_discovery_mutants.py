@@ -23,7 +23,7 @@ from reactivex.testing import TestScheduler
 from test_lifecycle_marble import due
 from test_streams_marble import at
 
-from rx_discovery import ConfigError, Discovery, StoreUnavailable, _lifecycle
+from rx_discovery import ConfigError, Discovery, RegistrationStatus, StoreUnavailable, _lifecycle
 from rx_discovery.lifecycle import UsedAfterFork
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
@@ -404,3 +404,47 @@ def test_close_drains_when_the_first_registration_is_live_and_a_later_one_withdr
     scheduler.advance_to(13.0)
     closer.join(10)
     assert not closer.is_alive()
+
+
+class WithoutScheduler:
+    """A memory store that hides its scheduler: a Discovery on it takes the etcd path (its own
+    I/O pools, timer thread and delivery threads), with no server."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def io_threads(since: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t not in since and t.name.startswith("rx-discovery-io")]
+
+
+def test_on_the_etcd_path_a_background_read_delivers_on_a_thread_of_its_own() -> None:
+    # mutants: the Discovery's timer is its I/O pool (``default_timer and io``: a PoolScheduler
+    # cannot time a retry), background reads deliver on an I/O worker (delivery None), close()
+    # leaves the I/O pool and the timer running (``_owned =`` forgets them)
+    before = set(threading.enumerate())
+    store = CountingReads()  # its own event loop: real time
+    store.fail = True
+    discovery = Discovery(store=WithoutScheduler(store))  # type: ignore[arg-type]
+    delivered_on: list[threading.Thread] = []
+    discovery.hosts("api").subscribe(lambda _: delivered_on.append(threading.current_thread()))
+    store.fail = False  # the read at subscribe failed: retried in the background
+    wait_until(lambda: delivered_on, message="the background read's host set")
+    assert not delivered_on[0].name.startswith("rx-discovery-io"), delivered_on[0].name
+    healthy: Subject[bool] = Subject()
+    registration = discovery.register("api", make_host(1), healthy=healthy)
+    status_on: list[tuple[Any, threading.Thread]] = []
+    registration.status.subscribe(
+        lambda status: status_on.append((status, threading.current_thread())))
+    healthy.on_next(True)  # the REGISTERED that follows is delivered by a library thread
+    wait_until(lambda: status_on[-1][0] is RegistrationStatus.REGISTERED, message="registered")
+    io = discovery._runtime.io.executor._threads  # type: ignore[attr-defined]
+    assert status_on[-1][1] not in io, "status delivered on an I/O worker"
+    discovery.close()
+    wait_until(lambda: not io_threads(before), message="the I/O threads end after close()")
