@@ -8,10 +8,13 @@ docs/mutants-core.md.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
+import re
 import sys
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from helpers import wait_until
 from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
 from test_lifecycle_marble import due
+from test_registration_mutants import Hooked, dispose_during_the_first_write
 from test_streams_marble import at
 
 from rx_discovery import ConfigError, Discovery, RegistrationStatus, StoreUnavailable, _lifecycle
@@ -448,3 +452,17 @@ def test_on_the_etcd_path_a_background_read_delivers_on_a_thread_of_its_own() ->
     assert status_on[-1][1] not in io, "status delivered on an I/O worker"
     discovery.close()
     wait_until(lambda: not io_threads(before), message="the I/O threads end after close()")
+
+
+def test_close_waits_for_a_write_in_flight_no_longer_than_its_timeout(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    # mutants: close()'s registrations wait for their write in flight without a bound (None,
+    # ``deadline + time.monotonic()``), 10 s (the timeout left out) or at least 1 s
+    store = Hooked(scheduler)
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    closing = SimpleNamespace(dispose=lambda timeout: discovery.close(timeout=timeout))
+    with caplog.at_level(logging.WARNING, "rx_discovery"):
+        assert dispose_during_the_first_write(scheduler, store, closing, 0.2) == [False]
+    assert re.search(r"a registration write still runs after 0\.\d+s", caplog.text)
+    assert registration.current_status is RegistrationStatus.DISPOSED
