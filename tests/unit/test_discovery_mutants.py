@@ -466,3 +466,33 @@ def test_close_waits_for_a_write_in_flight_no_longer_than_its_timeout(
         assert dispose_during_the_first_write(scheduler, store, closing, 0.2) == [False]
     assert re.search(r"a registration write still runs after 0\.\d+s", caplog.text)
     assert registration.current_status is RegistrationStatus.DISPOSED
+
+
+def test_from_env_passes_the_scheduler_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mutants: from_env's ``scheduler`` not passed on (the retries timed on the Discovery's
+    # own timer thread)
+    monkeypatch.setenv("ETCD_HOSTS", "http://127.0.0.1:1")  # nothing listens: reads fail
+    timer = TestScheduler()
+    discovery = Discovery.from_env(timeout=0.5, scheduler=timer)
+    try:
+        discovery.hosts("api").subscribe()
+        wait_until(lambda: timer._queue.items, message="a retry timed on the scheduler given")
+    finally:
+        discovery.close()
+
+
+def test_read_catalog_reads_every_service_of_the_prefix_or_the_one_named(
+        scheduler: TestScheduler) -> None:
+    # mutants: read_catalog() passes None as the store or keyspace, or passes the service
+    # name on wrongly (None, always, never, or unchecked)
+    discovery = Discovery.in_memory(scheduler, prefix="/p")
+    store: Any = discovery.store
+    for service, n in (("api", 1), ("api", 2), ("web", 3)):
+        store.put(f"/p/services/{service}/uuid-{n}", make_host(n).to_json().encode())
+    store.put("/services/other/uuid-4", make_host(4).to_json().encode())  # not under /p
+    everything = discovery.read_catalog()
+    assert {name: sorted(h.uuid for h in query.all()) for name, query in everything.items()} == {
+        "api": ["uuid-1", "uuid-2"], "web": ["uuid-3"]}
+    assert list(discovery.read_catalog("web")) == ["web"]
+    with pytest.raises(ValueError, match="service"):
+        discovery.read_catalog("a/b")
