@@ -428,12 +428,23 @@ def io_threads(since: set[threading.Thread]) -> list[threading.Thread]:
             if t not in since and t.name.startswith("rx-discovery-io")]
 
 
+class KeepaliveThreads(CountingReads):
+    keepalives_on: list[threading.Thread]
+
+    def keepalive(self, lease: int) -> int:
+        self.keepalives_on.append(threading.current_thread())
+        return super().keepalive(lease)
+
+
 def test_on_the_etcd_path_a_background_read_delivers_on_a_thread_of_its_own() -> None:
     # mutants: the Discovery's timer is its I/O pool (``default_timer and io``: a PoolScheduler
-    # cannot time a retry), background reads deliver on an I/O worker (delivery None), close()
-    # leaves the I/O pool and the timer running (``_owned =`` forgets them)
+    # cannot time a retry), background reads deliver on an I/O worker (delivery None),
+    # registrations deliver their status and refresh their leases on I/O workers (the delivery
+    # or keepalive pool None or ``and io``), close() leaves the I/O pool and the timer running
+    # (``_owned =`` forgets them)
     before = set(threading.enumerate())
-    store = CountingReads()  # its own event loop: real time
+    store = KeepaliveThreads()  # its own event loop: real time
+    store.keepalives_on = []
     store.fail = True
     discovery = Discovery(store=WithoutScheduler(store))  # type: ignore[arg-type]
     delivered_on: list[threading.Thread] = []
@@ -450,6 +461,8 @@ def test_on_the_etcd_path_a_background_read_delivers_on_a_thread_of_its_own() ->
     wait_until(lambda: status_on[-1][0] is RegistrationStatus.REGISTERED, message="registered")
     io = discovery._runtime.io.executor._threads  # type: ignore[attr-defined]
     assert status_on[-1][1] not in io, "status delivered on an I/O worker"
+    wait_until(lambda: store.keepalives_on, message="a keepalive (ttl / 3: 1.7 s)")
+    assert store.keepalives_on[0] not in io, "a keepalive made on an I/O worker"
     discovery.close()
     wait_until(lambda: not io_threads(before), message="the I/O threads end after close()")
 
