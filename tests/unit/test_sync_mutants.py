@@ -414,3 +414,42 @@ def test_a_blocking_first_read_that_fails_is_made_again_at_once_in_the_backgroun
     sync.start(block=True)  # fails; goes on in the background
     scheduler.advance_to(1)
     assert [(when, c.initial) for when, c in changes] == [(0.0, True)]
+
+
+# --- a first read on the caller's thread that another thread already made is not repeated --
+
+class ReadHook(MemoryStore):
+    """``before_read`` runs once, inside the next ``get_prefix``, before it reads: what
+    another thread does while this read is on its way to etcd."""
+
+    before_read: Any = None
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.before_read is not None:
+            hook, self.before_read = self.before_read, None
+            hook()
+        return super().get_prefix(prefix)
+
+
+@pytest.mark.parametrize("first_read", ["start", "ensure_loaded"])
+def test_a_callers_first_read_made_meanwhile_by_another_is_not_published_again(
+        scheduler: TestScheduler, first_read: str) -> None:
+    # mutants: start(block=True) and ensure_loaded() read with first=None/False: when another
+    # thread's first read completes while theirs is on its way, they publish what they found
+    # as a resync (a host added after the other read reported with ``resync`` True) instead
+    # of leaving it to the watch the other read opened
+    store = ReadHook(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+
+    def another_thread_reads_first_then_a_host_comes() -> None:
+        sync.ensure_loaded()
+        store.put("/k/a", b"v1")
+
+    store.before_read = another_thread_reads_first_then_a_host_comes
+    if first_read == "start":
+        sync.start(block=True)
+    else:
+        sync.ensure_loaded()
+    scheduler.advance_to(1)
+    assert [(c.initial, c.added, c.resync) for _, c in changes] == [
+        (True, (), False), (False, ("a",), False)]
