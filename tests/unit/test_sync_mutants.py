@@ -8,6 +8,7 @@ in docs/mutants-core.md.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -453,3 +454,33 @@ def test_a_callers_first_read_made_meanwhile_by_another_is_not_published_again(
     scheduler.advance_to(1)
     assert [(c.initial, c.added, c.resync) for _, c in changes] == [
         (True, (), False), (False, ("a",), False)]
+
+
+# --- the fresh run after the per-service memory trimming ----------------------------------
+
+def test_a_host_deleted_while_a_malformed_value_is_on_record_goes_down(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: the deleted key's bad-value record dropped with ``pop(None)`` or ``pop(key)``
+    # without a default (KeyError: the revision never applies, the host never goes down)
+    store: Any = discovery.store
+    sets = record(discovery.hosts("api"), scheduler)
+    at(scheduler, 1, lambda: store.put("/services/api/bad", b"not json"))  # on record
+    at(scheduler, 2, lambda: put(store, 1))
+    at(scheduler, 3, lambda: store.delete("/services/api/uuid-1"))
+    scheduler.advance_to(10)
+    assert [sorted(s) for s in sets.items] == [[], ["uuid-1"], []]
+
+
+def test_a_resumed_watch_says_so_once_not_on_every_later_response(
+        scheduler: TestScheduler, discovery: Discovery, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    # mutant: the backoffs reset to "" (not None) when the watch resumes: every later
+    # response is taken for a resume again (logged, and counted in the resumes metric)
+    store: Any = discovery.store
+    record(discovery.hosts("api"), scheduler)
+    at(scheduler, 1, store.restart)  # the watch drops and reopens
+    for n in (1, 2, 3):
+        at(scheduler, 2 + n, lambda n=n: put(store, n))
+    with caplog.at_level(logging.INFO, "rx_discovery"):
+        scheduler.advance_to(10)
+    assert caplog.text.count("watch resumed from revision") == 1
