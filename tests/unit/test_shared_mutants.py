@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import Recorder
 from reactivex import Observer
 from reactivex.testing import TestScheduler
 from test_streams_marble import at, uuids
@@ -178,3 +179,22 @@ def test_values_queued_for_an_observer_that_unsubscribes_are_dropped_for_it_alon
     subject.flush()
     assert first == [1, 2, 3]
     assert second == []  # reactivex detaches a disposed subscription at once
+
+
+# --- the fresh run after the per-service memory trimming ----------------------------------
+
+def test_subscribing_to_a_closed_discoverys_hosts_fails_as_reactivex_would(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: _Subscribable.subscribe's test of an observer that ended (``is_stopped`` read
+    # from None or under another name; getattr given no name): the error of a subscribe
+    # reaches ``on_error``, any observer's; with no ``on_error`` given it is raised, as
+    # reactivex's default ``on_error`` does
+    discovery.close()
+    errors: list[Exception] = []
+    discovery.hosts("api").subscribe(lambda _: None, errors.append)
+    assert [str(e) for e in errors] == ["this Discovery is closed"]
+    plain = Recorder()  # an observer object without ``is_stopped``
+    discovery.hosts("api").subscribe(plain)
+    assert isinstance(plain.error, RuntimeError)
+    with pytest.raises(RuntimeError, match=r"^this Discovery is closed$"):
+        discovery.hosts("api").subscribe(lambda _: None)

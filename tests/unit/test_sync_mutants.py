@@ -8,6 +8,7 @@ in docs/mutants-core.md.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -414,3 +415,72 @@ def test_a_blocking_first_read_that_fails_is_made_again_at_once_in_the_backgroun
     sync.start(block=True)  # fails; goes on in the background
     scheduler.advance_to(1)
     assert [(when, c.initial) for when, c in changes] == [(0.0, True)]
+
+
+# --- a first read on the caller's thread that another thread already made is not repeated --
+
+class ReadHook(MemoryStore):
+    """``before_read`` runs once, inside the next ``get_prefix``, before it reads: what
+    another thread does while this read is on its way to etcd."""
+
+    before_read: Any = None
+
+    def get_prefix(self, prefix: str) -> Any:
+        if self.before_read is not None:
+            hook, self.before_read = self.before_read, None
+            hook()
+        return super().get_prefix(prefix)
+
+
+@pytest.mark.parametrize("first_read", ["start", "ensure_loaded"])
+def test_a_callers_first_read_made_meanwhile_by_another_is_not_published_again(
+        scheduler: TestScheduler, first_read: str) -> None:
+    # mutants: start(block=True) and ensure_loaded() read with first=None/False: when another
+    # thread's first read completes while theirs is on its way, they publish what they found
+    # as a resync (a host added after the other read reported with ``resync`` True) instead
+    # of leaving it to the watch the other read opened
+    store = ReadHook(scheduler)
+    sync, changes = make_sync(store, scheduler, flaky_codec([]))
+
+    def another_thread_reads_first_then_a_host_comes() -> None:
+        sync.ensure_loaded()
+        store.put("/k/a", b"v1")
+
+    store.before_read = another_thread_reads_first_then_a_host_comes
+    if first_read == "start":
+        sync.start(block=True)
+    else:
+        sync.ensure_loaded()
+    scheduler.advance_to(1)
+    assert [(c.initial, c.added, c.resync) for _, c in changes] == [
+        (True, (), False), (False, ("a",), False)]
+
+
+# --- the fresh run after the per-service memory trimming ----------------------------------
+
+def test_a_host_deleted_while_a_malformed_value_is_on_record_goes_down(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    # mutants: the deleted key's bad-value record dropped with ``pop(None)`` or ``pop(key)``
+    # without a default (KeyError: the revision never applies, the host never goes down)
+    store: Any = discovery.store
+    sets = record(discovery.hosts("api"), scheduler)
+    at(scheduler, 1, lambda: store.put("/services/api/bad", b"not json"))  # on record
+    at(scheduler, 2, lambda: put(store, 1))
+    at(scheduler, 3, lambda: store.delete("/services/api/uuid-1"))
+    scheduler.advance_to(10)
+    assert [sorted(s) for s in sets.items] == [[], ["uuid-1"], []]
+
+
+def test_a_resumed_watch_says_so_once_not_on_every_later_response(
+        scheduler: TestScheduler, discovery: Discovery, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    # mutant: the backoffs reset to "" (not None) when the watch resumes: every later
+    # response is taken for a resume again (logged, and counted in the resumes metric)
+    store: Any = discovery.store
+    record(discovery.hosts("api"), scheduler)
+    at(scheduler, 1, store.restart)  # the watch drops and reopens
+    for n in (1, 2, 3):
+        at(scheduler, 2 + n, lambda n=n: put(store, n))
+    with caplog.at_level(logging.INFO, "rx_discovery"):
+        scheduler.advance_to(10)
+    assert caplog.text.count("watch resumed from revision") == 1
