@@ -194,6 +194,19 @@ class StoreContract:
         finally:
             store.revoke(lease.id)
 
+    def test_watch_events_carry_the_lease(self, store: Store, prefix: str) -> None:
+        start = store.get_prefix(f"{prefix}/").revision + 1
+        recorder = self.watch(store, f"{prefix}/", start)
+        lease = store.grant(30)
+        try:
+            store.put(f"{prefix}/leased", b"1", lease=lease.id)
+            store.put(f"{prefix}/free", b"2")
+            wait_until(lambda: len(recorder.events) == 2, DEADLINE, message="2 events")
+            assert [(e.key, e.lease) for e in recorder.events] == [
+                (f"{prefix}/leased", lease.id), (f"{prefix}/free", 0)]
+        finally:
+            store.revoke(lease.id)
+
     def test_revoke_deletes_the_keys_in_one_revision(self, store: Store, prefix: str) -> None:
         start = store.get_prefix(f"{prefix}/").revision + 1
         recorder = self.watch(store, f"{prefix}/", start)
@@ -302,10 +315,13 @@ class StoreContract:
         compact(kept)
 
         too_old = self.watch(store, f"{prefix}/", old)
+        from_the_first = self.watch(store, f"{prefix}/", 1)  # the first revision is no exception
         oldest = self.watch(store, f"{prefix}/", kept)
-        wait_until(lambda: too_old.error is not None, DEADLINE, message="RevisionCompacted")
-        assert isinstance(too_old.error, RevisionCompacted)
-        assert too_old.error.compact_revision == kept
+        wait_until(lambda: too_old.error is not None and from_the_first.error is not None,
+                   DEADLINE, message="RevisionCompacted")
+        for failed in (too_old.error, from_the_first.error):
+            assert isinstance(failed, RevisionCompacted)
+            assert failed.compact_revision == kept
         wait_until(lambda: bool(oldest.events), DEADLINE, message="the compact revision")
         assert [(e.value, e.mod_revision) for e in oldest.events] == [(b"3", kept)]
         assert oldest.error is None

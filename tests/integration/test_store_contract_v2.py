@@ -122,6 +122,11 @@ class TestStoreContractV2(StoreContract):
         assert sorted(recorder.changes()[-2:]) == [
             (EventType.DELETE, f"{prefix}/a"), (EventType.DELETE, f"{prefix}/b")]
 
+    @pytest.mark.skip(reason="v2 has no leases: a key's TTL emulates one, and a v2 watch "
+                             "answer carries the node's TTL, not a lease id")
+    def test_watch_events_carry_the_lease(self) -> None:
+        pass
+
     def test_watch_follows_live_writes(self, store: Store, prefix: str) -> None:
         """As the contract, but every v2 write replaces the node: version is always 1."""
         start = store.get_prefix(f"{prefix}/").revision + 1

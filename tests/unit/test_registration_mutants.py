@@ -986,3 +986,23 @@ def test_a_credential_rewrite_that_works_does_not_end_a_failed_state_of_a_refuse
     assert stored_host(store, registration.key).credentials == Credentials("u2", "p2")
     assert registration.current_status is RegistrationStatus.FAILED
     assert registration.reason == reason
+
+
+def test_disposing_a_lost_registration_while_it_heals_returns_at_once(
+        scheduler: TestScheduler) -> None:
+    """Mutant: ``_stop 21`` (``or`` for ``and`` in the live-key test): a lost registration
+    keeps its old lease id while it registers again, and was taken for live: dispose waited
+    the whole drain for clients of a host key that is gone."""
+    store = Hooked(scheduler)
+    registration = Discovery(store=store).register("api", make_host(1), ttl=6)
+    scheduler.advance_to(1)
+    store.on_grant = refuse_grants  # the heal cannot get a new lease
+    at(scheduler, 2, lambda: store.delete(registration.key))
+    scheduler.advance_to(3)
+    assert registration.current_status is RegistrationStatus.LOST
+    assert store.get(registration.key) is None
+    disposer = threading.Thread(target=lambda: registration.dispose(drain=30.0), daemon=True)
+    disposer.start()
+    disposer.join(10)  # nothing advances the clock: a drain would block until the deadline
+    assert not disposer.is_alive(), "disposing a lost registration drained"
+    assert registration.current_status is RegistrationStatus.DISPOSED
