@@ -76,7 +76,8 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
 
     writer = etcd3.client(host, port, grpc_options=UNLIMITED)
     writer.get("/warm-up")
-    stamps = {index: _Stamp() for index in (0, 1)}
+    last = count - 1  # the last watch created: once it delivers, every watch is open
+    stamps = {index: _Stamp() for index in (0, 1, last)}
     slow = threading.Event()  # while set, service 0's subscriber is slow
     firsts = threading.Semaphore(0)
 
@@ -130,6 +131,13 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
         if not firsts.acquire(timeout=60):
             raise RuntimeError("a first state never came")
     first_state_s = (now_ns() - started) / 1e9
+    # every watch open (ours creates them after the first states, raw before): an event put
+    # to the service subscribed last is delivered; the latency below is measured from then
+    uuid, value = host_json(service_name(last), 999_999)
+    writer.put(f"/services/{service_name(last)}/{uuid}", value)
+    if stamps[last].wait(60) is None:
+        raise RuntimeError("the last watch never delivered")
+    open_s = (now_ns() - started) / 1e9
     extra_threads = threading.active_count() - threads
     rss_per_service = (_rss_bytes() - rss) / count
 
@@ -156,7 +164,7 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
         stamps[0].wait(10)
         if arrived is not None:
             blocked.append(arrived - start)
-    return {"first_state_s": first_state_s, "extra_threads": extra_threads,
+    return {"first_state_s": first_state_s, "open_s": open_s, "extra_threads": extra_threads,
             "peak_rss_mb": _peak_rss_bytes() / 2**20, "rss_per_service_b": rss_per_service,
             "p50_ms": _ms(latencies, 0.5), "p99_ms": _ms(latencies, 0.99),
             "blocked_ms": statistics.median(blocked) / 1e6}
