@@ -226,6 +226,7 @@ class StoreContract:
         assert deletions[0].mod_revision == deletions[1].mod_revision
         assert_whole_revisions(recorder.responses)
 
+    @pytest.mark.slow
     def test_lease_expires_after_its_ttl(self, store: Store, prefix: str) -> None:
         # Real time, so once only, with etcd's shortest TTL.
         start = store.get_prefix(f"{prefix}/").revision + 1

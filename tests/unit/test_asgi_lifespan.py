@@ -10,11 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from rx_discovery import Discovery, RegistrationStatus
 from rx_discovery.asgi import discovery_lifespan
 from rx_discovery.testing import make_host
 
 
+@pytest.mark.slow
 def test_registers_on_startup_then_removes_and_drains_on_shutdown_composed() -> None:
     made: list[Discovery] = []
 

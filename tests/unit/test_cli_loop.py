@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from rx_discovery.cli._loop import _Inbox, _pump, _Stop, _stop_on_signals
 
 _UNBLOCK = object()  # posted by the guard if the stop never arrives (a failing test, not a hang)
@@ -35,6 +37,7 @@ def _signal_on_other_thread(inbox: _Inbox, guard_after: float) -> threading.Thre
     return thread
 
 
+@pytest.mark.slow
 def test_a_blocking_get_returns_the_stop_of_a_signal_delivered_to_another_thread() -> None:
     inbox = _Inbox()
     with _stop_on_signals(inbox):
@@ -46,6 +49,7 @@ def test_a_blocking_get_returns_the_stop_of_a_signal_delivered_to_another_thread
     assert item.signum == signal.SIGINT
 
 
+@pytest.mark.slow
 def test_the_pump_returns_on_a_signal_delivered_to_another_thread() -> None:
     inbox = _Inbox()
     handled: list[object] = []

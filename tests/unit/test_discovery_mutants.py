@@ -436,6 +436,7 @@ class KeepaliveThreads(CountingReads):
         return super().keepalive(lease)
 
 
+@pytest.mark.slow
 def test_on_the_etcd_path_a_background_read_delivers_on_a_thread_of_its_own() -> None:
     # mutants: the Discovery's timer is its I/O pool (``default_timer and io``: a PoolScheduler
     # cannot time a retry), background reads deliver on an I/O worker (delivery None),

@@ -45,6 +45,7 @@ def test_the_channel_targets_the_hosts_with_the_port_and_follows_them() -> None:
         wait_until(lambda: channel.target == "ipv4:10.0.0.3:9", timeout=10)
 
 
+@pytest.mark.slow
 def test_creating_an_aio_channel_does_not_read_etcd_on_the_loop() -> None:
     # AioDiscoveryChannel is created on the event loop; subscribing to the hosts reads them
     # from etcd at once, and with a slow etcd that read must not block the loop

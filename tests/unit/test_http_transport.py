@@ -358,6 +358,7 @@ async def longest_loop_gap(request: Callable[[], Any]) -> tuple[Any, float]:
     return outcome, max(gaps)
 
 
+@pytest.mark.slow
 def test_the_async_transport_never_blocks_the_loop_when_no_host_set_comes(
         discovery: Discovery, backends: Hosts) -> None:
     # etcd is unreachable and stays so: the request must fail after the wait, and the loop
@@ -376,6 +377,7 @@ def test_the_async_transport_never_blocks_the_loop_when_no_host_set_comes(
     assert gap < wait / 2   # a loop blocked by the pick would show one gap of the whole wait
 
 
+@pytest.mark.slow
 def test_the_first_async_request_does_not_read_etcd_on_the_loop(backends: Hosts) -> None:
     # etcd answers, slowly: the first request's subscription reads the hosts at once, and
     # that read must not run on the event loop (a store on real time: hosts() reads in the
@@ -400,6 +402,7 @@ def test_the_first_async_request_does_not_read_etcd_on_the_loop(backends: Hosts)
     assert gap < slow / 2   # a read on the loop would show one gap of the whole read
 
 
+@pytest.mark.slow
 def test_many_async_requests_while_etcd_is_down_fail_after_the_wait_not_in_turns(
         discovery: Discovery, backends: Hosts) -> None:
     # 200 requests at once while etcd is down: each must fail after about `wait`, not queue
@@ -461,6 +464,7 @@ def test_a_streamed_response_closed_unread_is_counted_out(
     assert balancer.in_flight == {} and balancer.ejected == frozenset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_the_first_request_fails_within_the_wait_when_etcd_does_not_answer(
         discovery: Discovery, backends: Hosts, flavour: str) -> None:

@@ -17,6 +17,7 @@ import sys
 import tracemalloc
 from typing import Any
 
+import pytest
 import reactivex
 from reactivex import abc
 from reactivex.testing import TestScheduler
@@ -91,6 +92,7 @@ def _measure(discovery: Discovery, scheduler: TestScheduler) -> tuple[float, flo
     return size, count, subscriptions
 
 
+@pytest.mark.slow
 def test_an_idle_watched_service_costs_the_library_a_few_kilobytes_and_objects() -> None:
     scheduler = TestScheduler()
     store = _IdleStore(scheduler)

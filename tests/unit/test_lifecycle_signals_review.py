@@ -40,6 +40,7 @@ def saved() -> Iterator[None]:
         signal.signal(SIG, old)
 
 
+@pytest.mark.slow
 def test_a_second_signal_during_the_drain_runs_the_previous_handler_once_only(
         saved: None) -> None:
     calls: list[int] = []
@@ -61,6 +62,7 @@ def test_a_second_signal_during_the_drain_runs_the_previous_handler_once_only(
         restore.dispose()
 
 
+@pytest.mark.slow
 def test_an_ignored_signal_stays_ignored_and_removes_nothing(saved: None) -> None:
     signal.signal(SIG, signal.SIG_IGN)
     target = Target()

@@ -8,12 +8,16 @@ import html
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rx_discovery import Host, HostSet, MalformedValue, Service
 from rx_discovery.keys import Keyspace
 from rx_discovery.registration import prepare_host, service_document
+
+# property tests: seconds of examples; left out of the fast tier, run with the rest
+pytestmark = pytest.mark.slow
 
 text = st.text(max_size=20)
 name = st.text(min_size=1, max_size=20)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+import pytest
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Discovery
@@ -20,6 +21,7 @@ SERVICES = 300
 BYTES_PER_SERVICE = 10_000
 
 
+@pytest.mark.slow
 def test_an_idle_watched_service_costs_less_than_ten_kilobytes(
         scheduler: TestScheduler, discovery: Discovery) -> None:
     for index in range(SERVICES):
