@@ -14,7 +14,7 @@ from typing import Any
 from reactivex.testing import TestScheduler
 from test_streams_marble import uuids
 
-from rx_discovery import Discovery, PermissionDenied, StoreError
+from rx_discovery import Discovery, PermissionDenied, StoreError, StoreUnavailable
 from rx_discovery._first_reads import _BATCH
 from rx_discovery.store import Snapshot
 from rx_discovery.store.memory import MemoryStore
@@ -333,3 +333,161 @@ def test_streams_whose_subscribe_read_failed_retry_together_too() -> None:
     scheduler.advance_to(12)
     assert [h.uuid for h in news[7].items] == ["uuid-7", "uuid-1000"]
     assert all(s.error is None for s in news)
+
+
+# -- FirstReads alone: its workers, its rests, its delivery flag (mutation triage) ---------------
+
+class _Steps:
+    """An I/O scheduler whose tasks the test runs one at a time (reads never overlap here,
+    so what tells the workers apart is how many tasks are scheduled)."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Any] = []
+
+    def schedule(self, action: Any, state: Any = None) -> Any:
+        self.tasks.append(action)
+        from reactivex.disposable import Disposable
+        return Disposable()
+
+    def run_next(self) -> None:
+        self.tasks.pop(0)(self, None)
+
+
+class _Reader:
+    def __init__(self, n: int, timer: Any) -> None:
+        self.prefix = f"/services/s{n}/"
+        self.timer = timer
+        self.installed: Snapshot | None = None
+        self.alone: list[Exception] = []
+
+    @property
+    def wants_first_read(self) -> bool:
+        return self.installed is None
+
+    def install_first(self, snapshot: Snapshot) -> None:
+        self.installed = snapshot
+
+    def read_alone(self, error: Exception) -> None:
+        self.alone.append(error)
+
+    def flush_now(self) -> None:
+        pass
+
+
+class _Prefixes:
+    """A store of bulk reads: the first ``failures`` fail as an outage; records each batch."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.batches: list[int] = []
+
+    def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
+        self.batches.append(len(prefixes))
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("etcd went away")
+        return [Snapshot(1, ()) for _ in prefixes]
+
+
+def _first_reads(store: Any) -> tuple[Any, _Steps, TestScheduler]:
+    from rx_discovery._first_reads import FirstReads
+    from rx_discovery._runtime import Runtime
+
+    timer, steps = TestScheduler(), _Steps()
+    return FirstReads(store, Runtime(timer, steps)), steps, timer  # type: ignore[arg-type]
+
+
+def test_at_most_two_workers_read_and_both_can_start_again_once_they_ended() -> None:
+    reads, steps, timer = _first_reads(_Prefixes())
+    readers = [_Reader(n, timer) for n in range(200)]
+    for reader in readers:
+        reads.request(reader)
+    assert len(steps.tasks) == 2  # two workers, whatever waits
+    steps.run_next()  # one worker reads everything, 64 at a time, and starts no third
+    assert len(steps.tasks) == 1 and all(r.installed for r in readers)
+    steps.run_next()
+    assert steps.tasks == []
+    more = [_Reader(n, timer) for n in range(200, 202)]
+    for reader in more:
+        reads.request(reader)
+    assert len(steps.tasks) == 2  # both ended: two may start again
+
+
+def test_a_request_queued_while_the_workers_were_leaving_is_read() -> None:
+    # both workers found the queue empty and are on their way out (still counted): a request
+    # then only queues, so the first of them to leave must start another worker, or the
+    # request waits for ever. Worker A's way out runs worker B whole, and B's queues the request
+    reads, steps, timer = _first_reads(_Prefixes())
+    first, second, late = (_Reader(n, timer) for n in range(3))
+    reads.request(first)
+    reads.request(second)  # two workers scheduled: A, then B
+    original = reads._read_batch
+    empty = [0]
+
+    def read_batch() -> bool:
+        found = original()
+        if not found:
+            empty[0] += 1
+            if empty[0] == 1:  # A leaves: B runs now, inside A's way out
+                steps.run_next()
+            elif empty[0] == 2:  # B leaves too: both still counted
+                reads.request(late)
+        return found
+
+    reads._read_batch = read_batch  # type: ignore[method-assign]
+    steps.run_next()  # A
+    for _ in range(5):
+        if steps.tasks:
+            steps.run_next()
+    assert late.installed is not None
+
+
+def test_an_outage_halves_the_batch_until_one_then_success_doubles_it() -> None:
+    reads, steps, timer = _first_reads(_Prefixes(failures=4))
+    readers = [_Reader(n, timer) for n in range(7)]
+    reads.request(readers[0])  # one worker starts; the rest queue before it runs
+    for reader in readers[1:]:
+        reads._waiting.append(reader)
+    for _ in range(40):
+        while steps.tasks:
+            steps.run_next()
+        timer.advance_by(1.0)  # each rest: one backoff of at most 0.5 s
+    assert reads._store.batches == [7, 3, 1, 1, 1, 2, 4][:len(reads._store.batches)]
+    assert reads._store.batches == [7, 3, 1, 1, 1, 2, 4]
+    assert all(r.installed for r in readers) and not any(r.alone for r in readers)
+
+
+def test_after_a_rest_one_worker_reads_then_a_second_joins_but_no_third() -> None:
+    reads, steps, timer = _first_reads(_Prefixes(failures=1))
+    readers = [_Reader(n, timer) for n in range(3)]
+    for reader in readers:
+        reads.request(reader)  # two workers; the third request queues
+    while steps.tasks:
+        steps.run_next()  # the batch of three fails: the queue rests, both workers leave
+    assert reads._store.batches == [3] and not any(r.installed for r in readers)
+    timer.advance_by(1.0)  # the rest ends: one worker reads one, then a second joins
+    while steps.tasks:
+        steps.run_next()
+    assert reads._store.batches == [3, 1, 2] and all(r.installed for r in readers)
+    for reader in (_Reader(n, timer) for n in range(10, 13)):
+        reads.request(reader)
+    assert len(steps.tasks) == 2  # the workers were counted right: two, not a third
+
+
+def test_a_first_set_delivered_inside_another_keeps_the_outer_delivery_flagged() -> None:
+    from rx_discovery._first_reads import _FlushAll, delivering_first_sets
+
+    seen: list[bool] = []
+
+    class Inner:
+        def flush_now(self) -> None:
+            seen.append(delivering_first_sets())
+
+    class Outer:
+        def flush_now(self) -> None:
+            _FlushAll([Inner()])()  # a delivery made inline, inside this one
+            seen.append(delivering_first_sets())
+
+    _FlushAll([Outer()])()
+    assert seen == [True, True]
+    assert not delivering_first_sets()
