@@ -494,25 +494,13 @@ def test_hosts_of_many_services_on_etcd_are_read_in_bulk_and_delivered_off_the_i
             return read(prefix)
 
         discovery.store.get_prefix = single  # type: ignore[method-assign]
-        from rx_discovery.store.etcd import _store
-
-        transactions: list[int] = []
-        txn = _store._range_txn
-
-        def counted(client: Any, ranges: Any) -> Any:
-            transactions.append(len(ranges))
-            return txn(client, ranges)
-
-        _store._range_txn = counted
         firsts: dict[int, tuple[list[str], str]] = {}
-        subscriptions = [discovery.hosts(f"s{n}").subscribe(
-            lambda hosts, n=n: firsts.setdefault(n, (list(hosts),
-                                                     threading.current_thread().name)))
-            for n in range(300)]
-        try:
+        with counted_transactions() as transactions:
+            subscriptions = [discovery.hosts(f"s{n}").subscribe(
+                lambda hosts, n=n: firsts.setdefault(n, (list(hosts),
+                                                         threading.current_thread().name)))
+                for n in range(300)]
             wait_until(lambda: len(firsts) == 300, timeout=30)
-        finally:
-            _store._range_txn = txn
         assert all(firsts[n][0] == [f"u{n}"] for n in range(300))
         assert singles == []  # every service read in bulk
         # batches form while reads are in flight (10,000 services: 159 transactions, 62.9
