@@ -26,6 +26,7 @@ from rx_discovery.config import Settings, parse_endpoint
 from rx_discovery.embedded import EmbeddedEtcd, EmbeddedEtcdCluster, TLSFiles
 from rx_discovery.health import HealthState
 from rx_discovery.store.v2 import EtcdV2Store
+from rx_discovery.store.v2.http import POLLS_PER_CLIENT
 from rx_discovery.testing import TcpProxy
 
 ROOT, ROOT_PASSWORD = "root", "r00t-pw-v2"
@@ -483,6 +484,27 @@ def test_a_uuid_that_v2_would_hide_is_refused_before_any_io() -> None:
                                        uuid="_hidden")).dispose()
 
 
+def test_a_poll_client_no_watch_uses_is_closed(etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    """Watches share poll clients by the dozen; the last watch of one to go closes it, or
+    its idle keep-alive connections would stay open for as long as the store."""
+    store = EtcdV2Store(Settings(endpoints=(parse_endpoint(etcd.endpoint),), timeout=2.0))
+    try:
+        watches = [store.watch(f"{unique_prefix}/{i}/", 0).subscribe()
+                   for i in range(POLLS_PER_CLIENT + 1)]
+        wait_until(lambda: len(store._http.poll_clients()) == 2, 10,
+                   message="two poll clients")
+        clients = store._http.poll_clients()
+        for watch in watches[:-1]:
+            watch.dispose()
+        wait_until(lambda: len(store._http.poll_clients()) == 1, 10,
+                   message="a client released")
+        closed = [client for client in clients if client not in store._http.poll_clients()]
+        wait_until(lambda: closed[0].is_closed, 10, message="the released client closed")
+        assert not store._http.poll_clients()[0].is_closed
+    finally:
+        store.close()
+
+
 def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEtcd,
                                                                  unique_prefix: str) -> None:
     """Cancelling a poll closes its connection (~3 ms each under load, ~1 s for 150): close()
@@ -496,6 +518,12 @@ def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEt
         store.watch(prefix, start).subscribe(on_next=seen.append)
     store.put(prefix + "k", b"v")  # every poll answers, and a new one is opened
     wait_until(lambda: len(seen) >= 150, 30, message="every watch saw the put")
+    # httpcore scans every connection of a pool (a socket poll each) when a request starts
+    # or ends: 150 polls on one client stalled the loop for seconds (ConnectTimeout)
+    pools = [len(client._transport._pool.connections)  # type: ignore[attr-defined]
+             for client in store._http.poll_clients()]
+    assert len(pools) >= 150 // POLLS_PER_CLIENT
+    assert max(pools) <= POLLS_PER_CLIENT + 1, pools  # its polls, and a probe
     loop = store._watches._loop
     assert loop is not None
     # a short call timeout must not cut the shutdown short

@@ -40,6 +40,12 @@ KEY_NOT_FOUND = 100
 """etcd v2 error code: the key does not exist."""
 _EVENT_INDEX_CLEARED = 401
 _MAX_DETAILS = 200
+POLLS_PER_CLIENT = 32
+"""Watches whose long polls share one ``httpx.AsyncClient``. httpcore's pool scans all its
+connections, a socket poll each, whenever a request starts or ends: 150 polls on one client
+stalled the watch loop for up to 1.8 s and polls failed with ConnectTimeout (2 runs in 30,
+``tests/integration/test_v2.py::test_closing_a_store_with_many_busy_watches_ends_every_poll``).
+Small pools keep each scan short; they share one TLS context."""
 _CLEARED_RANGE = re.compile(r"\[(\d+)/(\d+)\]")  # "the requested history has been cleared [S/N]"
 
 
@@ -129,11 +135,12 @@ def error_of(answer: Answer, operation: str) -> StoreError:
     return StoreError(text)
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
     """TLS from the same material as the v3 store: the CA (else the system's trust store),
-    the client certificate and key from memory."""
+    the client certificate and key from memory. Without TLS the URLs are ``http://`` and the
+    context is never used, but built once: httpx would build one per client."""
     if not settings.tls:
-        return True
+        return ssl.create_default_context()
     ca = settings.ca_cert.decode("ascii") if settings.ca_cert is not None else None
     context = ssl.create_default_context(cadata=ca)
     if settings.client_cert is not None and settings.client_key is not None:
@@ -158,8 +165,8 @@ class V2Http:
         self._lock = threading.Lock()
         self._current = 0
         self._sync: httpx.Client | None = None
-        self._async: httpx.AsyncClient | None = None
-        self._tls: ssl.SSLContext | bool | None = None
+        self._polls: dict[httpx.AsyncClient, int] = {}  # poll client -> its watches
+        self._tls: ssl.SSLContext | None = None
         self.closed = False
         if settings.user is not None and not settings.tls:
             # allowed, as the Go package allows it (v3 refuses it: gRPC would not send it)
@@ -211,18 +218,45 @@ class V2Http:
                 self._sync = httpx.Client(**options)
             return self._sync
 
-    def async_client(self) -> httpx.AsyncClient:
-        """The client of watch long polls (used on the store's event-loop thread only)."""
+    def lease_poll_client(self) -> httpx.AsyncClient:
+        """The client of one watch's long polls and probes, shared with fewer than
+        :data:`POLLS_PER_CLIENT` other watches; hand it back with :meth:`release_poll_client`.
+        Called on the store's event-loop thread only.
+
+        Raises:
+            StoreUnavailable: the store is closed.
+            TlsRefused: the TLS material is not usable.
+        """
         options = self._options()
         with self._lock:
             if self.closed:
                 raise StoreUnavailable("the store is closed")
-            if self._async is None:
-                # each watch holds a connection for its long poll: httpx's pool of 100 would
-                # starve the 101st watch (its poll fails after the timeout, for ever)
-                self._async = httpx.AsyncClient(
-                    **options, limits=httpx.Limits(max_connections=None))
-            return self._async
+            client = next((c for c, n in self._polls.items() if n < POLLS_PER_CLIENT), None)
+            if client is None:
+                # each watch holds a connection for its long poll: httpx's default of 100
+                # connections would starve the 101st watch's probe
+                client = httpx.AsyncClient(**options,
+                                           limits=httpx.Limits(max_connections=None))
+            self._polls[client] = self._polls.get(client, 0) + 1
+            return client
+
+    def release_poll_client(self, client: httpx.AsyncClient) -> bool:
+        """A watch no longer uses ``client``. True when no watch does: the caller closes it
+        (on the event loop); after :meth:`close`, whoever called that closes it."""
+        with self._lock:
+            watches = self._polls.get(client)
+            if watches is None:
+                return False
+            if watches > 1:
+                self._polls[client] = watches - 1
+                return False
+            del self._polls[client]
+            return True
+
+    def poll_clients(self) -> list[httpx.AsyncClient]:
+        """The clients of the open watches' polls."""
+        with self._lock:
+            return list(self._polls)
 
     def call(self, operation: str, method: str, key: str,
              params: Mapping[str, str] | None = None, form: Mapping[str, str] | None = None,
@@ -279,13 +313,13 @@ class V2Http:
             raise StoreUnavailable(f"{operation}: the store is closed")
         raise StoreUnavailable(f"{operation}: no etcd endpoint answered (last: {last})")
 
-    def close(self) -> httpx.AsyncClient | None:
-        """Close the synchronous client; returns the asynchronous one, which the caller
-        closes on its event loop."""
+    def close(self) -> list[httpx.AsyncClient]:
+        """Close the synchronous client; returns the poll clients, which the caller closes
+        on its event loop."""
         with self._lock:
             self.closed = True
             sync, self._sync = self._sync, None
-            async_client, self._async = self._async, None
+            polls, self._polls = list(self._polls), {}
         if sync is not None:
             sync.close()
-        return async_client
+        return polls

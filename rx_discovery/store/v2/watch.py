@@ -86,6 +86,14 @@ def _run(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
+async def _close(client: httpx.AsyncClient) -> None:
+    """Close a poll client no watch uses any more: its idle connections would stay open."""
+    try:
+        await client.aclose()
+    except Exception:  # best effort: the sockets are closed when collected
+        log.debug("v2 watch: closing a poll client failed", exc_info=True)
+
+
 class WatchLoop:
     """The event-loop thread running a store's long polls, started on first use."""
 
@@ -111,7 +119,7 @@ class WatchLoop:
         with self._lock:
             self._closed = True
             loop, self._loop = self._loop, None
-        client = self._http.close()
+        clients = self._http.close()
         if loop is None:
             return
 
@@ -122,8 +130,8 @@ class WatchLoop:
             # let them finish cancelling: a task still pending when the loop closes is
             # destroyed ("Task was destroyed but it is pending!")
             await asyncio.gather(*tasks, return_exceptions=True)
-            if client is not None:
-                await client.aclose()
+            await asyncio.gather(*(client.aclose() for client in clients),
+                                 return_exceptions=True)
 
         try:
             # cancelling a poll closes its connection: ~3 ms each on a loaded machine, so
@@ -193,8 +201,13 @@ class Watch:
 
     async def _poll(self) -> None:
         try:
+            client = self._http.lease_poll_client()
+        except StoreError as error:
+            self._inbox.put(error)
+            return
+        try:
             while not self._disposed:
-                self._inbox.put(await self._next())
+                self._inbox.put(await self._next(client))
         except asyncio.CancelledError:
             raise
         except StoreError as error:
@@ -202,8 +215,11 @@ class Watch:
         except Exception as error:  # never end silently
             log.exception("v2 watch %r: unexpected error", self._prefix)
             self._inbox.put(StoreUnavailable(f"watch: unexpected {type(error).__name__}"))
+        finally:
+            if self._http.release_poll_client(client):
+                await _close(client)
 
-    async def _next(self) -> WatchResponse:
+    async def _next(self, client: httpx.AsyncClient) -> WatchResponse:
         """The next event under the prefix, or a progress response (empty ``events``) for an
         event of the directory that is not ours.
 
@@ -216,7 +232,6 @@ class Watch:
         timeout = httpx.Timeout(http.timeout, read=None)
         params = {"wait": "true", "recursive": "true"}
         while True:
-            client = http.async_client()
             endpoint = http.endpoint()
             if self._index:
                 params["waitIndex"] = str(self._index)
