@@ -41,7 +41,7 @@ def _discovery(store: str, count: int) -> tuple[Discovery, Any]:
                                                 value))
         client.transaction(compare=[], success=puts, failure=[])
     discovery = Discovery(endpoints=[etcd.endpoint])
-    discovery.store.get("/warm-up")  # type: ignore[attr-defined]
+    discovery.store.get("/warm-up")
     return discovery, etcd
 
 

@@ -91,7 +91,7 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
         from rx_discovery import Discovery
 
         discovery = Discovery(endpoints=[f"http://{host}:{port}"])
-        discovery.store.get("/warm-up")  # type: ignore[attr-defined]
+        discovery.store.get("/warm-up")
         threads, rss = threading.active_count(), _rss_bytes()
         started = now_ns()
         subscriptions = []
@@ -177,7 +177,7 @@ def _catalog_worker(side: str, host: str, port: int) -> dict[str, Any]:
         from rx_discovery import Discovery
 
         discovery = Discovery(endpoints=[f"http://{host}:{port}"], prefix="/cat")
-        discovery.store.get("/warm-up")  # type: ignore[attr-defined]
+        discovery.store.get("/warm-up")
         started = now_ns()
         done = threading.Event()
         sizes: list[int] = []

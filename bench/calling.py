@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -72,11 +73,16 @@ def picks(ctx: Context, result: BenchResult) -> None:
         "(a random host, what a user writes by hand: builds a list per pick).")
 
 
+def _kill(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.wait()
+
+
 def transport(ctx: Context, result: BenchResult) -> None:
     requests = ctx.size(5000, 400)
     server = subprocess.Popen([sys.executable, "-m", "bench._http_server"],
                               stdout=subprocess.PIPE, text=True)
-    ctx._cleanups.append(lambda: (server.kill(), server.wait()))
+    ctx._cleanups.append(functools.partial(_kill, server))
     port = int(server.stdout.readline())  # type: ignore[union-attr]
     d = ctx.discovery()
     registration = d.register("bench-http", Host(hostname="127.0.0.1",

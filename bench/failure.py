@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -33,6 +34,10 @@ TITLE = "5. failure detection"
 KILL_TTL = 2
 
 
+
+def _seen(stamps: dict[str, int], uuid: str) -> bool:
+    return uuid in stamps
+
 def _dispose(ctx: Context, samples: int) -> tuple[list[int], list[int]]:
     watcher = ctx.discovery()
     holder = ctx.discovery()
@@ -57,7 +62,7 @@ def _dispose(ctx: Context, samples: int) -> tuple[list[int], list[int]]:
             start = now_ns()
             registration.dispose()
             with arrived:
-                arrived.wait_for(lambda r=registration: r.uuid in stamps, 5)
+                arrived.wait_for(functools.partial(_seen, stamps, registration.uuid), 5)
             if registration.uuid in stamps and i >= 5:  # 5 warm-up samples
                 ours.append(stamps[registration.uuid] - start)
     finally:

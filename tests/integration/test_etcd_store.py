@@ -511,6 +511,31 @@ def test_hosts_of_many_services_on_etcd_are_read_in_bulk_and_delivered_off_the_i
             subscription.dispose()
 
 
+def test_closing_with_bulk_first_reads_queued_and_in_flight_delivers_nothing_after(
+        etcd: EmbeddedEtcd, unique_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """close() in the window where thousands of first reads wait or are in flight: no first
+    set reaches a subscriber after close() returned, no error is raised or logged (a read
+    cut by the closing channel is not an outage), and every library thread ends."""
+    from rx_discovery import Discovery
+
+    before = set(threading.enumerate())
+    caplog.set_level(logging.WARNING)
+    closed = threading.Event()
+    late: list[object] = []
+    errors: list[Exception] = []
+    discovery = Discovery(endpoints=[etcd.endpoint], prefix=unique_prefix)
+    for n in range(2000):
+        discovery.hosts(f"s{n}").subscribe(
+            lambda hosts: late.append(hosts) if closed.is_set() else None, errors.append)
+    discovery.close()
+    closed.set()
+    wait_until(lambda: not [t for t in threading.enumerate()
+                            if t not in before and t.name.startswith("rx-discovery")],
+               timeout=30, message="every library thread ended")
+    assert late == [] and errors == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
 def test_bulk_reads_fit_a_server_that_allows_fewer_operations_per_transaction(
         make_store: MakeStore) -> None:
     # etcd started with --max-txn-ops below the 64 ranges of a bulk read refuses every such
