@@ -142,23 +142,23 @@ class SharedSync(Generic[T]):
         self._last: Change[T] | None = None
         self._closed = False
 
-    def observe(self, scheduler: abc.SchedulerBase | None = None, *, wait: bool = False
-                ) -> reactivex.Observable[Change[T]]:
+    def observe(self, scheduler: abc.SchedulerBase | None = None, *, wait: bool = False,
+                guard: Callable[[], None] | None = None) -> reactivex.Observable[Change[T]]:
         """The shared changes. ``scheduler`` times the sync's retries when this subscription
         is the one that starts it. With ``wait``, ``subscribe()`` reads the first state on the
         caller's thread when it is not known yet (bounded by the store's call timeout; on
         failure the read goes on in the background), so that the subscriber misses nothing
         that happens after ``subscribe()`` returns. After :meth:`close`, a subscriber gets
-        ``on_error(RuntimeError)`` at once."""
-        return _Subscribable(self, None, scheduler, wait)
+        ``on_error(RuntimeError)`` at once. ``guard`` is called at each ``subscribe()``;
+        what it raises goes to ``on_error`` (a Discovery's fork check)."""
+        return _Subscribable(self, None, scheduler, wait, guard)
 
     def observe_mapped(self, mapper: Callable[[Change[T]], R],
                        scheduler: abc.SchedulerBase | None = None, *, wait: bool = False,
                        guard: Callable[[], None] | None = None) -> reactivex.Observable[R]:
         """:meth:`observe`, each change passed through ``mapper`` (which must not raise) on
         its way: what ``observe().pipe(map(mapper))`` does, without reactivex's subscription
-        objects for the extra layer (~0.7 KB per subscriber of every watched service).
-        ``guard`` is called at each ``subscribe()``; what it raises goes to ``on_error``."""
+        objects for the extra layer (~0.7 KB per subscriber of every watched service)."""
         return _Subscribable(self, mapper, scheduler, wait, guard)
 
     def ensure_loaded(self) -> None:

@@ -251,15 +251,6 @@ class Discovery:
         this Discovery was made."""
         check_fork(self._fork_generation, "this Discovery")
 
-    def _fork_guarded(self, stream: reactivex.Observable[T]) -> reactivex.Observable[T]:
-        """``stream``, failing with UsedAfterFork when subscribed in a forked child."""
-        def subscribe(observer: abc.ObserverBase[T],
-                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            self._check_fork()
-            return stream.subscribe(observer, scheduler=scheduler)
-
-        return reactivex.create(subscribe)
-
     # --- streams ------------------------------------------------------------------------
 
     @property
@@ -302,8 +293,8 @@ class Discovery:
         in revision order, outside every library lock. After :meth:`close`, fails at once
         with ``RuntimeError``."""
         self._check_fork()
-        return self._fork_guarded(
-            self._hosts_sync(validate_service_name(service)).observe(scheduler, wait=True))
+        return self._hosts_sync(validate_service_name(service)).observe(
+            scheduler, wait=True, guard=self._check_fork)
 
     def hosts(self, service: str, *, scheduler: abc.SchedulerBase | None = None,
               observe_on: abc.SchedulerBase | None = None) -> reactivex.Observable[HostSet]:
@@ -331,7 +322,6 @@ class Discovery:
         """
         self._check_fork()
         name = validate_service_name(service)
-        # (fork-guarded at subscribe() without reactivex.create's per-subscription objects)
         stream = self._hosts_sync(name).observe_mapped(_ToHostSet(name), scheduler,
                                                        guard=self._check_fork)
         return _deliver(stream, observe_on)
@@ -376,7 +366,7 @@ class Discovery:
         the first read is made in bulk with the other services subscribed together."""
         self._check_fork()
         name = validate_service_name(service)
-        return _expanded(self._fork_guarded(self._service_sync(name).observe(scheduler)),
+        return _expanded(self._service_sync(name).observe(scheduler, guard=self._check_fork),
                          _values, name)
 
     def credentials(self, service: str, *, scheduler: abc.SchedulerBase | None = None,

@@ -47,12 +47,18 @@ def made_before_fork() -> Any:
 
 @pytest.mark.parametrize("entry", [
     "diagnostics", "registration.wait", "registration.status", "registration.credentials",
-    "hosts", "hosts (a stream object made before the fork)"])
+    "hosts", "hosts (a stream object made before the fork)", "changes (made before the fork)",
+    "services (made before the fork)", "credentials (made before the fork)"])
 def test_every_entry_point_raises_used_after_fork_in_the_child(
         made_before_fork: Any, entry: str) -> None:
     discovery, registration = made_before_fork
     made = discovery.hosts("other")
+    changes, services = discovery.changes("other"), discovery.services("other")
+    credentials = discovery.credentials("other")
     use = {
+        "changes (made before the fork)": lambda: changes.subscribe(),
+        "services (made before the fork)": lambda: services.subscribe(),
+        "credentials (made before the fork)": lambda: credentials.subscribe(),
         "diagnostics": lambda: discovery.diagnostics.subscribe(),
         # (review12: hosts() neither failed nor read in the child: it delivered nothing)
         "hosts": lambda: discovery.hosts("api").subscribe(),
