@@ -1,7 +1,14 @@
 """The worker of bench.scale: one side (ours or raw) in a fresh interpreter, which imports
 only what that side needs (the raw side never imports rx_discovery), so that the peak RSS and
-thread figures are each side's own. ``python -m bench._scale_worker watch|catalog ours|raw HOST
-PORT [N SAMPLES]`` prints its figures as JSON."""
+thread figures are each side's own.
+
+``python -m bench._scale_worker catalog ours|raw HOST PORT`` prints its figures as JSON.
+``python -m bench._scale_worker watch ours|raw HOST PORT N ROOT`` watches N services under
+the key root ROOT, prints its setup figures as JSON once every watch is open, then answers
+each line on stdin with JSON: ``sample K`` (K put -> event latencies of service 0, in ns),
+``blocked`` (an event behind a slow subscriber); at EOF it prints its peak RSS and exits. The
+parent runs both sides at once and alternates their samples, so that both see the same
+machine."""
 
 from __future__ import annotations
 
@@ -71,7 +78,9 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> dict[str, Any]:
+def _watch_worker(side: str, host: str, port: int, count: int, root: str) -> None:
+    """Watch ``count`` services under ``root``, print the setup figures, then obey the
+    parent's lines (see the module): ``sample K``, ``blocked``; at EOF print the peak RSS."""
     import etcd3
 
     writer = etcd3.client(host, port, grpc_options=UNLIMITED)
@@ -90,7 +99,7 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
     if side == "ours":
         from rx_discovery import Discovery
 
-        discovery = Discovery(endpoints=[f"http://{host}:{port}"])
+        discovery = Discovery(endpoints=[f"http://{host}:{port}"], prefix=root)
         discovery.store.get("/warm-up")
         threads, rss = threading.active_count(), _rss_bytes()
         started = now_ns()
@@ -113,7 +122,7 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
         started = now_ns()
         state: dict[str, dict[str, Any]] = {}
         for index in range(count):
-            prefix = f"/services/{service_name(index)}/"
+            prefix = f"{root}/services/{service_name(index)}/"
 
             def on_raw(response: Any, index: int = index) -> None:
                 if isinstance(response, Exception):
@@ -131,43 +140,52 @@ def _watch_worker(side: str, host: str, port: int, count: int, samples: int) -> 
         if not firsts.acquire(timeout=60):
             raise RuntimeError("a first state never came")
     first_state_s = (now_ns() - started) / 1e9
-    # every watch open (ours creates them after the first states, raw before): an event put
-    # to the service subscribed last is delivered; the latency below is measured from then
-    uuid, value = host_json(service_name(last), 999_999)
-    writer.put(f"/services/{service_name(last)}/{uuid}", value)
-    if stamps[last].wait(60) is None:
-        raise RuntimeError("the last watch never delivered")
-    open_s = (now_ns() - started) / 1e9
-    extra_threads = threading.active_count() - threads
-    rss_per_service = (_rss_bytes() - rss) / count
 
     def put(index: int, serial: int) -> None:
-        uuid, value = host_json(service_name(index), 1_000_000 + serial)
-        writer.put(f"/services/{service_name(index)}/{uuid}", value)
+        uuid, value = host_json(service_name(index), serial)
+        writer.put(f"{root}/services/{service_name(index)}/{uuid}", value)
 
-    latencies: list[int] = []
-    for serial in range(samples + 20):
-        start = now_ns()
-        put(0, serial)
-        arrived = stamps[0].wait(10)
-        if arrived is None:
-            raise RuntimeError("an event never came")
-        if serial >= 20:  # warm-up first
-            latencies.append(arrived - start)
-    blocked: list[int] = []
-    slow.set()
-    for serial in range(10):
-        put(0, 10_000 + serial)
-        start = now_ns()
-        put(1, 10_000 + serial)
-        arrived = stamps[1].wait(10)
-        stamps[0].wait(10)
-        if arrived is not None:
-            blocked.append(arrived - start)
-    return {"first_state_s": first_state_s, "open_s": open_s, "extra_threads": extra_threads,
-            "peak_rss_mb": _peak_rss_bytes() / 2**20, "rss_per_service_b": rss_per_service,
-            "p50_ms": _ms(latencies, 0.5), "p99_ms": _ms(latencies, 0.99),
-            "blocked_ms": statistics.median(blocked) / 1e6}
+    # every watch open (ours creates them after the first states, raw before): an event put
+    # to the service subscribed last is delivered; the other figures are taken from then
+    put(last, 999_999)
+    if stamps[last].wait(60) is None:
+        raise RuntimeError("the last watch never delivered")
+    _answer({"first_state_s": first_state_s, "open_s": (now_ns() - started) / 1e9,
+             "extra_threads": threading.active_count() - threads,
+             "rss_per_service_b": (_rss_bytes() - rss) / count})
+    serial = 1_000_000
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command == "sample":  # K sequential puts to service 0, each awaited
+            latencies: list[int] = []
+            for _ in range(int(args[0])):
+                serial += 1
+                start = now_ns()
+                put(0, serial)
+                arrived = stamps[0].wait(10)
+                if arrived is None:
+                    raise RuntimeError("an event never came")
+                latencies.append(arrived - start)
+            _answer({"latencies_ns": latencies})
+        elif command == "blocked":  # service 1's event right behind a slow one of service 0
+            blocked: list[int] = []
+            slow.set()
+            for _ in range(10):
+                serial += 1
+                put(0, serial)
+                start = now_ns()
+                put(1, serial)
+                arrived = stamps[1].wait(10)
+                stamps[0].wait(10)
+                if arrived is not None:
+                    blocked.append(arrived - start)
+            slow.clear()
+            _answer({"blocked_ms": statistics.median(blocked) / 1e6})
+    _answer({"peak_rss_mb": _peak_rss_bytes() / 2**20})
+
+
+def _answer(figures: dict[str, Any]) -> None:
+    print(json.dumps(figures), flush=True)
 
 
 def _catalog_worker(side: str, host: str, port: int) -> dict[str, Any]:
@@ -204,10 +222,9 @@ def _catalog_worker(side: str, host: str, port: int) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     kind, side, host, port, *rest = argv
     if kind == "watch":
-        figures = _watch_worker(side, host, int(port), int(rest[0]), int(rest[1]))
+        _watch_worker(side, host, int(port), int(rest[0]), rest[1])
     else:
-        figures = _catalog_worker(side, host, int(port))
-    print(json.dumps(figures), flush=True)
+        _answer(_catalog_worker(side, host, int(port)))
     os._exit(0)  # skip the clients' shutdown: the figures are out
 
 

@@ -2,17 +2,23 @@
 
 Watched services: N services of one host each; ours subscribes ``hosts(name)`` for each, the
 raw side does what a raw-client user does, ``get_prefix`` + ``add_watch_prefix_callback`` per
-service. Each side runs in a fresh interpreter (``python -m bench._scale_worker watch ours|raw
-HOST PORT N SAMPLES`` prints its figures as JSON), against the same etcd:
+service. Each side runs in a fresh interpreter (``bench._scale_worker watch``) on its own copy
+of the services (ours under ``/ours``, so that a put to one side's service wakes only that
+side), against the same etcd:
 - extra threads: threads once every watch is open, minus threads after the client's first call;
-- peak RSS of the process (ru_maxrss), and RSS added per watched service;
+- peak RSS of the process (VmHWM), and RSS added per watched service;
 - time until every first state: from the first subscribe to the last service's first state;
 - time until every watch is open: until an event put to the service subscribed last arrives
-  (the threads, RSS and latency figures are taken from then);
+  (the threads and RSS figures are taken from then);
 - put -> event latency of one service while the N watches are open (the writer is a raw
-  client of its own in the same process; each value JSON-decoded on both sides);
+  client of its own in the worker; each value JSON-decoded on both sides). Both workers run
+  at once and take their samples in alternating rounds of 20, so that both sides see the
+  same machine: the p50 of ~1 ms moved by +-0.2 ms between runs made one after the other;
 - one thread's worth of head-of-line blocking: the latency of service 1's event put right after
   service 0's, whose subscriber spends 20 ms on each event.
+
+Each pair starts one side first, then the other (whose setup runs with the first one's
+watches open), alternating which goes first; figures are the median over the pairs.
 
 Catalog: 10,000 services x 3 hosts (quick: 200 x 3) under ``/cat``; ours subscribes
 ``Discovery(prefix="/cat").catalog()`` until the first catalog arrives, raw does
@@ -28,12 +34,13 @@ import subprocess
 import sys
 from typing import Any
 
-from bench._scale_worker import SLOW_MS, host_json, service_name
+from bench._scale_worker import SLOW_MS, _ms, host_json, service_name
 from bench.common import BenchResult, Context, bulk_put
 
 NAME = "scale"
 TITLE = "10. scale: thousands of services"
-PAIRS = 3  # alternating runs per side (full mode)
+PAIRS = 4  # runs per side (full mode), half of them with ours started first
+_ROUND = 20  # latency samples per side in turn
 
 
 def _spawn(*args: str) -> dict[str, Any]:
@@ -50,6 +57,67 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+class _Watcher:
+    """A ``bench._scale_worker watch`` process, driven over its stdin."""
+
+    def __init__(self, side: str, host: str, port: str, count: int, root: str) -> None:
+        self.side = side
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench._scale_worker", "watch", side, host, port,
+             str(count), root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.figures = self._read()  # its setup figures: every watch is open
+
+    def _read(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line.startswith("{"):
+            self._process.kill()
+            raise RuntimeError(f"scale worker ({self.side}) failed: {line!r}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        return self._read()
+
+    def finish(self) -> dict[str, Any]:
+        """Its peak RSS, once it ended."""
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self.figures.update(self._read())
+        self._process.wait(30)
+        return self.figures
+
+
+def _pair(address: tuple[str, str], count: int, samples: int, ours_first: bool
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run of each side, both alive: setups one after the other (in the order given),
+    then latency samples in alternating rounds, then the slow-subscriber figure."""
+    roots = {"ours": "/ours", "raw": ""}
+    order = ("ours", "raw") if ours_first else ("raw", "ours")
+    watchers: dict[str, _Watcher] = {}
+    try:
+        for side in order:
+            watchers[side] = _Watcher(side, *address, count, roots[side])
+        latencies: dict[str, list[int]] = {side: [] for side in order}
+        for side in order:
+            watchers[side].ask(f"sample {_ROUND}")  # warm-up, not counted
+        for round_ in range(max(1, samples // _ROUND)):
+            for side in order if round_ % 2 == 0 else order[::-1]:
+                latencies[side].extend(watchers[side].ask(f"sample {_ROUND}")["latencies_ns"])
+        for side in order:
+            figures = watchers[side].figures
+            figures.update(watchers[side].ask("blocked"))
+            figures["p50_ms"] = _ms(latencies[side], 0.5)
+            figures["p99_ms"] = _ms(latencies[side], 0.99)
+        return watchers["ours"].finish(), watchers["raw"].finish()
+    finally:
+        for watcher in watchers.values():
+            watcher._process.kill()
+
+
 def _populate(ctx: Context, count: int, hosts: int, root: str) -> None:
     client = ctx.raw_client()
     items = []
@@ -63,16 +131,16 @@ def _populate(ctx: Context, count: int, hosts: int, root: str) -> None:
 def run(ctx: Context) -> BenchResult:
     result = BenchResult(NAME, TITLE)
     sizes = [200] if ctx.quick else [1000, 10000]
-    samples = ctx.size(200, 30)
+    samples = ctx.size(400, 40)
     _populate(ctx, max(sizes), 1, "")
+    _populate(ctx, max(sizes), 1, "/ours")
     address = (ctx.host, str(ctx.port))
     for count in sizes:
-        # alternating pairs of fresh interpreters, the median of each figure: one pair moved
-        # the first-state ratio from 0.6 to 2.3 on this loaded machine, and the p99 at 10,000
+        # pairs of fresh interpreters, the median of each figure: one pair moved the
+        # first-state ratio from 0.6 to 2.3 on a loaded machine, and the p99 at 10,000
         # services from 0.4 to 15 (~1 minute a pair at 10,000)
-        pairs = [(_spawn("watch", "ours", *address, str(count), str(samples)),
-                  _spawn("watch", "raw", *address, str(count), str(samples)))
-                 for _ in range(1 if ctx.quick else PAIRS)]
+        pairs = [_pair(address, count, samples, ours_first=index % 2 == 0)
+                 for index in range(1 if ctx.quick else PAIRS)]
         ours, raw = (_medians([pair[side] for pair in pairs]) for side in (0, 1))
         label = f"{count:,} services"
         result.add(f"{label}: extra threads", "count", ours["extra_threads"],
@@ -101,12 +169,14 @@ def run(ctx: Context) -> BenchResult:
     result.add(f"{label}: time to the first catalog", "s", ours["first_s"], raw["first_s"])
     result.add(f"{label}: peak RSS", "MB", ours["peak_rss_mb"], raw["peak_rss_mb"])
     result.notes.append(
-        f"each side in a fresh interpreter (the median of {PAIRS} alternating runs per side in "
-        f"full mode); 'every watch open' = an event put to the service subscribed last is "
-        f"delivered (ours creates the watches after the first states, in bulk; the latency is "
-        f"measured from then); raw = python3-etcd3 get_prefix + "
-        f"add_watch_prefix_callback per service (one watcher thread, like ours); latency over "
-        f"{samples} sequential puts to one service with the others watched; 'behind a slow "
+        f"each side in a fresh interpreter, on its own copy of the services; the median of "
+        f"{PAIRS} pairs in full mode, each pair with both sides alive (started one after the "
+        f"other, alternating which goes first); 'every watch open' = an event put to the "
+        f"service subscribed last is delivered (ours creates the watches after the first "
+        f"states, in bulk; the latency is measured from then); raw = python3-etcd3 "
+        f"get_prefix + add_watch_prefix_callback per service (one watcher thread, like ours); "
+        f"latency over {samples} sequential puts to one service per side with the others "
+        f"watched, taken in alternating rounds of {_ROUND} by the two sides; 'behind a slow "
         f"subscriber' = service 1's event put right after service 0's, whose subscriber "
         f"sleeps {SLOW_MS} ms (both sides deliver on one thread); catalog raw = get_prefix + "
         f"json.loads of every value.")
