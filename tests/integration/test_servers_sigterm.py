@@ -6,16 +6,19 @@ through its drain, then exited."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -46,12 +49,32 @@ def gunicorn(_port: int) -> list[str]:
 
 
 def start_backend(etcd: EmbeddedEtcd, prefix: str, name: str,
-                  command: Callable[[int], list[str]]) -> subprocess.Popen[bytes]:
+                  command: Callable[[int], list[str]], stderr: IO[bytes] | None = None
+                  ) -> subprocess.Popen[bytes]:
     port = free_port()
     env = {**os.environ, "ETCD_HOST": etcd.endpoint, "ETCD_PREFIX": prefix,
            "BACKEND_NAME": name, "BACKEND_PORT": str(port), "BACKEND_DRAIN": str(DRAIN),
+           "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack (see below)
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(command(port), env=env)
+    return subprocess.Popen(command(port), env=env, stderr=stderr)
+
+
+def stacks_of(backends: dict[str, subprocess.Popen[bytes]], logs: dict[str, IO[bytes]]
+              ) -> str:
+    """The stderr of each backend after SIGABRT (its threads' stacks): what a backend that
+    never registered was doing (once in CI, a gunicorn master among ~15 runs)."""
+    for process in backends.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGABRT)
+    for process in backends.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+    out = []
+    for name, log in logs.items():
+        log.seek(0)
+        out.append(f"--- backend {name} (exit {backends[name].poll()}):\n"
+                   + log.read().decode(errors="replace")[-6000:])
+    return "\n".join(out)
 
 
 def ports(discovery: Discovery) -> set[str]:
@@ -68,7 +91,9 @@ def test_sigterm_to_a_backend_costs_no_request(etcd: EmbeddedEtcd, unique_prefix
     if server == "uvicorn":
         pytest.importorskip("starlette")
     command = uvicorn if server == "uvicorn" else gunicorn
-    backends = {name: start_backend(etcd, unique_prefix, name, command) for name in ("a", "b")}
+    logs = {name: tempfile.TemporaryFile() for name in ("a", "b")}  # noqa: SIM115 (closed below)
+    backends = {name: start_backend(etcd, unique_prefix, name, command, logs[name])
+                for name in ("a", "b")}
     discovery = Discovery(etcd.endpoint, prefix=unique_prefix)
     client = httpx.Client(transport=DiscoveryTransport(discovery, retries=0), timeout=5.0)
     answers: list[tuple[float, str]] = []
@@ -87,7 +112,11 @@ def test_sigterm_to_a_backend_costs_no_request(etcd: EmbeddedEtcd, unique_prefix
                 time.sleep(0.01)
 
     try:
-        wait_until(lambda: len(ports(discovery)) == 2, 30.0, 0.05, "both backends registered")
+        try:
+            wait_until(lambda: len(ports(discovery)) == 2, 30.0, 0.05,
+                       "both backends registered")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{stacks_of(backends, logs)}") from None
         callers = [threading.Thread(target=call, daemon=True) for _ in range(4)]
         for caller in callers:
             caller.start()
@@ -123,3 +152,5 @@ def test_sigterm_to_a_backend_costs_no_request(etcd: EmbeddedEtcd, unique_prefix
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for log in logs.values():
+            log.close()
