@@ -16,11 +16,16 @@ import threading
 from reactivex import abc
 from reactivex.scheduler import VirtualTimeScheduler
 
-from rx_discovery._errors import DiscoveryError
+from rx_discovery._errors import ConfigError, DiscoveryError
 
-__all__ = ["UsedAfterFork", "fork_generation", "validate_drain", "wait_on"]
+__all__ = ["UsedAfterFork", "check_grpc_usable", "fork_generation", "grpc_channel_made",
+           "validate_drain", "wait_on"]
 
 _generation = 0
+# The fork generation in which this process image first made a gRPC channel (None: never)
+_grpc_used_in: int | None = None
+# what gRPC reads as false (absl's flag syntax); unset, its fork support is on (Python wheels)
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
 
 
 def _forked() -> None:
@@ -60,6 +65,32 @@ def check_fork(generation: int, what: str) -> None:
     """Raise :class:`UsedAfterFork` unless this process is the one of ``generation``."""
     if generation != _generation:
         raise UsedAfterFork(what)
+
+
+def grpc_channel_made() -> None:
+    """Note that this process uses gRPC (see :func:`check_grpc_usable`)."""
+    global _grpc_used_in
+    if _grpc_used_in is None:
+        _grpc_used_in = _generation
+
+
+def check_grpc_usable() -> None:
+    """Fail before any I/O where gRPC cannot work: in a child forked from a process that had
+    used gRPC, with gRPC's fork handlers turned off (``GRPC_ENABLE_FORK_SUPPORT=false``, which
+    a pre-fork master needs, see the README). Every call there hangs until its timeout: a
+    registration made there never completed (0 in 10).
+
+    Raises:
+        ConfigError: naming the variable and the fix.
+    """
+    if _grpc_used_in is None or _grpc_used_in == _generation:
+        return
+    if os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower() in _FALSE:
+        raise ConfigError(
+            "gRPC cannot work in this process: it was forked from one that had used gRPC, "
+            "with GRPC_ENABLE_FORK_SUPPORT=false. Make every Discovery in the forked workers "
+            "and none in the parent (then leave GRPC_ENABLE_FORK_SUPPORT unset), or keep "
+            "gRPC out of the workers")
 
 
 def validate_drain(drain: object) -> float:

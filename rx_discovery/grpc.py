@@ -41,6 +41,7 @@ from reactivex.disposable import SerialDisposable
 from reactivex.scheduler import EventLoopScheduler, TimeoutScheduler
 
 from rx_discovery._errors import NoHostFound
+from rx_discovery._lifecycle import check_grpc_usable, grpc_channel_made
 from rx_discovery.discovery import Discovery
 from rx_discovery.hostset import HostSet
 
@@ -81,6 +82,7 @@ class _Follower:
         for name, value in (("drain", drain), ("wait", wait)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        check_grpc_usable()
         self.service, self._port, self._address, self._shard = service, port, address, shard
         self.drain, self.wait = float(drain), float(wait)
         self._options = [("grpc.lb_policy_name", "round_robin"), *options]
@@ -261,6 +263,7 @@ class DiscoveryChannel(_Follower):
         generation = None
         if addresses:
             target = target_of(addresses)
+            grpc_channel_made()
             channel = (grpc.insecure_channel(target, self._options)
                        if self._credentials is None else
                        grpc.secure_channel(target, self._credentials, self._options))

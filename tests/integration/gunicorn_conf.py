@@ -8,6 +8,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# Before grpc is imported (rx_discovery imports it): the master keeps gRPC calls in flight
+# while gunicorn forks workers, and gRPC's fork handlers then hang fork() for ever (1 start
+# in 80 under load: the master never registered). The workers never use gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from rx_discovery import Discovery, Host
 from rx_discovery.lifecycle import drain_on_signal
 

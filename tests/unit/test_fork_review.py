@@ -119,3 +119,41 @@ def test_sending_a_discovery_or_registration_to_a_spawned_process_names_the_fix(
                 pickle.dumps(thing)
     finally:
         discovery.close()
+
+
+@pytest.mark.parametrize("fork_support", ["false", "0", "unset"])
+def test_a_child_of_a_grpc_user_with_fork_support_off_gets_a_clear_error_before_any_io(
+        monkeypatch: pytest.MonkeyPatch, fork_support: str) -> None:
+    """With GRPC_ENABLE_FORK_SUPPORT=false (what a pre-fork master that registers needs), gRPC
+    cannot work in a forked child: a Discovery made there never registered (0 in 10), each
+    call hanging to its timeout. It fails at once instead, naming the variable and the fix;
+    with fork support on (unset), a child makes its own Discovery as before."""
+    from rx_discovery import _lifecycle
+    from rx_discovery._errors import ConfigError
+
+    if fork_support == "unset":
+        monkeypatch.delenv("GRPC_ENABLE_FORK_SUPPORT", raising=False)
+    else:
+        monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", fork_support)
+    monkeypatch.setattr(_lifecycle, "_grpc_used_in", _lifecycle.fork_generation())
+
+    def make() -> None:
+        with Discovery("http://127.0.0.1:9"):  # nothing listens: no I/O may happen
+            pass
+
+    class Named(Exception):
+        """The error named the variable and the fix."""
+
+    def message() -> None:
+        try:
+            make()
+        except ConfigError as error:
+            if "GRPC_ENABLE_FORK_SUPPORT" in str(error) and "workers" in str(error):
+                raise Named from None
+            raise
+
+    make()  # the parent that used gRPC: fine
+    expected = "nothing" if fork_support == "unset" else ConfigError.__name__
+    assert in_child(make) == expected
+    if fork_support != "unset":
+        assert in_child(message) == Named.__name__

@@ -16,6 +16,7 @@ import etcd3
 import grpc
 
 from rx_discovery._errors import StoreError
+from rx_discovery._lifecycle import grpc_channel_made
 from rx_discovery.config import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ _GRPC_OPTIONS: list[tuple[str, int]] = [
 
 def make_endpoints(settings: Settings) -> list[Any]:
     """One ``etcd3.Endpoint`` (owning its gRPC channel) per configured member."""
+    grpc_channel_made()
     creds = None
     if settings.tls:
         creds = grpc.ssl_channel_credentials(root_certificates=settings.ca_cert,

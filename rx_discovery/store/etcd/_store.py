@@ -22,6 +22,7 @@ from rx_discovery._errors import (
     StoreError,
     StoreUnavailable,
 )
+from rx_discovery._lifecycle import check_grpc_usable
 from rx_discovery._serial import as_observer
 from rx_discovery.config import Settings
 from rx_discovery.health import Health, HealthTracker
@@ -77,7 +78,12 @@ class EtcdStore:
 
         Args:
             settings: endpoints, TLS material, credentials and per-call timeout.
+
+        Raises:
+            ConfigError: gRPC cannot work in this process (a forked child, see
+                :func:`~rx_discovery._lifecycle.check_grpc_usable`).
         """
+        check_grpc_usable()
         self._settings = settings
         self._lock = threading.Lock()
         self._endpoints: list[Any] | None = None  # etcd3.Endpoint, each owning a gRPC channel
