@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from reactivex.testing import TestScheduler
 from test_streams_marble import uuids
 
@@ -375,17 +376,19 @@ class _Reader:
 
 
 class _Prefixes:
-    """A store of bulk reads: the first ``failures`` fail as an outage; records each batch."""
+    """A store of bulk reads: the first ``failures`` fail with ``error`` (an outage unless
+    told); records each batch."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
         self.failures = failures
+        self.error = error or StoreUnavailable("etcd went away")
         self.batches: list[int] = []
 
     def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
         self.batches.append(len(prefixes))
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailable("etcd went away")
+            raise self.error
         return [Snapshot(1, ()) for _ in prefixes]
 
 
@@ -491,3 +494,26 @@ def test_a_first_set_delivered_inside_another_keeps_the_outer_delivery_flagged()
     _FlushAll([Outer()])()
     assert seen == [True, True]
     assert not delivering_first_sets()
+
+
+@pytest.mark.parametrize("error, own_timer", [
+    (PermissionDenied("a range of the transaction was refused"), False),
+    (StoreUnavailable("etcd went away"), True),  # streams that time their own retries
+], ids=["refused", "unreachable-own-timer"])
+def test_a_batch_handed_to_reads_alone_does_not_end_the_workers_turn(
+        error: Exception, own_timer: bool) -> None:
+    # a batch whose syncs each read alone (refused, or unreachable for streams with a
+    # scheduler of their own: nothing rests) is done with: the worker goes on with the next
+    # batch in the same turn, as after a success, instead of leaving and queueing a new
+    # turn on the I/O pool behind registrations and keepalives for each batch
+    reads, steps, timer = _first_reads(_Prefixes(failures=1, error=error))
+    own = TestScheduler() if own_timer else timer
+    alone = [_Reader(n, own) for n in range(_BATCH)]
+    last = _Reader(_BATCH, timer)
+    reads.request(alone[0])
+    for reader in [*alone[1:], last]:
+        reads._waiting.append(reader)
+    steps.run_next()
+    assert reads._store.batches == [_BATCH, 1]
+    assert all(r.alone and r.installed is None for r in alone) and last.installed is not None
+    assert steps.tasks == []  # one turn read both batches: nothing left to run
