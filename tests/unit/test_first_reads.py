@@ -469,9 +469,10 @@ def test_after_a_rest_one_worker_reads_then_a_second_joins_but_no_third() -> Non
         steps.run_next()  # the batch of three fails: the queue rests, both workers leave
     assert reads._store.batches == [3] and not any(r.installed for r in readers)
     timer.advance_by(1.0)  # the rest ends: one worker reads one, then a second joins
-    while steps.tasks:
-        steps.run_next()
+    steps.run_next()  # the first worker's turn: it reads on (2), the second is scheduled
     assert reads._store.batches == [3, 1, 2] and all(r.installed for r in readers)
+    assert len(steps.tasks) == 1  # the second worker, started by the first success
+    steps.run_next()
     for reader in (_Reader(n, timer) for n in range(10, 13)):
         reads.request(reader)
     assert len(steps.tasks) == 2  # the workers were counted right: two, not a third
