@@ -83,8 +83,8 @@ def test_a_refused_service_does_not_hold_back_the_others_and_is_reported_alone()
     store.denied.add("/services/s3/")
     discovery = Discovery(store=store)
     sets = [record(discovery.hosts(name), scheduler) for name in services(5)]
-    scheduler.advance_to(1)
-    # the bulk read failed as a whole; each service was read alone: four loaded
+    scheduler.advance_to(0.5)
+    # the bulk read failed as a whole; each service was read alone at once: four loaded
     assert [len(s.items) for s in sets] == [1, 1, 1, 0, 1]
     assert sets[3].error is None  # a refusal is retried slowly, not an end of the stream
     scheduler.advance_to(30)  # retried slowly (1 s doubling), not every 0.5 s
@@ -518,3 +518,66 @@ def test_a_batch_handed_to_reads_alone_does_not_end_the_workers_turn(
     assert reads._store.batches == [_BATCH, 1]
     assert all(r.alone and r.installed is None for r in alone) and last.installed is not None
     assert steps.tasks == []  # one turn read both batches: nothing left to run
+
+
+def test_a_subscriber_that_reads_while_the_bulk_read_is_in_flight_keeps_its_newer_state(
+        ) -> None:
+    # the bulk read took the sync; before its answer is installed, subscribe_new (which
+    # reads at once) read a newer state and started watching from it. The older bulk
+    # snapshot must be dropped: installed as a re-read, it took a host registered in between
+    # away (down, and a set without it) and the watch brought it back as new
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    sets = record(discovery.hosts("api"), scheduler)
+    later: list[Any] = []
+    bulk_read = store.get_prefixes
+
+    def read_then_a_subscriber_reads_first(prefixes: Sequence[str]) -> list[Snapshot]:
+        snapshots = bulk_read(prefixes)  # uuid-1 only
+        put(store, 2, "api")
+        later.append(record(discovery.subscribe_down("api"), scheduler))  # reads uuid-1, 2
+        later.append(record(discovery.subscribe_new("api"), scheduler))
+        return snapshots
+
+    store.get_prefixes = read_then_a_subscriber_reads_first  # type: ignore[method-assign]
+    scheduler.advance_to(1)
+    downs, news = later
+    assert [uuids(s) for s in sets.items] == [["uuid-1", "uuid-2"]]
+    assert downs.items == [] and news.items == []
+    assert store.watch_count == 1
+
+
+def test_a_codec_bug_in_a_bulk_first_state_reads_that_prefix_alone_soon_and_spares_the_rest(
+        ) -> None:
+    # the first state of /a/ was read in bulk, but installing it raised (a codec bug, not a
+    # malformed value): /a/ reads again alone after the short backoff, and /b/, read in the
+    # same batch, gets its first state at once all the same
+    from test_sync_mutants import flaky_codec
+
+    from rx_discovery._first_reads import FirstReads
+    from rx_discovery._runtime import Runtime
+    from rx_discovery.sync import Change, PrefixSync
+
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    store.put("/a/x", b"v1")
+    store.put("/b/y", b"v2")
+    runtime = Runtime(scheduler, scheduler)
+    reads = FirstReads(store, runtime)
+    codec = flaky_codec([b"v1"])  # raises once, on /a/'s value
+    changes: dict[str, list[tuple[float, Change[bytes]]]] = {"/a/": [], "/b/": []}
+    for prefix in changes:
+        PrefixSync(store, prefix, codec, runtime,
+                   lambda change, prefix=prefix: changes[prefix].append(
+                       (scheduler.clock, change)),
+                   lambda _: None, prefix, first_reads=reads).start()
+    scheduler.advance_to(0.01)
+    assert store.bulk == [2]
+    assert [(t, dict(c.items)) for t, c in changes["/b/"]] == [(0, {"y": b"v2"})]
+    assert changes["/a/"] == []
+    scheduler.advance_to(1)
+    assert store.single == ["/a/"]  # read again alone, once
+    assert [dict(c.items) for _, c in changes["/a/"]] == [{"x": b"v1"}]
+    assert changes["/a/"][0][0] <= 0.06  # after the transient backoff (<= 50 ms)
