@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from reactivex.testing import TestScheduler
 from test_streams_marble import uuids
 
@@ -82,8 +83,8 @@ def test_a_refused_service_does_not_hold_back_the_others_and_is_reported_alone()
     store.denied.add("/services/s3/")
     discovery = Discovery(store=store)
     sets = [record(discovery.hosts(name), scheduler) for name in services(5)]
-    scheduler.advance_to(1)
-    # the bulk read failed as a whole; each service was read alone: four loaded
+    scheduler.advance_to(0.5)
+    # the bulk read failed as a whole; each service was read alone at once: four loaded
     assert [len(s.items) for s in sets] == [1, 1, 1, 0, 1]
     assert sets[3].error is None  # a refusal is retried slowly, not an end of the stream
     scheduler.advance_to(30)  # retried slowly (1 s doubling), not every 0.5 s
@@ -375,17 +376,19 @@ class _Reader:
 
 
 class _Prefixes:
-    """A store of bulk reads: the first ``failures`` fail as an outage; records each batch."""
+    """A store of bulk reads: the first ``failures`` fail with ``error`` (an outage unless
+    told); records each batch."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
         self.failures = failures
+        self.error = error or StoreUnavailable("etcd went away")
         self.batches: list[int] = []
 
     def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
         self.batches.append(len(prefixes))
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailable("etcd went away")
+            raise self.error
         return [Snapshot(1, ()) for _ in prefixes]
 
 
@@ -466,9 +469,10 @@ def test_after_a_rest_one_worker_reads_then_a_second_joins_but_no_third() -> Non
         steps.run_next()  # the batch of three fails: the queue rests, both workers leave
     assert reads._store.batches == [3] and not any(r.installed for r in readers)
     timer.advance_by(1.0)  # the rest ends: one worker reads one, then a second joins
-    while steps.tasks:
-        steps.run_next()
+    steps.run_next()  # the first worker's turn: it reads on (2), the second is scheduled
     assert reads._store.batches == [3, 1, 2] and all(r.installed for r in readers)
+    assert len(steps.tasks) == 1  # the second worker, started by the first success
+    steps.run_next()
     for reader in (_Reader(n, timer) for n in range(10, 13)):
         reads.request(reader)
     assert len(steps.tasks) == 2  # the workers were counted right: two, not a third
@@ -491,3 +495,89 @@ def test_a_first_set_delivered_inside_another_keeps_the_outer_delivery_flagged()
     _FlushAll([Outer()])()
     assert seen == [True, True]
     assert not delivering_first_sets()
+
+
+@pytest.mark.parametrize("error, own_timer", [
+    (PermissionDenied("a range of the transaction was refused"), False),
+    (StoreUnavailable("etcd went away"), True),  # streams that time their own retries
+], ids=["refused", "unreachable-own-timer"])
+def test_a_batch_handed_to_reads_alone_does_not_end_the_workers_turn(
+        error: Exception, own_timer: bool) -> None:
+    # a batch whose syncs each read alone (refused, or unreachable for streams with a
+    # scheduler of their own: nothing rests) is done with: the worker goes on with the next
+    # batch in the same turn, as after a success, instead of leaving and queueing a new
+    # turn on the I/O pool behind registrations and keepalives for each batch
+    reads, steps, timer = _first_reads(_Prefixes(failures=1, error=error))
+    own = TestScheduler() if own_timer else timer
+    alone = [_Reader(n, own) for n in range(_BATCH)]
+    last = _Reader(_BATCH, timer)
+    reads.request(alone[0])
+    for reader in [*alone[1:], last]:
+        reads._waiting.append(reader)
+    steps.run_next()
+    assert reads._store.batches == [_BATCH, 1]
+    assert all(r.alone and r.installed is None for r in alone) and last.installed is not None
+    assert steps.tasks == []  # one turn read both batches: nothing left to run
+
+
+def test_a_subscriber_that_reads_while_the_bulk_read_is_in_flight_keeps_its_newer_state(
+        ) -> None:
+    # the bulk read took the sync; before its answer is installed, subscribe_new (which
+    # reads at once) read a newer state and started watching from it. The older bulk
+    # snapshot must be dropped: installed as a re-read, it took a host registered in between
+    # away (down, and a set without it) and the watch brought it back as new
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    put(store, 1, "api")
+    discovery = Discovery(store=store)
+    sets = record(discovery.hosts("api"), scheduler)
+    later: list[Any] = []
+    bulk_read = store.get_prefixes
+
+    def read_then_a_subscriber_reads_first(prefixes: Sequence[str]) -> list[Snapshot]:
+        snapshots = bulk_read(prefixes)  # uuid-1 only
+        put(store, 2, "api")
+        later.append(record(discovery.subscribe_down("api"), scheduler))  # reads uuid-1, 2
+        later.append(record(discovery.subscribe_new("api"), scheduler))
+        return snapshots
+
+    store.get_prefixes = read_then_a_subscriber_reads_first  # type: ignore[method-assign]
+    scheduler.advance_to(1)
+    downs, news = later
+    assert [uuids(s) for s in sets.items] == [["uuid-1", "uuid-2"]]
+    assert downs.items == [] and news.items == []
+    assert store.watch_count == 1
+
+
+def test_a_codec_bug_in_a_bulk_first_state_reads_that_prefix_alone_soon_and_spares_the_rest(
+        ) -> None:
+    # the first state of /a/ was read in bulk, but installing it raised (a codec bug, not a
+    # malformed value): /a/ reads again alone after the short backoff, and /b/, read in the
+    # same batch, gets its first state at once all the same
+    from test_sync_mutants import flaky_codec
+
+    from rx_discovery._first_reads import FirstReads
+    from rx_discovery._runtime import Runtime
+    from rx_discovery.sync import Change, PrefixSync
+
+    scheduler = TestScheduler()
+    store = BulkStore(scheduler)
+    store.put("/a/x", b"v1")
+    store.put("/b/y", b"v2")
+    runtime = Runtime(scheduler, scheduler)
+    reads = FirstReads(store, runtime)
+    codec = flaky_codec([b"v1"])  # raises once, on /a/'s value
+    changes: dict[str, list[tuple[float, Change[bytes]]]] = {"/a/": [], "/b/": []}
+    for prefix in changes:
+        PrefixSync(store, prefix, codec, runtime,
+                   lambda change, prefix=prefix: changes[prefix].append(
+                       (scheduler.clock, change)),
+                   lambda _: None, prefix, first_reads=reads).start()
+    scheduler.advance_to(0.01)
+    assert store.bulk == [2]
+    assert [(t, dict(c.items)) for t, c in changes["/b/"]] == [(0, {"y": b"v2"})]
+    assert changes["/a/"] == []
+    scheduler.advance_to(1)
+    assert store.single == ["/a/"]  # read again alone, once
+    assert [dict(c.items) for _, c in changes["/a/"]] == [{"x": b"v1"}]
+    assert changes["/a/"][0][0] <= 0.06  # after the transient backoff (<= 50 ms)
