@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
 from reactivex.testing import TestScheduler
 from test_streams_marble import at
 
@@ -57,3 +58,11 @@ def test_a_resync_after_compaction_that_finds_the_same_hosts_emits_no_set(
     assert [sorted(s) for _, s in sets.values] == [["uuid-1"]]
     assert [c.initial for _, c in changes.values] == [True]
 
+
+# --- Hypothesis: no per-example deadline (a loaded 2-core machine is slow now and then) ----
+
+def test_property_tests_run_without_a_per_example_deadline() -> None:
+    # mutant: tests/conftest.py's profile without ``deadline=None`` (Hypothesis' default is
+    # 200 ms per example: a property test then fails when the machine is busy, not when the
+    # code is wrong)
+    assert settings.default.deadline is None
