@@ -5,13 +5,19 @@ Marble tests on the memory store: one TestScheduler drives everything; one unit 
 
 from __future__ import annotations
 
+import itertools
+import random
 from typing import Any
 
+import pytest
+import reactivex
 from hypothesis import settings
 from reactivex.testing import TestScheduler
 from test_streams_marble import at
 
-from rx_discovery import Discovery
+from rx_discovery import Discovery, PermissionDenied, RevisionCompacted, StoreUnavailable
+from rx_discovery.store import WatchResponse
+from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
 
 
@@ -66,3 +72,101 @@ def test_property_tests_run_without_a_per_example_deadline() -> None:
     # 200 ms per example: a property test then fails when the machine is busy, not when the
     # code is wrong)
     assert settings.default.deadline is None
+
+
+# --- retries are jittered: each delay drawn in [d/2, d] (README, Operations) ------------
+
+class FailingWatches(MemoryStore):
+    """Reads work; every watch fails at once (etcd refusing watches); records when each
+    watch was opened."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.opened: list[float] = []
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any
+              ) -> reactivex.Observable[WatchResponse]:
+        self.opened.append(self.scheduler.clock)  # type: ignore[attr-defined]
+        return reactivex.throw(StoreUnavailable("watch refused"))
+
+
+def test_watch_retries_are_jittered_between_half_and_all_of_each_delay(
+        scheduler: TestScheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mutants: Backoff.next without jitter (``uniform(ceiling, ceiling)``: every client that
+    # lost etcd at once retries at the same instants, the stampede the README rules out), or
+    # drawn from [0, d] (retries faster than the documented pace). Seeded: deterministic.
+    monkeypatch.setattr("rx_discovery._runtime._RNG", random.Random(17))
+    store = FailingWatches(scheduler)
+    discovery = Discovery(store=store)
+    record(discovery.hosts("api"), scheduler)
+    scheduler.advance_to(30)
+    gaps = [b - a for a, b in itertools.pairwise(store.opened)]
+    ceilings = [min(0.5, 0.05 * 2 ** n) for n in range(len(gaps))]
+    assert len(gaps) >= 40
+    assert all(c / 2 <= gap <= c for gap, c in zip(gaps, ceilings, strict=True)), gaps
+    assert sum(gap < 0.75 * c for gap, c in zip(gaps, ceilings, strict=True)) >= len(gaps) // 4
+
+
+class CompactedThenReadsFail(MemoryStore):
+    """The first watch is told its revision was compacted; the re-read that follows fails
+    six times (etcd unreachable), then works; every later watch fails at once. Records when
+    each watch was opened."""
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.opened: list[float] = []
+        self.reads = 0
+
+    def get_prefix(self, prefix: str) -> Any:
+        self.reads += 1
+        if 2 <= self.reads <= 7:
+            raise StoreUnavailable("down")
+        return super().get_prefix(prefix)
+
+    def watch(self, prefix: str, start_revision: int, **kwargs: Any
+              ) -> reactivex.Observable[WatchResponse]:
+        self.opened.append(self.scheduler.clock)  # type: ignore[attr-defined]
+        if len(self.opened) == 1:
+            return reactivex.throw(RevisionCompacted(start_revision))
+        return reactivex.throw(StoreUnavailable("watch refused"))
+
+
+def test_a_successful_read_starts_the_watch_backoff_again_from_its_first_delay(
+        scheduler: TestScheduler) -> None:
+    # mutant: PrefixSync._install no longer resets the backoffs (``self._backoff =
+    # self._slow_backoff = None`` removed): a watch failing right after a re-read that
+    # needed seven tries was retried at the read's escalated pace (up to 0.5 s) instead of
+    # within 0.05 s ("watches: 0.05 s doubling to 0.5 s", README, Operations)
+    store = CompactedThenReadsFail(scheduler)
+    discovery = Discovery(store=store)
+    record(discovery.hosts("api"), scheduler)
+    scheduler.advance_to(10)
+    assert store.reads >= 8  # the first read, six failed re-reads, the one that worked
+    assert len(store.opened) >= 3
+    assert store.opened[2] - store.opened[1] <= 0.05
+
+
+# --- a bulk first read refused as a whole: each stream reads alone, at once -------------
+
+class OnePrefixDenied(MemoryStore):
+    """Reads of ``/services/secret/`` are refused (etcd RBAC), so a bulk read holding it
+    fails as a whole."""
+
+    def get_prefix(self, prefix: str) -> Any:
+        if prefix == "/services/secret/":
+            raise PermissionDenied("permission denied")
+        return super().get_prefix(prefix)
+
+
+def test_a_bulk_first_read_refused_for_one_service_delivers_the_others_at_once(
+        scheduler: TestScheduler) -> None:
+    # mutant: PrefixSync.read_alone schedules its own read 1 s later instead of at once (the
+    # other services' first sets, subscribed together with a denied one, came a second late)
+    store = OnePrefixDenied(scheduler)
+    put(store, "api", 1)
+    discovery = Discovery(store=store)
+    sets = record(discovery.hosts("api"), scheduler)
+    denied = record(discovery.hosts("secret"), scheduler)
+    scheduler.advance_to(0.5)
+    assert [(when, sorted(s)) for when, s in sets.values] == [(0.0, ["uuid-1"])]
+    assert denied.values == []  # refused: retried slowly, reported by health
