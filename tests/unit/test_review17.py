@@ -6,6 +6,7 @@ Marble tests on the memory store: one TestScheduler drives everything; one unit 
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from typing import Any
 
@@ -16,6 +17,7 @@ from reactivex.testing import TestScheduler
 from test_streams_marble import at
 
 from rx_discovery import Discovery, PermissionDenied, RevisionCompacted, StoreUnavailable
+from rx_discovery._runtime import Runtime
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
@@ -170,3 +172,69 @@ def test_a_bulk_first_read_refused_for_one_service_delivers_the_others_at_once(
     scheduler.advance_to(0.5)
     assert [(when, sorted(s)) for when, s in sets.values] == [(0.0, ["uuid-1"])]
     assert denied.values == []  # refused: retried slowly, reported by health
+
+
+# --- a background action that raises is logged, and the scheduler goes on ----------------
+
+def test_a_background_action_that_raises_is_logged_and_the_next_one_still_runs(
+        scheduler: TestScheduler, caplog: pytest.LogCaptureFixture) -> None:
+    # mutant: _runtime._guard re-raises: on a TestScheduler the bug escapes into the
+    # caller's advance_to(); on the etcd path's thread pool it is kept in a future nobody
+    # reads, lost silently ("exceptions are logged, never lost silently")
+    runtime = Runtime(scheduler, scheduler)
+    ran: list[str] = []
+
+    def bug() -> None:
+        raise ZeroDivisionError("a library bug")
+
+    runtime.run(bug)
+    runtime.after(1, bug)
+    runtime.after(2, lambda: ran.append("next"))
+    with caplog.at_level(logging.ERROR, logger="rx_discovery"):
+        scheduler.advance_to(3)
+    assert ran == ["next"]
+    failures = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(failures) == 2
+
+
+# --- a registration that succeeded retries its next failure from the first delay ----------
+
+class GrantsFail(MemoryStore):
+    """``grant`` fails (etcd unreachable for new leases) while ``failing``; records when
+    each grant was asked for."""
+
+    failing = False
+
+    def __init__(self, scheduler: TestScheduler) -> None:
+        super().__init__(scheduler)
+        self.grants: list[float] = []
+
+    def grant(self, ttl: int) -> Any:
+        self.grants.append(self.scheduler.clock)  # type: ignore[attr-defined]
+        if self.failing:
+            raise StoreUnavailable("down")
+        return super().grant(ttl)
+
+
+def test_after_registering_the_next_outage_is_retried_from_the_first_delay(
+        scheduler: TestScheduler) -> None:
+    # mutant: Backoff.reset does nothing (_runtime is not mutation-run): a registration that
+    # waited out one outage (its delays grown to the 5 s cap) retried a lost lease 2.5-5 s
+    # apart instead of from 0.2 s ("registrations: 0.2 s doubling to ttl/3, at most 5 s")
+    store = GrantsFail(scheduler)
+    store.failing = True
+    discovery = Discovery(store=store)
+    registration = discovery.register("api", make_host(1), ttl=30)
+    at(scheduler, 60, lambda: setattr(store, "failing", False))
+    scheduler.advance_to(70)
+    assert registration.ready
+
+    def lease_lost_while_grants_fail() -> None:
+        store.failing = True
+        [lease] = store.leases  # the registration's
+        store.expire_lease(lease)
+    at(scheduler, 100, lease_lost_while_grants_fail)
+    scheduler.advance_to(110)
+    after = [t for t in store.grants if t >= 100]
+    assert len(after) >= 3
+    assert after[1] - after[0] <= 0.2
