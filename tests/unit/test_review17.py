@@ -18,6 +18,7 @@ from test_streams_marble import at
 
 from rx_discovery import Discovery, PermissionDenied, RevisionCompacted, StoreUnavailable
 from rx_discovery._runtime import Runtime
+from rx_discovery.health import HealthState, HealthTracker
 from rx_discovery.store import WatchResponse
 from rx_discovery.store.memory import MemoryStore
 from rx_discovery.testing import make_host, record
@@ -238,3 +239,61 @@ def test_after_registering_the_next_outage_is_retried_from_the_first_delay(
     after = [t for t in store.grants if t >= 100]
     assert len(after) >= 3
     assert after[1] - after[0] <= 0.2
+
+
+# --- HealthTracker (not mutation-run): what a recovery clears ----------------------------
+
+class Clock:
+    """A monotonic clock the test moves (``HealthTracker`` measures failures on it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_after_a_recovery_a_new_outage_is_reconnecting_before_it_is_unavailable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # mutant: connected() no longer clears ``_failing_since``: the first failure after an
+    # outage that had healed long ago made the health UNAVAILABLE at once (an alert for a
+    # blip), measured from the start of the old outage
+    clock = Clock()
+    monkeypatch.setattr("rx_discovery.health.time.monotonic", clock)
+    tracker = HealthTracker("t", unavailable_after=10)
+    tracker.failed("down")
+    clock.now += 11
+    tracker.failed("down")
+    assert tracker.current.state is HealthState.UNAVAILABLE
+    tracker.connected()
+    clock.now += 100
+    tracker.failed("blip")
+    assert tracker.current.state is HealthState.RECONNECTING
+    clock.now += 11
+    tracker.failed("down again")
+    assert tracker.current.state is HealthState.UNAVAILABLE
+
+
+def test_a_refused_login_is_cleared_by_any_call_served_whatever_its_scope() -> None:
+    # mutant: connected(scope=...) no longer clears the connection-wide denial (scope "",
+    # a refused login or TLS): once the login worked again, health stayed DENIED for ever
+    # unless a call without a scope was served
+    tracker = HealthTracker("t", unavailable_after=60)
+    tracker.connected(scope="/services/api/")
+    tracker.denied("authentication failed")
+    assert tracker.current.state is HealthState.DENIED
+    tracker.connected(scope="/services/api/")
+    assert tracker.current.state is HealthState.CONNECTED
+
+
+def test_of_the_denials_standing_health_shows_the_latest() -> None:
+    # mutant: denied() no longer moves a scope denied again to the end: after a blip, the
+    # health came back as an older denial than the one last seen
+    tracker = HealthTracker("t", unavailable_after=60)
+    tracker.denied("no read on /a", scope="/a")
+    tracker.denied("no read on /b", scope="/b")
+    tracker.denied("no write on /a", scope="/a")
+    tracker.failed("blip")
+    tracker.connected(scope="/c")
+    assert (tracker.current.state, tracker.current.reason) == (
+        HealthState.DENIED, "no write on /a")
