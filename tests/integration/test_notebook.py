@@ -16,14 +16,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+# dev dependencies (the notebook extra): imported, never skipped, so a broken install fails
+# here instead of leaving the notebook untested
+import ipykernel  # noqa: F401  (the kernel nbclient starts)
+import nbclient
+import nbconvert
+import nbformat
 import pytest
 
 from rx_discovery.embedded import EmbeddedEtcd
-
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("ipykernel")
-
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
@@ -99,7 +100,6 @@ def _png_pixels(path: Path) -> bytes:
 def test_executed_notebook_renders_in_a_headless_browser(
         etcd: EmbeddedEtcd, unique_prefix: str, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    nbconvert = pytest.importorskip("nbconvert")
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium)")
     notebook = _execute(etcd, unique_prefix, monkeypatch)

@@ -7,6 +7,7 @@ through its drain, then exited."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -27,6 +28,11 @@ from helpers import wait_until
 from rx_discovery import Discovery, DiscoveryError
 from rx_discovery.embedded import EmbeddedEtcd
 from rx_discovery.http import DiscoveryTransport
+
+# dev dependencies, imported (never skipped): a broken install fails here instead of leaving
+# the SIGTERM recipes untested
+for _server in ("uvicorn", "starlette", "gunicorn"):
+    importlib.import_module(_server)
 
 DRAIN = 2.0
 HERE = Path(__file__).parent
@@ -87,9 +93,6 @@ def ports(discovery: Discovery) -> set[str]:
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
 def test_sigterm_to_a_backend_costs_no_request(etcd: EmbeddedEtcd, unique_prefix: str,
                                                server: str) -> None:
-    pytest.importorskip(server)
-    if server == "uvicorn":
-        pytest.importorskip("starlette")
     command = uvicorn if server == "uvicorn" else gunicorn
     logs = {name: tempfile.TemporaryFile() for name in ("a", "b")}  # noqa: SIM115 (closed below)
     backends = {name: start_backend(etcd, unique_prefix, name, command, logs[name])

@@ -10,17 +10,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from reactivex.testing import TestScheduler
 
-from rx_discovery import Discovery, RegistrationStatus, StoreUnavailable
-from rx_discovery.store.memory import MemoryStore
-from rx_discovery.testing import make_host
-
-pytest.importorskip("opentelemetry.sdk")
+# dev dependencies (pyproject.toml): imported, never skipped, so a broken install fails here
+# instead of leaving the metrics untested
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from reactivex.testing import TestScheduler
 
-from rx_discovery import metrics
+from rx_discovery import Discovery, RegistrationStatus, StoreUnavailable, metrics
+from rx_discovery.store.memory import MemoryStore
+from rx_discovery.testing import make_host
 
 
 @pytest.fixture
@@ -198,10 +198,9 @@ def test_without_opentelemetry_everything_is_a_no_op() -> None:
 
 def test_the_readme_prometheus_recipe_exports_the_instruments() -> None:
     """The README's recipe: OpenTelemetry's Prometheus reader on the global registry."""
-    exporter = pytest.importorskip("opentelemetry.exporter.prometheus")
     from prometheus_client import REGISTRY, generate_latest
 
-    prometheus = exporter.PrometheusMetricReader()
+    prometheus = PrometheusMetricReader()
     provider = MeterProvider(metric_readers=[prometheus])
     metrics.configure(provider)
     try:
