@@ -205,8 +205,7 @@ class SharedSync(Generic[T]):
                 sync = self._sync
         if closed:
             inner.dispose()
-            observer.on_error(RuntimeError(CLOSED_MESSAGE))
-            return Disposable()
+            raise RuntimeError(CLOSED_MESSAGE)  # to on_error, by _Subscribable.subscribe
         try:
             if start is not None:
                 start.start(block=wait)
@@ -278,8 +277,8 @@ class _Subscribable(reactivex.Observable[R], Generic[T, R]):
             if self._guard is not None:
                 self._guard()
             return self._shared._subscribe(observer, self._scheduler, self._wait)
-        except Exception as error:  # as reactivex's subscribe: the error goes to on_error,
-            if getattr(given, "is_stopped", False):  # unless it came from there (an
-                raise  # on_error that raises, as the default one does)
+        except Exception as error:  # as reactivex's subscribe: the error goes to on_error
+            # (called here only: what it raises, as the default on_error does, propagates
+            # and is never handed to on_error a second time)
             observer.on_error(error)
             return Disposable()

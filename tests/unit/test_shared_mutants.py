@@ -198,3 +198,29 @@ def test_subscribing_to_a_closed_discoverys_hosts_fails_as_reactivex_would(
     assert isinstance(plain.error, RuntimeError)
     with pytest.raises(RuntimeError, match=r"^this Discovery is closed$"):
         discovery.hosts("api").subscribe(lambda _: None)
+
+
+def test_an_on_error_that_raises_during_subscribe_is_called_once(discovery: Discovery) -> None:
+    """Rx calls on_error at most once. An observer object (no ``is_stopped``) whose on_error
+    raises, subscribing to a closed Discovery, got on_error a second time with its own
+    exception (mutants ``_Subscribable.subscribe 27, 30, 31`` told the two apart)."""
+
+    class Raising:
+        def __init__(self) -> None:
+            self.errors: list[Exception] = []
+
+        def on_next(self, value: object) -> None:
+            pass
+
+        def on_error(self, error: Exception) -> None:
+            self.errors.append(error)
+            raise KeyError("from on_error")
+
+        def on_completed(self) -> None:
+            pass
+
+    discovery.close()
+    observer = Raising()
+    with pytest.raises(KeyError, match="from on_error"):
+        discovery.hosts("api").subscribe(observer)  # type: ignore[arg-type]
+    assert [type(e) for e in observer.errors] == [RuntimeError]
