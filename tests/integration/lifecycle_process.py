@@ -29,7 +29,10 @@ from rx_discovery import Discovery, Host, Registration
 
 
 def say(*words: object) -> None:
-    print(*words, flush=True)
+    # one write of the whole line: forked workers share the pipe, and with PYTHONUNBUFFERED
+    # print() writes each word and separator apart, so two workers' lines interleaved
+    sys.stdout.write(" ".join(map(str, words)) + "\n")
+    sys.stdout.flush()
 
 
 def drain(endpoint: str, prefix: str, seconds: str, *flags: str) -> None:
