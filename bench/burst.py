@@ -115,13 +115,13 @@ def run(ctx: Context) -> BenchResult:
                                                                   strict=True)]
     label = f"{count:,} hosts, {count // BATCH} txns"
     result.add(f"{label}: first put -> every host delivered", "ms", med("ours", "burst_ms"),
-               med("raw", "burst_ms"), ("ratio<=", 1.1),
+               med("raw", "burst_ms"),
                extra={"trials": each("burst_ms"), "ratio of each trial": ratios,
-                      "deliveries": each("deliveries"), "writer alone, ms": writer_ms})
+                      "deliveries": each("deliveries"), "writer's own time, ms": writer_ms})
     result.add(f"{label}: last put answered -> every host delivered", "ms",
                med("ours", "tail_ms"), med("raw", "tail_ms"), extra={"trials": each("tail_ms")})
     result.add(f"{label}: consumer CPU per event", "us", med("ours", "cpu_us"),
-               med("raw", "cpu_us"), extra={"trials": each("cpu_us")})
+               med("raw", "cpu_us"), ("ratio<=", 1.1), extra={"trials": each("cpu_us")})
     result.notes.append(
         f"{count} fresh hosts written live in {BATCH}-put transactions, {THREADS} in flight, "
         "by a writer in its own process, to a service both sides subscribed "
@@ -131,8 +131,10 @@ def run(ctx: Context) -> BenchResult:
         "HostSet per revision), raw = add_watch_prefix_callback + json.loads of every value "
         "into a dict. 'first put -> every host delivered' runs from the writer's first "
         "transaction to the consumer holding all hosts; 'last put answered -> ...' from the "
-        "writer's last transaction answered (the consumer's lag behind the writes); "
-        "'consumer CPU' is the consumer process's CPU (all its threads) from its watch being "
-        f"open to the last delivery, over N. Median of {trials} trials (each in the JSON, with "
-        "the writer's own time).")
+        "writer's last transaction answered (with 8 transactions in flight the writer may see its last answer after the events were delivered: it can be negative); "
+        "'consumer CPU' is the consumer process's CPU (all its threads) from its subscription "
+        "being live to the last delivery, over N: the gated figure, since both consumers "
+        "keep up with etcd's pace and the first row follows it (a consumer made 1.46x "
+        f"costlier per event still passed a 1.1x bound on that row). Median of {trials} "
+        "trials (each in the JSON, with the writer's own time).")
     return result
