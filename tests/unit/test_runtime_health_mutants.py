@@ -6,6 +6,7 @@ the test holds with events (conditions with deadlines, no sleeps).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from helpers import wait_until
 from reactivex.scheduler import ImmediateScheduler
 from reactivex.testing import TestScheduler
+from test_review17 import Clock
 
 from rx_discovery._runtime import PoolScheduler, Runtime
 from rx_discovery.health import Health, HealthState, HealthTracker
@@ -141,6 +143,19 @@ def test_a_delayed_action_disposed_after_its_time_but_before_it_ran_never_runs()
     assert ran == []
 
 
+def test_a_callers_timer_keeps_the_delivery_scheduler() -> None:
+    # mutants: Runtime.with_timer 6, 9 (a stream subscribed with ``scheduler=`` on the etcd
+    # path lost the delivery scheduler: its observers ran on the I/O workers that
+    # registrations and keepalives need)
+    timer, io, delivery, callers = (TestScheduler() for _ in range(4))
+    runtime = Runtime(timer, io, delivery).with_timer(callers)
+    delivered: list[str] = []
+    runtime.hand_off(lambda: delivered.append("delivered"))
+    assert delivered == []  # handed to the delivery scheduler, not run here
+    delivery.advance_to(1)
+    assert delivered == ["delivered"]
+
+
 # --- HealthTracker: what a Health names -------------------------------------------------
 
 
@@ -154,6 +169,7 @@ def test_a_failure_and_a_denial_name_the_member_given_and_none_when_none_is() ->
     # dropped: the member concerned no longer named)
     tracker = HealthTracker("t", unavailable_after=60)
     tracker.connected()
+    assert shown(tracker.current) == (HealthState.CONNECTED, "", "", "CONNECTED")
     tracker.failed("down")
     assert shown(tracker.current) == (HealthState.RECONNECTING, "down", "",
                                       "RECONNECTING: down")
@@ -165,6 +181,55 @@ def test_a_failure_and_a_denial_name_the_member_given_and_none_when_none_is() ->
     tracker.denied("refused", "http://m1:2379")
     assert shown(tracker.current) == (HealthState.DENIED, "refused", "http://m1:2379",
                                       "DENIED (http://m1:2379): refused")
+    tracker.connected("http://m2:2379")
+    assert shown(tracker.current) == (HealthState.CONNECTED, "", "http://m2:2379",
+                                      "CONNECTED (http://m2:2379)")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The monotonic clock health measures failures on, moved by the test."""
+    clock = Clock()
+    monkeypatch.setattr("rx_discovery.health.time.monotonic", clock)
+    return clock
+
+
+def test_unavailable_after_ten_seconds_of_failures_by_default(clock: Clock) -> None:
+    # mutant: HealthTracker.__init__ 3 (11 s: the README says "UNAVAILABLE after 10 s of
+    # failures"; the etcd stores use the default)
+    tracker = HealthTracker("t")
+    tracker.connected()
+    states = []
+    for now in (0, 9.9, 10):
+        clock.now = 1000 + now
+        tracker.failed("down")
+        states.append(tracker.current.state)
+    assert states == [HealthState.RECONNECTING] * 2 + [HealthState.UNAVAILABLE]
+
+
+def test_each_new_state_is_logged_once_at_warning_when_alarming(
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    # mutants: HealthTracker._set 6, 7 (no state logged, or a line per failed call and none
+    # per change), _set 9 (DENIED and UNAVAILABLE at INFO), __init__ 5 (the tracker's label
+    # gone from the line). The README: "a change of state is logged once, at WARNING for
+    # DENIED and UNAVAILABLE"
+    tracker = HealthTracker("etcd", unavailable_after=10)
+    with caplog.at_level(logging.INFO, logger="rx_discovery.health"):
+        tracker.connected()
+        tracker.failed("down")
+        tracker.failed("still down")  # the same state: not logged again
+        clock.now += 10
+        tracker.failed("down")
+        tracker.denied("refused")
+        tracker.connected()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "rx_discovery.health"] == [
+        (logging.INFO, "etcd: CONNECTED"),
+        (logging.INFO, "etcd: RECONNECTING: down"),
+        (logging.WARNING, "etcd: UNAVAILABLE: down"),
+        (logging.WARNING, "etcd: DENIED: refused"),
+        (logging.INFO, "etcd: CONNECTED"),
+    ]
 
 
 # --- HealthTracker(own_thread=True), the etcd stores': its delivery thread ---------------
