@@ -130,10 +130,10 @@ class HealthTracker:
             denial = next(reversed(self._denials.values()), None)
             if denial is None and self._current.state is HealthState.CONNECTED:
                 return
-        if denial is not None:
-            self._set(Health(HealthState.DENIED, *denial))
-        else:
-            self._set(Health(HealthState.CONNECTED, "", endpoint))
+            health = (Health(HealthState.DENIED, *denial) if denial is not None
+                      else Health(HealthState.CONNECTED, "", endpoint))
+            changed = self._change(health)
+        self._announce(health, changed)
 
     def failed(self, reason: str, endpoint: str = "") -> None:
         """A call failed with a transient error."""
@@ -151,15 +151,21 @@ class HealthTracker:
                 state = self._current.state
                 if state is HealthState.DENIED:  # a transient failure after a denial
                     state = HealthState.RECONNECTING
-        self._set(Health(state, reason, endpoint))
+            # decided and set under one lock: a call served on another thread in between
+            # would otherwise be overwritten by this older failure
+            health = Health(state, reason, endpoint)
+            changed = self._change(health)
+        self._announce(health, changed)
 
     def denied(self, reason: str, endpoint: str = "", scope: str = "") -> None:
         """A call failed with a permanent error (see :attr:`HealthState.DENIED`); it stands
         until a call on the same ``scope`` (or, for scope "", any call) is served."""
+        health = Health(HealthState.DENIED, reason, endpoint)
         with self._lock:
             self._denials.pop(scope, None)
             self._denials[scope] = (reason, endpoint)
-        self._set(Health(HealthState.DENIED, reason, endpoint))
+            changed = self._change(health)
+        self._announce(health, changed)
 
     def closed(self) -> None:
         self._set(Health(HealthState.CLOSED))
@@ -170,16 +176,27 @@ class HealthTracker:
 
     def _set(self, health: Health) -> None:
         with self._lock:
-            old = self._current
-            if old.state is HealthState.CLOSED:
-                return
-            if (old.state, old.reason, old.endpoint) == (health.state, health.reason,
-                                                         health.endpoint):
-                return
-            self._current = health
-            self._subject.enqueue(health)
-            state_changed = old.state is not health.state
-        if state_changed:  # once per change, not per failed call
+            changed = self._change(health)
+        self._announce(health, changed)
+
+    def _change(self, health: Health) -> bool | None:
+        """Make ``health`` current (call under the lock). None when nothing changed, else
+        whether the state did (a new reason alone is enqueued, not logged)."""
+        old = self._current
+        if old.state is HealthState.CLOSED:
+            return None
+        if (old.state, old.reason, old.endpoint) == (health.state, health.reason,
+                                                     health.endpoint):
+            return None
+        self._current = health
+        self._subject.enqueue(health)
+        return old.state is not health.state
+
+    def _announce(self, health: Health, changed: bool | None) -> None:
+        """Log and deliver what :meth:`_change` made current (outside the lock)."""
+        if changed is None:
+            return
+        if changed:  # once per change, not per failed call
             level = logging.WARNING if health.state in _ALARMING else logging.INFO
             log.log(level, "%s: %s", self._label, health)
         self._flush()

@@ -359,3 +359,40 @@ def test_settle_after_close_returns_once_the_thread_ended(closes: int) -> None:
     settling.join(20)
     assert not settling.is_alive(), "_settle() waited for its timeout"
     assert watcher.states[-2:] == [HealthState.CLOSED, "completed"]
+
+
+class _GapLock:
+    """A lock that runs ``after_release`` once, right after its next release: a call on
+    another thread landing in the gap between two locked sections of the caller."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.after_release: Callable[[], None] | None = None
+
+    def __enter__(self) -> _GapLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+        hook, self.after_release = self.after_release, None
+        if hook is not None:
+            hook()
+
+
+@pytest.mark.parametrize("first", ["failed", "denied"])
+def test_a_call_served_while_a_failure_is_reported_is_not_overwritten_by_it(first: str) -> None:
+    """failed()/denied() decided the new state under the lock and set it after releasing it:
+    a connected() landing in between was overwritten, and health showed a stale
+    RECONNECTING (or DENIED) until the next call result (review of the mutation triage:
+    ``connected 6, 7, 22`` differed only there)."""
+    tracker = HealthTracker("etcd")
+    tracker.connected()
+    gap = _GapLock()
+    tracker._lock = gap  # type: ignore[assignment]
+    gap.after_release = tracker.connected  # served on another thread, in the gap
+    if first == "failed":
+        tracker.failed("timeout")
+    else:
+        tracker.denied("authentication failed")  # connection-wide: cleared by any call
+    assert tracker._current.state is HealthState.CONNECTED
