@@ -222,6 +222,8 @@ def test_each_new_state_is_logged_once_at_warning_when_alarming(
         tracker.failed("down")
         tracker.denied("refused")
         tracker.connected()
+        tracker.closed()  # (mutant _set 4 after the race fix: CLOSED not logged)
+        tracker.failed("after close")  # nothing after CLOSED
     assert [(r.levelno, r.getMessage()) for r in caplog.records
             if r.name == "rx_discovery.health"] == [
         (logging.INFO, "etcd: CONNECTED"),
@@ -229,6 +231,7 @@ def test_each_new_state_is_logged_once_at_warning_when_alarming(
         (logging.WARNING, "etcd: UNAVAILABLE: down"),
         (logging.WARNING, "etcd: DENIED: refused"),
         (logging.INFO, "etcd: CONNECTED"),
+        (logging.INFO, "etcd: CLOSED"),
     ]
 
 
