@@ -130,8 +130,7 @@ class WatchLoop:
             # let them finish cancelling: a task still pending when the loop closes is
             # destroyed ("Task was destroyed but it is pending!")
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*(client.aclose() for client in clients),
-                                 return_exceptions=True)
+            await asyncio.gather(*(_close(client) for client in clients))
 
         try:
             # cancelling a poll closes its connection: ~3 ms each on a loaded machine, so
