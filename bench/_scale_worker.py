@@ -5,10 +5,11 @@ thread figures are each side's own.
 ``python -m bench._scale_worker catalog ours|raw HOST PORT`` prints its figures as JSON.
 ``python -m bench._scale_worker watch ours|raw HOST PORT N ROOT`` watches N services under
 the key root ROOT, prints its setup figures as JSON once every watch is open, then answers
-each line on stdin with JSON: ``sample K`` (K put -> event latencies of service 0, in ns),
-``blocked`` (an event behind a slow subscriber); at EOF it prints its peak RSS and exits. The
-parent runs both sides at once and alternates their samples, so that both see the same
-machine."""
+each line on stdin with JSON: ``await`` (when the next event of service 0 arrived, on
+``time.perf_counter_ns``: CLOCK_MONOTONIC, comparable across processes on Linux; the parent
+puts it), ``blocked`` (an event behind a slow subscriber); at EOF it prints its peak RSS and
+exits. The parent runs both sides at once and writes each sample to both in one transaction,
+so that both see the same commit on the same machine."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def host_json(service: str, index: int) -> tuple[str, bytes]:
     value = {"name": node, "service_name": service, "ports": ports, "private_hostname": node,
              "private_ports": ports, "shard": f"shard-{index % 8}", "uuid": uuid}
     return uuid, json.dumps(value, separators=(",", ":")).encode()
+
+
+def sampled(root: str, index: int, serial: int) -> tuple[str, bytes]:
+    """The put of a latency sample: one key per service, updated (the services keep their
+    size over the samples and the pairs: new keys each time grew service 0 by ~430 hosts a
+    pair, its first read, RSS and HostSets with it); built before the clock starts."""
+    name = service_name(index)
+    return f"{root}/services/{name}/{name}-sampled", host_json(name, serial)[1]
 
 
 def _ms(values: list[int], q: float) -> float:
@@ -146,14 +155,7 @@ def _watch_worker(side: str, host: str, port: int, count: int, root: str) -> Non
     first_state_s = (now_ns() - started) / 1e9
 
     def put(index: int, serial: int) -> None:
-        # one key per service, updated: the services keep their size over the samples and
-        # the pairs (new keys each time grew service 0 by ~430 hosts a pair, its first read,
-        # RSS and HostSets with it); the value is encoded before the clock starts
-        writer.put(*prepared(index, serial))
-
-    def prepared(index: int, serial: int) -> tuple[str, bytes]:
-        name = service_name(index)
-        return f"{root}/services/{name}/{name}-sampled", host_json(name, serial)[1]
+        writer.put(*sampled(root, index, serial))
 
     # every watch open (ours creates them after the first states, raw before): an event put
     # to the service subscribed last is delivered; the other figures are taken from then
@@ -165,26 +167,19 @@ def _watch_worker(side: str, host: str, port: int, count: int, root: str) -> Non
              "rss_per_service_b": (_rss_bytes() - rss) / count})
     serial = 1_000_000
     for line in sys.stdin:
-        command, *args = line.split()
-        if command == "sample":  # K sequential puts to service 0, each awaited
-            latencies: list[int] = []
-            for _ in range(int(args[0])):
-                serial += 1
-                key, value = prepared(0, serial)
-                start = now_ns()
-                writer.put(key, value)
-                arrived = stamps[0].wait(10)
-                if arrived is None:
-                    raise RuntimeError("an event never came")
-                latencies.append(arrived - start)
-            _answer({"latencies_ns": latencies})
+        command = line.strip()
+        if command == "await":  # the next event of service 0, put by the parent
+            arrived = stamps[0].wait(10)
+            if arrived is None:
+                raise RuntimeError("an event never came")
+            _answer({"ns": arrived})
         elif command == "blocked":  # service 1's event right behind a slow one of service 0
             blocked: list[int] = []
             slow.set()
             for _ in range(10):
                 serial += 1
                 put(0, serial)
-                key, value = prepared(1, serial)
+                key, value = sampled(root, 1, serial)
                 start = now_ns()
                 writer.put(key, value)
                 arrived = stamps[1].wait(10)

@@ -10,10 +10,10 @@ side), against the same etcd:
 - time until every first state: from the first subscribe to the last service's first state;
 - time until every watch is open: until an event put to the service subscribed last arrives
   (the threads and RSS figures are taken from then);
-- put -> event latency of one service while the N watches are open (the writer is a raw
-  client of its own in the worker; each value JSON-decoded on both sides). Both workers run
-  at once and take their samples in alternating rounds of 20, so that both sides see the
-  same machine: the p50 of ~1 ms moved by +-0.2 ms between runs made one after the other;
+- put -> event latency of one service while the N watches are open (each value JSON-decoded
+  on both sides). Both workers run at once, and each sample is one transaction of the
+  parent's that puts the service's key in both copies, timed from before the transaction to
+  each side's event: both sides are timed on the same commit (see ``_pair``);
 - one thread's worth of head-of-line blocking: the latency of service 1's event put right after
   service 0's, whose subscriber spends 20 ms on each event.
 
@@ -34,13 +34,14 @@ import subprocess
 import sys
 from typing import Any
 
-from bench._scale_worker import SLOW_MS, _ms, host_json, service_name
-from bench.common import BenchResult, Context, bulk_put
+from bench._scale_worker import SLOW_MS, _ms, host_json, sampled, service_name
+from bench.common import BenchResult, Context, bulk_put, now_ns
 
 NAME = "scale"
 TITLE = "10. scale: thousands of services"
 PAIRS = 4  # runs per side (full mode), half of them with ours started first
-_ROUND = 20  # latency samples per side in turn
+_ROOTS = {"ours": "/ours", "raw": ""}  # each side's copy of the services
+_WARM_UP = 20  # latency samples not counted
 
 
 def _spawn(*args: str) -> dict[str, Any]:
@@ -65,9 +66,9 @@ class _Watcher:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bench._scale_worker", "watch", side, host, port,
              str(count), root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.figures = self._read()  # its setup figures: every watch is open
+        self.figures = self.read()  # its setup figures: every watch is open
 
-    def _read(self) -> dict[str, Any]:
+    def read(self) -> dict[str, Any]:
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
         if not line.startswith("{"):
@@ -76,37 +77,49 @@ class _Watcher:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def ask(self, command: str) -> dict[str, Any]:
+    def send(self, command: str) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(command + "\n")
         self._process.stdin.flush()
-        return self._read()
+
+    def ask(self, command: str) -> dict[str, Any]:
+        self.send(command)
+        return self.read()
 
     def finish(self) -> dict[str, Any]:
         """Its peak RSS, once it ended."""
         assert self._process.stdin is not None
         self._process.stdin.close()
-        self.figures.update(self._read())
+        self.figures.update(self.read())
         self._process.wait(30)
         return self.figures
 
 
-def _pair(address: tuple[str, str], count: int, samples: int, ours_first: bool
+def _pair(writer: Any, address: tuple[str, str], count: int, samples: int, ours_first: bool
           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One run of each side, both alive: setups one after the other (in the order given),
-    then latency samples in alternating rounds, then the slow-subscriber figure."""
-    roots = {"ours": "/ours", "raw": ""}
+    then the latency samples, then the slow-subscriber figure.
+
+    Each sample is one transaction that puts service 0's sampled key in both copies, so both
+    sides are timed on the same commit: etcd's own tail (an fsync of 5-20 ms) lands on both,
+    where samples taken in turns gave it to whichever side was sampling, and moved one side's
+    p99 by 1.4x between runs."""
     order = ("ours", "raw") if ours_first else ("raw", "ours")
     watchers: dict[str, _Watcher] = {}
     try:
         for side in order:
-            watchers[side] = _Watcher(side, *address, count, roots[side])
+            watchers[side] = _Watcher(side, *address, count, _ROOTS[side])
         latencies: dict[str, list[int]] = {side: [] for side in order}
-        for side in order:
-            watchers[side].ask(f"sample {_ROUND}")  # warm-up, not counted
-        for round_ in range(max(1, samples // _ROUND)):
-            for side in order if round_ % 2 == 0 else order[::-1]:
-                latencies[side].extend(watchers[side].ask(f"sample {_ROUND}")["latencies_ns"])
+        for serial in range(_WARM_UP + samples):
+            puts = [writer.transactions.put(*sampled(_ROOTS[side], 0, serial)) for side in order]
+            start = now_ns()
+            writer.transaction(compare=[], success=puts, failure=[])
+            for side in order:
+                watchers[side].send("await")
+            for side in order:
+                arrived = watchers[side].read()["ns"]
+                if serial >= _WARM_UP:
+                    latencies[side].append(arrived - start)
         for side in order:
             figures = watchers[side].figures
             figures.update(watchers[side].ask("blocked"))
@@ -135,11 +148,12 @@ def run(ctx: Context) -> BenchResult:
     _populate(ctx, max(sizes), 1, "")
     _populate(ctx, max(sizes), 1, "/ours")
     address = (ctx.host, str(ctx.port))
+    writer = ctx.raw_client()  # the latency samples' writer
     for count in sizes:
         # pairs of fresh interpreters, the median of each figure: one pair moved the
         # first-state ratio from 0.6 to 2.3 on a loaded machine, and the p99 at 10,000
         # services from 0.4 to 15 (~1 minute a pair at 10,000)
-        pairs = [_pair(address, count, samples, ours_first=index % 2 == 0)
+        pairs = [_pair(writer, address, count, samples, ours_first=index % 2 == 0)
                  for index in range(2 if ctx.quick else PAIRS)]  # quick: both orders
         ours, raw = (_medians([pair[side] for pair in pairs]) for side in (0, 1))
         label = f"{count:,} services"
@@ -175,8 +189,9 @@ def run(ctx: Context) -> BenchResult:
         f"service subscribed last is delivered (ours creates the watches after the first "
         f"states, in bulk; the latency is measured from then); raw = python3-etcd3 "
         f"get_prefix + add_watch_prefix_callback per service (one watcher thread, like ours); "
-        f"latency over {samples} sequential puts to one service per side with the others "
-        f"watched, taken in alternating rounds of {_ROUND} by the two sides; 'behind a slow "
+        f"latency over {samples} sequential transactions, each putting one service's key in "
+        f"both copies (both sides timed on the same commit), with the others watched; "
+        f"'behind a slow "
         f"subscriber' = service 1's event put right after service 0's, whose subscriber "
         f"sleeps {SLOW_MS} ms (both sides deliver on one thread); catalog raw = get_prefix + "
         f"json.loads of every value.")

@@ -130,6 +130,10 @@ class SharedSync(Generic[T]):
         label: names the stream in log lines.
     """
 
+    # slotted: one per watched service (~50 bytes less than an instance dict)
+    __slots__ = ("__weakref__", "_closed", "_create", "_joiners", "_label", "_last", "_lock",
+                 "_sync")
+
     def __init__(self, create: Callable[[Callable[[Change[T]], None], Callable[[], None],
                                          abc.SchedulerBase | None], Stoppable],
                  label: str = "stream") -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import threading
 import time
 import weakref
@@ -48,7 +47,7 @@ from rx_discovery.registration import (
     validate_ttl,
 )
 from rx_discovery.store import Store
-from rx_discovery.sync import Change, Codec, Diagnostic, PrefixSync
+from rx_discovery.sync import Change, Codec, Diagnostic, KeyCodec, PrefixSync
 
 if TYPE_CHECKING:
     from rx_discovery.balance import Balancer
@@ -531,7 +530,7 @@ class Discovery:
 
     def _hosts_sync(self, service: str) -> SharedSync[Host]:
         prefix = self.keyspace.hosts_prefix(service)
-        codec = Codec(_HostIdent(prefix), _decode_host)
+        codec = _HostCodec(prefix, service)
         return self._shared(self._host_syncs, service, prefix, codec, f"hosts of {service}",
                             exact=False)
 
@@ -543,7 +542,7 @@ class Discovery:
                             f"service {service}", exact=True)
 
     def _shared(self, cache: weakref.WeakValueDictionary[str, SharedSync[T]], service: str,
-                prefix: str, codec: Codec[T], label: str, exact: bool) -> SharedSync[T]:
+                prefix: str, codec: KeyCodec[T], label: str, exact: bool) -> SharedSync[T]:
         with self._lock:
             shared = None if self._closed else cache.get(service)
             if shared is None:
@@ -562,7 +561,7 @@ class _SyncFactory(Generic[T]):
 
     __slots__ = ("_codec", "_discovery", "_exact", "_label", "_prefix", "_service")
 
-    def __init__(self, discovery: Discovery, service: str, prefix: str, codec: Codec[T],
+    def __init__(self, discovery: Discovery, service: str, prefix: str, codec: KeyCodec[T],
                  label: str, exact: bool) -> None:
         self._discovery, self._service, self._prefix = discovery, service, prefix
         self._codec, self._label, self._exact = codec, label, exact
@@ -598,24 +597,30 @@ class _FlushBoth:
         self._diagnostics.flush()
 
 
-class _HostIdent:
-    """The ``ident`` of a service's host codec: a key's uuid (as :meth:`Keyspace.uuid_of`,
-    with the service's hosts prefix made once, not once per event)."""
+class _HostCodec(KeyCodec[Host]):
+    """The codec of a service's hosts: a key's uuid (as :meth:`Keyspace.uuid_of`, with the
+    hosts prefix made once, not once per event) and its host, in one call on every watch
+    event. The host shares its strings with what the sync keeps: its uuid is the id's object,
+    its service name the service's. (Not by interning them: each unique string then takes an
+    entry in the interpreter's table, which is resized, old and new side by side, as
+    thousands of services are watched: more than the copies it saves.)"""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_head", "_service")
 
-    def __init__(self, head: str) -> None:
+    def __init__(self, head: str, service: str) -> None:
         self._head = head  # the service's hosts prefix
+        self._service = service
 
-    def __call__(self, key: str) -> str:
+    def ident(self, key: str) -> str:
         uuid = uuid_after(self._head, key)
         if uuid is None:
             raise MalformedValue("not a host key (extra path segments or no uuid)", key)
-        return sys.intern(uuid)  # the same object as the host's own (decode_host interns)
+        return uuid
 
-
-def _decode_host(key: str, value: bytes) -> Host:
-    return decode_host(value, key)
+    def entry(self, key: str, value: bytes) -> tuple[str, Host]:
+        uuid = self.ident(key)
+        host = decode_host(value, key, self._service)
+        return (host.uuid if host.uuid == uuid else uuid), host
 
 
 class _ToHostSet:

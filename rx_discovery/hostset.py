@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -126,7 +125,7 @@ class HostSet(Mapping[str, Host]):
             printer.text(f"  {_line(host)}")
 
     def _repr_html_(self) -> str:
-        caption = (f"HostSet <b>{html.escape(self.service)}</b> at revision {self.revision}: "
+        caption = (f"HostSet <b>{escape_html(self.service)}</b> at revision {self.revision}: "
                    f"{len(self)} host{'s' if len(self) != 1 else ''}")
         return hosts_html(self._sorted(), caption)
 
@@ -155,6 +154,14 @@ def _line(host: Host) -> str:
 _COLUMNS = ("uuid", "hostname", "ports", "private", "shard", "user", "flags")
 
 
+def escape_html(text: str) -> str:
+    """:func:`html.escape`, imported on first use: the ``html`` package loads its entity table
+    (~0.5 MB) into every process, and only notebooks render HTML."""
+    import html
+
+    return html.escape(text)
+
+
 def hosts_html(hosts: Iterable[Host], caption: str = "") -> str:
     """An HTML table of hosts, every value escaped, passwords never shown."""
     rows = []
@@ -166,7 +173,7 @@ def hosts_html(hosts: Iterable[Host], caption: str = "") -> str:
                          if on)
         user = f"{host.user} / ***" if host.user else ""
         cells = (host.uuid, host.hostname, _ports(host.ports), private, host.shard, user, flags)
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{escape_html(c)}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
     cap = f"<caption>{caption}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

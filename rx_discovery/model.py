@@ -4,24 +4,29 @@ dataclasses-json defines the wire format (field names, omit-when-empty) and enco
 :func:`decode_host` / :func:`decode_service` are the validated fast decode path used on every
 watch event (dataclasses-json decoding costs ~175 us a value; this one, on orjson, ~4 us, about
 what ``json.loads`` alone costs). A test proves both decoders agree on every field.
+
+dataclasses-json is imported when first used (an encode, ``to_dict``, ``from_dict``,
+``schema``): with marshmallow it adds ~2.7 MB and ~5,000 objects, which every full garbage
+collection walks, to a process that only watches (issue 12's peak RSS and burst CPU).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
 import sys
-import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, TypeVar
-
-from dataclasses_json import DataClassJsonMixin, config
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rx_discovery._errors import MalformedValue, UnknownScheme
 from rx_discovery._orjson import orjson
+
+if TYPE_CHECKING:
+    from dataclasses_json import DataClassJsonMixin
 
 __all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
            "validate_host_for_registration", "validate_host_name", "validate_key_segment",
@@ -29,9 +34,23 @@ __all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
 
 Ports = dict[str, str]
 
-_OMIT_EMPTY: dict[str, Any] = config(exclude=lambda value: not value)
-# Host.ports is always written, and no ports are `null`: Go's encoding/json on a nil map
-_NIL_WHEN_EMPTY: dict[str, Any] = config(encoder=lambda ports: ports or None)
+# Field metadata for dataclasses-json, filled in place by its config() when it is first used
+# (see _dataclasses_json): dataclasses keeps a live view of each dict.
+_NAMED_NAME: dict[str, Any] = {}  # Host.hostname is "name" in JSON
+_OMIT_EMPTY: dict[str, Any] = {}
+_NIL_WHEN_EMPTY: dict[str, Any] = {}  # Host.ports: always written, and no ports are `null`
+
+
+@functools.cache
+def _dataclasses_json() -> type[DataClassJsonMixin]:
+    """dataclasses-json's mixin, its field metadata filled first (idempotent: two threads
+    that both run it write the same values)."""
+    from dataclasses_json import DataClassJsonMixin, config
+
+    config(_NAMED_NAME, field_name="name")
+    config(_OMIT_EMPTY, exclude=lambda value: not value)
+    config(_NIL_WHEN_EMPTY, encoder=lambda ports: ports or None)  # Go's nil map
+    return DataClassJsonMixin
 
 # Go's encoding/json escapes these so that JSON can be embedded in HTML; we write the same bytes.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
@@ -46,8 +65,9 @@ def _omit_ports() -> Any:
     return field(default_factory=dict, metadata=_OMIT_EMPTY)
 
 
-def _go_json(mixin: DataClassJsonMixin) -> str:
-    text = DataClassJsonMixin.to_json(mixin, separators=(",", ":"), ensure_ascii=False)
+def _go_json(document: _WireDocument) -> str:
+    text = _dataclasses_json().to_json(document,  # type: ignore[arg-type]
+                                       separators=(",", ":"), ensure_ascii=False)
     for char, escape in _GO_ESCAPES:
         if char in text:
             text = text.replace(char, escape)
@@ -178,11 +198,16 @@ def validate_key_segment(field_name: str, value: object) -> str:
     _check_unicode(field_name, value)
     if "/" in value or value in (".", ".."):
         raise ValueError(f"{field_name} must not contain '/' nor be '.' or '..': {value!r}")
-    if (_ASCII_SPACE_OR_CONTROL.search(value) if value.isascii()
-            else any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)):
+    if _ASCII_SPACE_OR_CONTROL.search(value) if value.isascii() else _has_space_or_control(value):
         raise ValueError(f"{field_name} must not contain whitespace or control characters: "
                          f"{value!r}")
     return value
+
+
+def _has_space_or_control(value: str) -> bool:
+    import unicodedata  # here: ~0.3 MB that a process naming its services in ASCII never needs
+
+    return any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value)
 
 
 def validate_service_name(name: object) -> str:
@@ -261,11 +286,14 @@ class Credentials:
 D = TypeVar("D", bound="_WireDocument")
 
 
-class _WireDocument(DataClassJsonMixin):
-    """What Host and Service share: Go-compatible encoding, validated decoding, credentials."""
+class _WireDocument:
+    """What Host and Service share: Go-compatible encoding, validated decoding, credentials,
+    and dataclasses-json's ``to_dict``/``from_dict``/``schema`` (what ``DataClassJsonMixin``
+    gives, without importing it before it is used)."""
 
     user: str
     password: str
+    dataclass_json_config = None  # read by dataclasses-json (not a field: not annotated)
 
     def to_json(self, *args: Any, **kwargs: Any) -> str:
         """The compact JSON that Go's ``encoding/json`` writes for this value."""
@@ -286,7 +314,17 @@ class _WireDocument(DataClassJsonMixin):
         (e.g. ``"ports":null``, what Go writes for a host without ports)."""
         if isinstance(kvs, dict):
             kvs = {name: value for name, value in kvs.items() if value is not None}
-        return super().from_dict(kvs, infer_missing=infer_missing)
+        from_dict = _dataclasses_json().from_dict.__func__  # type: ignore[attr-defined]
+        return from_dict(cls, kvs, infer_missing=infer_missing)  # type: ignore[no-any-return]
+
+    def to_dict(self, encode_json: bool = False) -> dict[str, Any]:
+        """The fields as JSON names and values (dataclasses-json's ``to_dict``)."""
+        return _dataclasses_json().to_dict(self, encode_json)  # type: ignore[arg-type]
+
+    @classmethod
+    def schema(cls, **kwargs: Any) -> Any:
+        """dataclasses-json's marshmallow schema of this class."""
+        return _dataclasses_json().schema.__func__(cls, **kwargs)  # type: ignore[attr-defined]
 
     @property
     def credentials(self) -> Credentials:
@@ -311,7 +349,7 @@ class Host(_WireDocument):
             non-empty string.
     """
 
-    hostname: str = field(metadata=config(field_name="name"))
+    hostname: str = field(metadata=_NAMED_NAME)
     _: KW_ONLY
     service_name: str = ""
     ports: Ports = field(default_factory=dict, metadata=_NIL_WHEN_EMPTY)
@@ -461,18 +499,20 @@ def _decode(data: str | bytes | bytearray, key: str, kind: str,
         raise MalformedValue(str(error) or f"invalid {kind}", key) from None
 
 
-def decode_host(data: str | bytes | bytearray, key: str = "") -> Host:
+def decode_host(data: str | bytes | bytearray, key: str = "", service: str = "") -> Host:
     """Decode host JSON read from the store.
 
     Args:
         data: the raw value.
         key: the store key, named in the error.
+        service: the service the host is read for: its ``service_name``, when equal, is this
+            string (one object for every host of the service), else an interned copy.
 
     Raises:
         MalformedValue: not JSON, not an object, a field of the wrong type, or no ``name``.
             The message never contains the value.
     """
-    return _build_host(_parse(data, key, "host"), key)
+    return _build_host(_parse(data, key, "host"), key, service)
 
 
 def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
@@ -506,13 +546,14 @@ _PORTS_SEEN: dict[tuple[tuple[Any, Any], ...], Ports] = {}
 _PORTS_LAST: tuple[dict[str, Any], Ports] = ({}, {})
 
 
-def _build_host(document: dict[str, Any], key: str) -> Host:
+def _build_host(document: dict[str, Any], key: str, service: str = "") -> Host:
     """A validated Host read straight from its JSON object, without ``__init__`` (the hot
     path of every watch event; half the cost of a validation pass then ``Host()``).
 
     Each field is type-checked as Go would (null is the zero value; unknown fields are
-    ignored), and the Host is built for the cache: repeated strings are interned and equal
-    values share one object (a uuid with its key, ``private_*`` with ``hostname``/``ports``).
+    ignored), and the Host is built for the cache: repeated strings are shared (the service
+    name with ``service``, ports and shards interned) and equal values share one object
+    (``private_*`` with ``hostname``/``ports``).
     Only fields that differ from their default are set: an unset one reads the class attribute
     that ``dataclass`` leaves for a plain default (each ``object.__setattr__`` costs ~0.2 us).
     They are set in field order, so that CPython keeps them inline in the object (~250 bytes
@@ -557,7 +598,8 @@ def _build_host(document: dict[str, Any], key: str) -> Host:
     put = object.__setattr__  # Host is frozen
     put(host, "hostname", hostname)
     if service_name:
-        put(host, "service_name", sys.intern(service_name))
+        put(host, "service_name",
+            service if service_name == service else sys.intern(service_name))
     put(host, "ports", ports)
     if user:
         put(host, "user", user)
@@ -574,7 +616,7 @@ def _build_host(document: dict[str, Any], key: str) -> Host:
     if shard:
         put(host, "shard", sys.intern(shard))
     if uuid:
-        put(host, "uuid", sys.intern(uuid))
+        put(host, "uuid", uuid)  # unique: shared with its id by the caller, not interned
     return host
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import html
 import json
 import logging
 import math
@@ -62,6 +61,7 @@ from rx_discovery._lifecycle import (
 from rx_discovery._runtime import Backoff, Runtime
 from rx_discovery._serial import SerialSubject
 from rx_discovery._shared import SharedSync
+from rx_discovery.hostset import escape_html
 from rx_discovery.keys import Keyspace
 from rx_discovery.model import (
     Credentials,
@@ -656,9 +656,9 @@ class Registration(abc.DisposableBase):
 
     def _repr_html_(self) -> str:
         host = self._host
-        return (f"<b>Registration</b> of <code>{html.escape(self.service)}</code> "
-                f"as <code>{html.escape(host.hostname)}</code> "
-                f"(uuid <code>{html.escape(self.uuid)}</code>, ttl {self.ttl:g}s): "
+        return (f"<b>Registration</b> of <code>{escape_html(self.service)}</code> "
+                f"as <code>{escape_html(host.hostname)}</code> "
+                f"(uuid <code>{escape_html(self.uuid)}</code>, ttl {self.ttl:g}s): "
                 f"<b>{self.current_status.name}</b>")
 
     # --- lifecycle ----------------------------------------------------------------------

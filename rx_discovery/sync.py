@@ -36,7 +36,7 @@ from rx_discovery.store import EventType, Snapshot, Store, WatchEvent, WatchResp
 if TYPE_CHECKING:
     from rx_discovery._first_reads import FirstReads
 
-__all__ = ["Change", "Diagnostic", "PrefixSync", "Codec"]
+__all__ = ["Change", "Codec", "Diagnostic", "KeyCodec", "PrefixSync"]
 
 log = logging.getLogger("rx_discovery")
 
@@ -99,18 +99,49 @@ class Change(Generic[T]):
         return not (self.added or self.updated or self.removed)
 
 
-@dataclass(frozen=True, slots=True)
-class Codec(Generic[T]):
-    """How a prefix's keys and values become ``id -> value``.
+class KeyCodec(Generic[T]):
+    """How a prefix's keys and values become ``id -> value``."""
 
-    Attributes:
-        ident: the id of a key; None to ignore the key; raises MalformedValue for a key that
-            belongs here but is unusable (reported).
+    __slots__ = ()
+
+    def ident(self, key: str) -> str | None:
+        """The id of ``key``; None to ignore the key.
+
+        Raises:
+            MalformedValue: the key belongs here but is unusable (reported).
+        """
+        raise NotImplementedError
+
+    def entry(self, key: str, value: bytes) -> tuple[str, T] | None:
+        """``(id, value)`` of a key and its value; None to ignore the key.
+
+        Raises:
+            MalformedValue: the key or the value is unusable (reported, skipped).
+        """
+        raise NotImplementedError
+
+
+class Codec(KeyCodec[T]):
+    """A :class:`KeyCodec` of two functions.
+
+    Args:
+        ident: the id of a key (as :meth:`KeyCodec.ident`).
         decode: the value of a key; raises MalformedValue (reported, skipped).
     """
 
-    ident: Callable[[str], str | None]
-    decode: Callable[[str, bytes], T]
+    __slots__ = ("_decode", "_ident")
+
+    def __init__(self, ident: Callable[[str], str | None],
+                 decode: Callable[[str, bytes], T]) -> None:
+        self._ident = ident
+        self._decode = decode
+
+    def ident(self, key: str) -> str | None:
+        return self._ident(key)
+
+    def entry(self, key: str, value: bytes) -> tuple[str, T] | None:
+        ident = self._ident(key)
+        return None if ident is None else (ident, self._decode(key, value))
 
 
 class PrefixSync(Generic[T]):
@@ -130,7 +161,12 @@ class PrefixSync(Generic[T]):
             the sync is started without a read of its own (None: read alone).
     """
 
-    def __init__(self, store: Store, prefix: str, codec: Codec[T], runtime: Runtime,
+    # slotted: one per watched service (~50 bytes less than an instance dict)
+    __slots__ = ("_backoff", "_bad", "_codec", "_exact", "_first_reads", "_flush", "_items",
+                 "_loaded", "_lock", "_name", "_pending", "_prefix", "_publish", "_report",
+                 "_revision", "_runtime", "_slow_backoff", "_stopped", "_store", "_token", "_watch")
+
+    def __init__(self, store: Store, prefix: str, codec: KeyCodec[T], runtime: Runtime,
                  publish: Callable[[Change[T]], None], report: Callable[[Diagnostic], None],
                  name: str, flush: Callable[[], None] = lambda: None, *,
                  exact: bool = False, first_reads: FirstReads | None = None) -> None:
@@ -428,11 +464,8 @@ class PrefixSync(Generic[T]):
             return None
 
     def _decode(self, key: str, value: bytes, revision: int) -> tuple[str, T] | None:
-        ident = self._ident(key, revision=revision)
-        if ident is None:
-            return None
         try:
-            return ident, self._codec.decode(key, value)
+            return self._codec.entry(key, value)
         except MalformedValue as error:
             self._skip(key, error.reason, revision)
             return None

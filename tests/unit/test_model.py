@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 
 from rx_discovery import Credentials, Host, MalformedValue, Service, UnknownScheme
+from rx_discovery.model import decode_host
 from rx_discovery.registration import prepare_host, service_document
 
 # What Go's encoding/json writes for the README's example (field order of the Go structs,
@@ -85,13 +87,22 @@ def test_decoded_host_sets_its_fields_in_declaration_order() -> None:
     assert dataclasses.replace(minimal, user="u").user == "u"
 
 
+def test_a_host_decoded_for_its_service_shares_the_service_name() -> None:
+    service = "".join(["a", "pi"])  # built at run time: not the interned literal
+    text = b'{"name":"n","service_name":"api","uuid":"u-1"}'
+    assert decode_host(text, "k", service).service_name is service
+    assert decode_host(text, "k").service_name is sys.intern("api")  # no service: interned
+    other = decode_host(b'{"name":"n","service_name":"web"}', "k", service)
+    assert other.service_name == "web"
+
+
 def test_decoded_hosts_share_repeated_strings_and_equal_ports() -> None:
     text = ('{"name":"n","ports":{"http":"80"},"private_hostname":"n",'
             '"private_ports":{"http":"80"},"shard":"s-1","uuid":"u-1"}')
     one, two = Host.from_json(text), Host.from_json(text.encode())
     assert one == two
     assert one.private_ports is one.ports and one.private_hostname is one.hostname
-    assert one.shard is two.shard and one.uuid is two.uuid
+    assert one.shard is two.shard
     assert next(iter(one.ports.values())) is next(iter(two.ports.values()))
     # a private part that differs is its own
     other = Host.from_json('{"name":"n","ports":{"http":"80"},"private_ports":{"http":"81"}}')
