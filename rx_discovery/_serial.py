@@ -17,14 +17,16 @@ the same order as everyone else's values).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import reactivex
 from reactivex import abc
 from reactivex.observer import Observer
 
-__all__ = ["SerialSubject", "as_observer"]
+__all__ = ["SerialSubject", "SerialThread", "as_observer"]
 
 T = TypeVar("T")
 
@@ -167,3 +169,50 @@ class SerialSubject(Generic[T]):
             # values already queued for it are dropped: it asked to stop
             self._queue = [(v, tuple(o for o in obs if o is not observer))
                            for v, obs in self._queue]
+
+
+class SerialThread:
+    """One daemon thread that runs what is submitted, in order; started on first use, ended
+    by :meth:`stop` once what was submitted before has run."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def submit(self, action: Callable[[], None]) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._queue.put(action)
+
+    def settle(self, timeout: float) -> None:
+        """Wait until what was submitted so far has run (nothing to wait for once stopped)."""
+        done = threading.Event()
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            if not self._stopped:
+                self._queue.put(done.set)
+        if self._stopped:
+            thread.join(timeout)
+        else:
+            done.wait(timeout)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped or self._thread is None:
+                self._stopped = True
+                return
+            self._stopped = True
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (action := self._queue.get()) is not None:
+            action()  # each action guards its own observers (SerialSubject.flush does)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import enum
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import reactivex
 from reactivex import abc, operators
 
-from rx_discovery._serial import SerialSubject
+from rx_discovery._serial import SerialSubject, SerialThread
 
 __all__ = ["Health", "HealthState", "HealthTracker"]
 
@@ -87,7 +85,7 @@ class HealthTracker:
     def __init__(self, label: str = "store", unavailable_after: float = 10.0, *,
                  own_thread: bool = False) -> None:
         self._label = label
-        self._deliverer = _Deliverer(f"rx-discovery-{label}-health") if own_thread else None
+        self._deliverer = SerialThread(f"rx-discovery-{label}-health") if own_thread else None
         self._lock = threading.Lock()
         self._current = Health(HealthState.CONNECTING)
         self._failing_since: float | None = None
@@ -211,50 +209,3 @@ class HealthTracker:
             self._subject.flush()
         else:
             self._deliverer.submit(self._subject.flush)
-
-
-class _Deliverer:
-    """One daemon thread that runs what is submitted, in order; started on first use, ended
-    by :meth:`stop` once what was submitted before has run."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def submit(self, action: Callable[[], None]) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-        self._queue.put(action)
-
-    def settle(self, timeout: float) -> None:
-        """Wait until what was submitted so far has run (nothing to wait for once stopped)."""
-        done = threading.Event()
-        with self._lock:
-            thread = self._thread
-            if thread is None:
-                return
-            if not self._stopped:
-                self._queue.put(done.set)
-        if self._stopped:
-            thread.join(timeout)
-        else:
-            done.wait(timeout)
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped or self._thread is None:
-                self._stopped = True
-                return
-            self._stopped = True
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while (action := self._queue.get()) is not None:
-            action()  # SerialSubject.flush: observers are guarded there

@@ -510,6 +510,7 @@ def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEt
     """Cancelling a poll closes its connection (~3 ms each under load, ~1 s for 150): close()
     must wait for all of them, not stop the loop after the call timeout with polls still
     pending (each then printed "Task was destroyed but it is pending!" at exit)."""
+    before = set(threading.enumerate())
     store = EtcdV2Store(Settings(endpoints=(parse_endpoint(etcd.endpoint),), timeout=2.0))
     prefix = f"{unique_prefix}/many/"
     start = store.get_prefix(prefix).revision + 1
@@ -518,6 +519,12 @@ def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEt
         store.watch(prefix, start).subscribe(on_next=seen.append)
     store.put(prefix + "k", b"v")  # every poll answers, and a new one is opened
     wait_until(lambda: len(seen) >= 150, 30, message="every watch saw the put")
+    # one delivery thread for every watch of the store (it was one each: 1,000 threads for
+    # a gateway watching 1,000 services), and one for the polls
+    v2_threads = {t for t in set(threading.enumerate()) - before
+                  if t.name.startswith("rx-discovery-v2")}
+    assert {t.name for t in v2_threads} == {"rx-discovery-v2-watches",
+                                            "rx-discovery-v2-delivery"}, len(v2_threads)
     # httpcore scans every connection of a pool (a socket poll each) when a request starts
     # or ends: 150 polls on one client stalled the loop for seconds (ConnectTimeout)
     pools = [len(client._transport._pool.connections)  # type: ignore[attr-defined]
@@ -532,3 +539,40 @@ def test_closing_a_store_with_many_busy_watches_ends_every_poll(etcd: EmbeddedEt
     wait_until(loop.is_closed, 10, message="the watch loop closed")
     pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
     assert not pending, f"{len(pending)} polls left pending"
+    for thread in v2_threads:
+        thread.join(10)
+        assert not thread.is_alive(), thread.name
+
+
+def test_watches_share_one_delivery_thread_and_an_observer_that_raises_ends_its_own_alone(
+        etcd: EmbeddedEtcd, unique_prefix: str) -> None:
+    store = direct(etcd)
+    try:
+        prefix = f"{unique_prefix}/shared/"
+        start = store.get_prefix(prefix).revision + 1
+        good, errors, threads = Recorder(), Recorder(), set()
+
+        def raises(_response: object) -> None:
+            threads.add(threading.current_thread().name)
+            raise RuntimeError("an observer's bug")
+
+        def keeps(response: object) -> None:
+            threads.add(threading.current_thread().name)
+            good.on_next(response)
+
+        store.watch(prefix, start).subscribe(on_next=raises, on_error=errors.on_next)
+        disposed = Recorder()
+        store.watch(prefix, start).subscribe(on_next=disposed.on_next).dispose()
+        store.watch(prefix, start).subscribe(on_next=keeps)
+        store.put(prefix + "a", b"1")
+        wait_until(lambda: len(good.items) == 1 and errors.items, 10)
+        store.put(prefix + "b", b"2")
+        wait_until(lambda: len(good.items) == 2, 10, message="the other watch goes on")
+        assert [type(e).__name__ for e in errors.items] == ["StoreUnavailable"]
+        assert threads == {"rx-discovery-v2-delivery"}
+        assert not disposed.items
+    finally:
+        store.close()
+    late = Recorder()
+    store.watch(prefix, start).subscribe(on_next=late.on_next, on_error=late.on_error)
+    assert late.error is not None and "closed" in str(late.error)  # at once, not lost

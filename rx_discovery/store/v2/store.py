@@ -12,8 +12,8 @@
   starts with ``_`` are hidden from listings.
 
 Threads: calls block the caller's thread (up to ``Settings.timeout`` per endpoint tried);
-watch long polls run on one event-loop thread; each watch subscription delivers on its own
-daemon thread.
+watch long polls run on one event-loop thread, and every watch delivers on one delivery
+thread.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class EtcdV2Store:
 
     Construction does no I/O. Every method is thread-safe.
 
-    Threads: :meth:`watch` notifications are emitted on each subscription's own daemon thread.
+    Threads: :meth:`watch` notifications are emitted on the store's one delivery thread.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -267,7 +267,7 @@ class EtcdV2Store:
         than etcd's last 1,000 events (or a directory of the prefix vanished), with
         :class:`~rx_discovery.StoreUnavailable` when the member is lost; never completes.
 
-        Threads: each subscription delivers on its own daemon thread.
+        Threads: every subscription delivers on the store's one delivery thread, in order.
         """
         def subscribe(observer: abc.ObserverBase[WatchResponse],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:

@@ -2,8 +2,10 @@
 
 Each poll answers one event; the next poll asks for the index after it, so nothing is lost or
 repeated. The polls of every watch of a store run as tasks on one event-loop thread (disposing
-cancels the task, which closes its connection at once); each subscription has its own delivery
-thread, so a slow observer delays only its own watch, as on the v3 store.
+cancels the task, which closes its connection at once), and one delivery thread hands every
+watch's responses to its observer, in order, as the v3 store's one watch thread does: a
+gateway watching 1,000 services has two threads, not 1,001 (an observer that blocks delays
+the other watches of the store by as long; the polls go on meanwhile).
 
 etcd keeps the last 1,000 events only: a poll for an older index fails with error code 401
 ("event index cleared"), raised as :class:`~rx_discovery.RevisionCompacted` so that the sync
@@ -14,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
-import queue
 import threading
 from typing import Any
 
@@ -23,6 +25,7 @@ import httpx
 from reactivex import abc
 
 from rx_discovery._errors import RevisionCompacted, StoreError, StoreUnavailable
+from rx_discovery._serial import SerialThread
 from rx_discovery.config import Endpoint
 from rx_discovery.store import EventType, WatchEvent, WatchResponse
 from rx_discovery.store.v2.http import V2Disabled, V2Http, decode, error_of, keys_path, tls_failure
@@ -95,13 +98,15 @@ async def _close(client: httpx.AsyncClient) -> None:
 
 
 class WatchLoop:
-    """The event-loop thread running a store's long polls, started on first use."""
+    """The event-loop thread running a store's long polls, and the thread delivering what
+    they answer, both started on first use."""
 
     def __init__(self, http: V2Http) -> None:
         self._http = http
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.delivery = SerialThread("rx-discovery-v2-delivery")
 
     def submit(self, coroutine: Any) -> concurrent.futures.Future[Any]:
         with self._lock:
@@ -141,10 +146,11 @@ class WatchLoop:
         except Exception:  # closing is best effort: the thread is a daemon
             log.debug("v2 watch loop: shutdown did not finish", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
+        self.delivery.stop()  # once what the polls answered before is delivered
 
 
 class Watch:
-    """One subscription: its long-poll task and its delivery thread.
+    """One subscription: its long-poll task, delivering on the loop's delivery thread.
 
     Args:
         http: the store's HTTP side (endpoint, client, health).
@@ -152,7 +158,7 @@ class Watch:
         prefix: keys starting with it are delivered.
         start: the first index wanted (0: from now on).
         exact: deliver the key ``prefix`` alone (its own path is polled).
-        observer: receives the responses, on this subscription's delivery thread.
+        observer: receives the responses, on the store's delivery thread.
     """
 
     def __init__(self, http: V2Http, loop: WatchLoop, prefix: str, start: int,
@@ -164,56 +170,62 @@ class Watch:
         self._directory = prefix if exact else directory_of(prefix)
         self._index = start
         self._observer = observer
-        self._inbox: queue.SimpleQueue[WatchResponse | StoreError | None] = queue.SimpleQueue()
         self._future: concurrent.futures.Future[Any] | None = None
         self._disposed = False
 
     def start(self) -> None:
-        threading.Thread(target=self._deliver, daemon=True,
-                         name=f"rx-discovery-v2-watch {self._prefix}").start()
         try:
             self._future = self._loop.submit(self._poll())
-        except StoreError as error:
-            self._inbox.put(error)
+        except StoreError as error:  # the store is closed: its delivery thread too
+            self._deliver(error)
 
     def dispose(self) -> None:
         """Cancel the poll (its connection closes at once); nothing is delivered after."""
         self._disposed = True
         if self._future is not None:
             self._future.cancel()
-        self._inbox.put(None)
 
-    def _deliver(self) -> None:
-        """Delivery thread: hand the poll's responses to the observer, in order."""
-        while (item := self._inbox.get()) is not None and not self._disposed:
-            if isinstance(item, StoreError):
-                self._disposed = True
-                self._observer.on_error(item)
-                return
-            try:
-                self._observer.on_next(item)
-            except Exception:  # an observer that raises must not end the watch silently
-                log.exception("v2 watch %r: observer raised", self._prefix)
-                self._disposed = True
-                self._observer.on_error(StoreUnavailable("watch: the observer raised"))
-                return
+    def _put(self, item: WatchResponse | StoreError) -> None:
+        """Queue ``item`` for the observer, after what this watch queued before."""
+        self._loop.delivery.submit(functools.partial(self._deliver, item))
+
+    def _deliver(self, item: WatchResponse | StoreError) -> None:
+        """Hand one response (or the error that ends the watch) to the observer."""
+        if self._disposed:
+            return  # disposed, or ended by an error: nothing after it
+        if isinstance(item, StoreError):
+            self._disposed = True
+            self._fail(item)
+            return
+        try:
+            self._observer.on_next(item)
+        except Exception:  # an observer that raises must not end the watch silently
+            log.exception("v2 watch %r: observer raised", self._prefix)
+            self._disposed = True
+            self._fail(StoreUnavailable("watch: the observer raised"))
+
+    def _fail(self, error: StoreError) -> None:
+        try:
+            self._observer.on_error(error)
+        except Exception:  # an observer without on_error (reactivex's default raises)
+            log.exception("v2 watch %r: the observer raised on the error", self._prefix)
 
     async def _poll(self) -> None:
         try:
             client = self._http.lease_poll_client()
         except StoreError as error:
-            self._inbox.put(error)
+            self._put(error)
             return
         try:
             while not self._disposed:
-                self._inbox.put(await self._next(client))
+                self._put(await self._next(client))
         except asyncio.CancelledError:
             raise
         except StoreError as error:
-            self._inbox.put(error)
+            self._put(error)
         except Exception as error:  # never end silently
             log.exception("v2 watch %r: unexpected error", self._prefix)
-            self._inbox.put(StoreUnavailable(f"watch: unexpected {type(error).__name__}"))
+            self._put(StoreUnavailable(f"watch: unexpected {type(error).__name__}"))
         finally:
             if self._http.release_poll_client(client):
                 await _close(client)
