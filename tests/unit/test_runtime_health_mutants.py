@@ -294,7 +294,7 @@ def settle_while_held(tracker: HealthTracker, watcher: Watcher) -> None:
 
 def test_an_etcd_stores_tracker_delivers_every_change_in_order_on_a_daemon_thread_of_its_own(
         ) -> None:
-    # mutants: _Deliverer.__init__ 4, 6, submit 1, 3, 6, 10, _run 1 (no change ever
+    # mutants: SerialThread.__init__ 4, 6, submit 1, 3, 6, 10, _run 1 (no change ever
     # delivered: Discovery.health silent on etcd); submit 5, 8, 9 (not a daemon: a
     # Discovery never closed kept the interpreter from exiting); __init__ 1, submit 4, 7
     # (the thread not named for the tracker); stop 2 (the thread never ended after close())
@@ -315,7 +315,7 @@ def test_an_etcd_stores_tracker_delivers_every_change_in_order_on_a_daemon_threa
 
 
 def test_settle_returns_once_the_changes_reached_the_observers(tracker: HealthTracker) -> None:
-    # mutants: _Deliverer.settle 4, 5 (nothing queued to say the changes were delivered:
+    # mutants: SerialThread.settle 4, 5 (nothing queued to say the changes were delivered:
     # _settle() waited its whole timeout every time)
     watcher = Watcher(tracker)
     tracker.connected()
@@ -328,7 +328,7 @@ def test_settle_returns_once_the_changes_reached_the_observers(tracker: HealthTr
 
 def test_settle_waits_for_an_observer_that_blocks_no_longer_than_its_timeout(
         tracker: HealthTracker) -> None:
-    # mutants: HealthTracker._settle 2, _Deliverer.settle 1, 2, 3 (returned at once, or
+    # mutants: HealthTracker._settle 2, SerialThread.settle 1, 2, 3 (returned at once, or
     # raised, before the change reached the observer: the tests that read what was
     # delivered after it raced the delivery thread); _settle 3, settle 7 (the timeout
     # dropped: an observer that blocks hung the test for ever)
@@ -340,7 +340,7 @@ def test_settle_waits_for_an_observer_that_blocks_no_longer_than_its_timeout(
 
 
 def test_settle_after_close_waits_for_the_last_delivery_no_longer_than_its_timeout() -> None:
-    # mutant: _Deliverer.settle 6 (the timeout dropped once stopped: an observer that
+    # mutant: SerialThread.settle 6 (the timeout dropped once stopped: an observer that
     # blocks on CLOSED hung the test for ever)
     tracker = HealthTracker("t", unavailable_after=60, own_thread=True)
     watcher = Watcher(tracker, hold=HealthState.CLOSED)
@@ -351,7 +351,7 @@ def test_settle_after_close_waits_for_the_last_delivery_no_longer_than_its_timeo
 
 @pytest.mark.parametrize("closes", [1, 2])
 def test_settle_after_close_returns_once_the_thread_ended(closes: int) -> None:
-    # mutants: _Deliverer.stop 5, 6 (after one close()) and stop 3, 4 (after a second):
+    # mutants: SerialThread.stop 5, 6 (after one close()) and stop 3, 4 (after a second):
     # ``_stopped`` left false, so _settle() queued its marker for a thread that had ended
     # and waited its whole timeout
     tracker = HealthTracker("t", unavailable_after=60, own_thread=True)
