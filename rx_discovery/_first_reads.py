@@ -170,7 +170,11 @@ class FirstReads:
     def _rest(self, batch: list[Reader], error: StoreUnavailable) -> None:
         """Put ``batch`` back first in line, and read nothing until a backoff passed: while
         etcd is unreachable, thousands of first reads cost one failed call per backoff, not
-        one each (the store reports the outage on health)."""
+        one each (the store reports the outage on health). The syncs stopped meanwhile are
+        dropped: close() stops them all, then cuts the read in flight, which is no outage."""
+        batch = [sync for sync in batch if sync.wants_first_read]
+        if not batch:
+            return
         with self._lock:
             self._waiting.extendleft(reversed(batch))
             self._limit = max(1, len(batch) // 2)

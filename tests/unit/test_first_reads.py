@@ -7,6 +7,7 @@ memory store that counts its bulk and single reads; everything runs on a TestSch
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -360,10 +361,11 @@ class _Reader:
         self.timer = timer
         self.installed: Snapshot | None = None
         self.alone: list[Exception] = []
+        self.stopped = False
 
     @property
     def wants_first_read(self) -> bool:
-        return self.installed is None
+        return self.installed is None and not self.stopped
 
     def install_first(self, snapshot: Snapshot) -> None:
         self.installed = snapshot
@@ -581,3 +583,27 @@ def test_a_codec_bug_in_a_bulk_first_state_reads_that_prefix_alone_soon_and_spar
     assert store.single == ["/a/"]  # read again alone, once
     assert [dict(c.items) for _, c in changes["/a/"]] == [{"x": b"v1"}]
     assert changes["/a/"][0][0] <= 0.06  # after the transient backoff (<= 50 ms)
+
+
+def test_a_bulk_read_cut_by_close_is_neither_logged_nor_retried(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # close() stops every sync, then closes the channel under the read in flight, which fails
+    # as an outage: no sync wants the read any more, so there is nothing to rest for, and an
+    # INFO line "first reads of N services failed (Channel closed); retrying" was noise
+    class _ClosedUnderTheRead(_Prefixes):
+        def get_prefixes(self, prefixes: Sequence[str]) -> list[Snapshot]:
+            for reader in readers:
+                reader.stopped = True
+            raise StoreUnavailable("Channel closed!")
+
+    reads, steps, timer = _first_reads(_ClosedUnderTheRead())
+    readers = [_Reader(n, timer) for n in range(3)]
+    caplog.set_level(logging.DEBUG, logger="rx_discovery._first_reads")
+    for reader in readers:
+        reads.request(reader)
+    while steps.tasks:
+        steps.run_next()
+    assert not reads._resting and not reads._waiting
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+    timer.advance_by(60.0)
+    assert not steps.tasks  # no worker woken to read for nobody
