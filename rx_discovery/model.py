@@ -12,7 +12,6 @@ collection walks, to a process that only watches (issue 12's peak RSS and burst 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import random
 import re
@@ -34,23 +33,23 @@ __all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
 
 Ports = dict[str, str]
 
-# Field metadata for dataclasses-json, filled in place by its config() when it is first used
-# (see _dataclasses_json): dataclasses keeps a live view of each dict.
-_NAMED_NAME: dict[str, Any] = {}  # Host.hostname is "name" in JSON
-_OMIT_EMPTY: dict[str, Any] = {}
-_NIL_WHEN_EMPTY: dict[str, Any] = {}  # Host.ports: always written, and no ports are `null`
+# Field metadata for dataclasses-json, in the mapping its config() returns (documented: "you
+# can also manually specify the dataclass_json configuration mapping"), written here rather
+# than by config() so that it holds from import, before dataclasses-json is: a user's own
+# dataclass_json class holding a Host reads it directly (tests/unit/test_model_wire_metadata.py).
+_NAMED_NAME: dict[str, Any] = {  # Host.hostname is "name" in JSON
+    "dataclasses_json": {"letter_case": lambda _name: "name"}}
+_OMIT_EMPTY: dict[str, Any] = {"dataclasses_json": {"exclude": lambda value: not value}}
+_NIL_WHEN_EMPTY: dict[str, Any] = {  # Host.ports: always written, and no ports are `null`
+    "dataclasses_json": {"encoder": lambda ports: ports or None}}  # (Go's nil map)
 
 
-@functools.cache
 def _dataclasses_json() -> type[DataClassJsonMixin]:
-    """dataclasses-json's mixin, its field metadata filled first (idempotent: two threads
-    that both run it write the same values)."""
-    from dataclasses_json import DataClassJsonMixin, config
+    """dataclasses-json's mixin, imported on first use."""
+    from dataclasses_json import DataClassJsonMixin
 
-    config(_NAMED_NAME, field_name="name")
-    config(_OMIT_EMPTY, exclude=lambda value: not value)
-    config(_NIL_WHEN_EMPTY, encoder=lambda ports: ports or None)  # Go's nil map
     return DataClassJsonMixin
+
 
 # Go's encoding/json escapes these so that JSON can be embedded in HTML; we write the same bytes.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
