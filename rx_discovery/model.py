@@ -12,6 +12,7 @@ collection walks, to a process that only watches (issue 12's peak RSS and burst 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import re
@@ -44,10 +45,17 @@ _NIL_WHEN_EMPTY: dict[str, Any] = {  # Host.ports: always written, and no ports 
     "dataclasses_json": {"encoder": lambda ports: ports or None}}  # (Go's nil map)
 
 
+@functools.cache
 def _dataclasses_json() -> type[DataClassJsonMixin]:
-    """dataclasses-json's mixin, imported on first use."""
+    """dataclasses-json's mixin, imported on first use, with Host and Service registered as
+    its (virtual) subclasses: its marshmallow schema of a user's class holding a Host nests
+    the Host's schema only for one, and ``isinstance(host, DataClassJsonMixin)`` holds, as
+    when they inherited it. Also run at import when dataclasses-json is loaded already (see
+    the end of the module). Once: each ``register`` invalidates every ABC's caches."""
     from dataclasses_json import DataClassJsonMixin
 
+    DataClassJsonMixin.register(Host)
+    DataClassJsonMixin.register(Service)
     return DataClassJsonMixin
 
 
@@ -650,3 +658,7 @@ _DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {
 def pick(hosts: list[Host]) -> Host:
     """A random host of a non-empty list (used by ``one()`` and ``url()``)."""
     return random.choice(hosts)
+
+
+if "dataclasses_json" in sys.modules:  # imported before this module (isort's order)
+    _dataclasses_json()
