@@ -522,6 +522,14 @@ def decode_host(data: str | bytes | bytearray, key: str = "", service: str = "")
     return _build_host(_parse(data, key, "host"), key, service)
 
 
+def host_id(uuid: str, host: Host) -> str:
+    """The id to keep ``host`` under, given the uuid of its key: the host's own uuid string
+    when they are equal, so that a cache keeps one string per host, not two (a decoded
+    host's uuid is not interned: a unique string per host would grow the interpreter's
+    table)."""
+    return host.uuid if host.uuid == uuid else uuid
+
+
 def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
     """Validated ports, sorted (as Go writes them), as a new dict whose strings are shared
     with every other host that has the same ports: a cached host set holds a handful of
