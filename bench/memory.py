@@ -20,8 +20,8 @@ from typing import Any
 from immutables import Map
 
 from bench.common import BenchResult, Context
+from rx_discovery.discovery import _HostCodec
 from rx_discovery.hostset import HostSet
-from rx_discovery.model import decode_host
 
 NAME = "memory"
 TITLE = "7. memory per cached host"
@@ -41,6 +41,15 @@ def _traced(build: Callable[[], Any]) -> tuple[int, Any]:
     return after - before, value
 
 
+def ours_host_set(service: str, stored: list[tuple[str, bytes]]) -> HostSet:
+    """The HostSet of ``stored`` (keys and values as the store hands them over), built as a
+    service's sync builds it: with the sync's own codec (each key's id and host in one call,
+    sharing their strings), into a dict, then a persistent map."""
+    codec = _HostCodec(f"/services/{service}/", service)
+    return HostSet._wrap(service, Map(dict(codec.entry(key, value) for key, value in stored)),
+                         1)
+
+
 def _measure(host: str, port: int, service: str) -> dict[str, float]:
     """Per-host sizes of both caches of ``service``'s hosts, as read from etcd."""
     import etcd3
@@ -53,8 +62,7 @@ def _measure(host: str, port: int, service: str) -> dict[str, float]:
     finally:
         client.close()
     head = f"/services/{service}/"
-    ours_size, ours_set = _traced(lambda: HostSet._wrap(service, Map(
-        {sys.intern(key[len(head):]): decode_host(value, key) for key, value in stored}), 1))
+    ours_size, ours_set = _traced(lambda: ours_host_set(service, stored))
     raw_size, raw_map = _traced(lambda: {key[len(head):]: json.loads(value)
                                          for key, value in stored})
     assert len(ours_set) == len(raw_map) == len(stored)
@@ -79,8 +87,8 @@ def run(ctx: Context) -> BenchResult:
     result.notes.append(
         f"{sizes['hosts']:.0f} hosts, JSON {json_bytes:.0f} B/host, uuid {sizes['uuid']:.0f} "
         "B; tracemalloc, in a fresh interpreter, of the HostSet built exactly as the sync "
-        "builds it (interned uuid -> decode_host, in a persistent map) vs a raw dict uuid -> "
-        "json.loads(value).")
+        "builds it (its codec: uuid and host sharing strings, in a persistent map) vs a raw "
+        "dict uuid -> json.loads(value).")
     return result
 
 

@@ -10,7 +10,6 @@ folds the shared changes into :class:`Catalog` values, in O(changed keys x log n
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
@@ -21,7 +20,7 @@ from reactivex import operators
 from rx_discovery._errors import MalformedValue
 from rx_discovery.hostset import HostSet
 from rx_discovery.keys import Keyspace
-from rx_discovery.model import Host, Service, decode_host, decode_service
+from rx_discovery.model import Host, Service, decode_host, decode_service, host_id
 from rx_discovery.sync import Change, Codec
 
 __all__ = ["Catalog", "CatalogEntry", "catalog_codec", "catalog_prefix", "catalog_stream"]
@@ -123,7 +122,7 @@ class _Folder:
         """``(service, uuid)`` of a host key, ``(service, None)`` of a service key."""
         if key.startswith(self._hosts_root):
             service, _, uuid = key[len(self._hosts_root):].partition("/")
-            return service, sys.intern(uuid)
+            return service, uuid
         return key[len(self._infos_root):], None
 
     def apply(self, change: Change[Item]) -> Catalog:
@@ -135,10 +134,11 @@ class _Folder:
         for key in keys:
             service, uuid = self._split(key)
             hosts, document = touched.setdefault(service, ({}, []))
+            item = change.items[key]
             if uuid is None:
-                document[:] = [change.items[key]]  # type: ignore[list-item]
+                document[:] = [item]  # type: ignore[list-item]
             else:
-                hosts[uuid] = change.items[key]  # type: ignore[assignment]
+                hosts[host_id(uuid, item)] = item  # type: ignore[arg-type,assignment]
         for key in removed:
             service, uuid = self._split(key)
             hosts, document = touched.setdefault(service, ({}, []))
@@ -181,7 +181,7 @@ class _Folder:
                 group = hosts.get(service)
                 if group is None:
                     group = hosts[service] = {}
-                group[uuid] = item  # type: ignore[assignment]
+                group[host_id(uuid, item)] = item  # type: ignore[arg-type,assignment]
             else:
                 documents[key[len(self._infos_root):]] = item  # type: ignore[assignment]
         revision = change.revision

@@ -38,7 +38,14 @@ from rx_discovery.config import Api, Settings
 from rx_discovery.health import Health
 from rx_discovery.hostset import HostEvent, HostSet
 from rx_discovery.keys import Keyspace, uuid_after, validate_service_name
-from rx_discovery.model import Credentials, Host, Service, decode_host, decode_service
+from rx_discovery.model import (
+    Credentials,
+    Host,
+    Service,
+    decode_host,
+    decode_service,
+    host_id,
+)
 from rx_discovery.query import ServiceQuery, read_catalog
 from rx_discovery.registration import (
     Registration,
@@ -620,7 +627,7 @@ class _HostCodec(KeyCodec[Host]):
     def entry(self, key: str, value: bytes) -> tuple[str, Host]:
         uuid = self.ident(key)
         host = decode_host(value, key, self._service)
-        return (host.uuid if host.uuid == uuid else uuid), host
+        return host_id(uuid, host), host
 
 
 class _ToHostSet:

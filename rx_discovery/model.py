@@ -34,23 +34,30 @@ __all__ = ["Credentials", "Host", "Service", "decode_host", "decode_service",
 
 Ports = dict[str, str]
 
-# Field metadata for dataclasses-json, filled in place by its config() when it is first used
-# (see _dataclasses_json): dataclasses keeps a live view of each dict.
-_NAMED_NAME: dict[str, Any] = {}  # Host.hostname is "name" in JSON
-_OMIT_EMPTY: dict[str, Any] = {}
-_NIL_WHEN_EMPTY: dict[str, Any] = {}  # Host.ports: always written, and no ports are `null`
+# Field metadata for dataclasses-json, in the mapping its config() returns (documented: "you
+# can also manually specify the dataclass_json configuration mapping"), written here rather
+# than by config() so that it holds from import, before dataclasses-json is: a user's own
+# dataclass_json class holding a Host reads it directly (tests/unit/test_model_wire_metadata.py).
+_NAMED_NAME: dict[str, Any] = {  # Host.hostname is "name" in JSON
+    "dataclasses_json": {"letter_case": lambda _name: "name"}}
+_OMIT_EMPTY: dict[str, Any] = {"dataclasses_json": {"exclude": lambda value: not value}}
+_NIL_WHEN_EMPTY: dict[str, Any] = {  # Host.ports: always written, and no ports are `null`
+    "dataclasses_json": {"encoder": lambda ports: ports or None}}  # (Go's nil map)
 
 
 @functools.cache
 def _dataclasses_json() -> type[DataClassJsonMixin]:
-    """dataclasses-json's mixin, its field metadata filled first (idempotent: two threads
-    that both run it write the same values)."""
-    from dataclasses_json import DataClassJsonMixin, config
+    """dataclasses-json's mixin, imported on first use, with Host and Service registered as
+    its (virtual) subclasses: its marshmallow schema of a user's class holding a Host nests
+    the Host's schema only for one, and ``isinstance(host, DataClassJsonMixin)`` holds, as
+    when they inherited it. Also run at import when dataclasses-json is loaded already (see
+    the end of the module). Once: each ``register`` invalidates every ABC's caches."""
+    from dataclasses_json import DataClassJsonMixin
 
-    config(_NAMED_NAME, field_name="name")
-    config(_OMIT_EMPTY, exclude=lambda value: not value)
-    config(_NIL_WHEN_EMPTY, encoder=lambda ports: ports or None)  # Go's nil map
+    DataClassJsonMixin.register(Host)
+    DataClassJsonMixin.register(Service)
     return DataClassJsonMixin
+
 
 # Go's encoding/json escapes these so that JSON can be embedded in HTML; we write the same bytes.
 _GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
@@ -515,6 +522,14 @@ def decode_host(data: str | bytes | bytearray, key: str = "", service: str = "")
     return _build_host(_parse(data, key, "host"), key, service)
 
 
+def host_id(uuid: str, host: Host) -> str:
+    """The id to keep ``host`` under, given the uuid of its key: the host's own uuid string
+    when they are equal, so that a cache keeps one string per host, not two (a decoded
+    host's uuid is not interned: a unique string per host would grow the interpreter's
+    table)."""
+    return host.uuid if host.uuid == uuid else uuid
+
+
 def _interned_ports(name: str, ports: dict[str, Any]) -> Ports:
     """Validated ports, sorted (as Go writes them), as a new dict whose strings are shared
     with every other host that has the same ports: a cached host set holds a handful of
@@ -651,3 +666,7 @@ _DECODERS: dict[type[Any], Callable[[str | bytes | bytearray, str], Any]] = {
 def pick(hosts: list[Host]) -> Host:
     """A random host of a non-empty list (used by ``one()`` and ``url()``)."""
     return random.choice(hosts)
+
+
+if "dataclasses_json" in sys.modules:  # imported before this module (isort's order)
+    _dataclasses_json()

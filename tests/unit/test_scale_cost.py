@@ -16,6 +16,7 @@ import pytest
 from reactivex.testing import TestScheduler
 
 from rx_discovery import Discovery, HostSet
+from rx_discovery.catalog import Catalog
 from rx_discovery.testing import make_host
 
 SERVICES = 300
@@ -64,6 +65,28 @@ def test_a_watched_host_shares_its_uuid_with_its_id_and_its_service_name_with_th
     for uuid, host in sets[-1].items():
         assert host.uuid is uuid
         assert host.service_name is service
+    subscription.dispose()
+
+
+def test_a_catalog_host_shares_its_uuid_with_its_id_in_the_first_catalog_and_after(
+        scheduler: TestScheduler, discovery: Discovery) -> None:
+    """As a service's own stream: one uuid string per host kept by the catalog, whether the
+    host came with the first catalog or a change after it (uuids built at run time)."""
+    def put(index: int) -> None:
+        host = make_host(index, uuid="".join(["uuid-", str(index)]), service_name="svc")
+        discovery.store.put(f"/services/svc/{host.uuid}", host.to_json().encode())
+
+    put(1)
+    catalogs: list[Catalog] = []
+    subscription = discovery.catalog().subscribe(catalogs.append)
+    scheduler.advance_by(1)
+    first = catalogs[-1].hosts("svc")
+    put(2)
+    scheduler.advance_by(1)
+    after = catalogs[-1].hosts("svc")
+    assert len(first) == 1 and len(after) == 2
+    for uuid, host in (*after.items(), *first.items()):
+        assert host.uuid is uuid, uuid
     subscription.dispose()
 
 
