@@ -124,3 +124,28 @@ def test_a_user_schema_holding_a_host_nests_its_schema_when_dataclasses_json_cam
         print(schema.loads(schema.dumps(Inventory(host))).host == host)
     """)
     assert out == ["True True", "True"], out
+
+
+def test_imported_after_rx_discovery_the_json_is_right_and_the_types_register_on_first_use(
+        ) -> None:
+    """The README's corner: dataclasses-json imported after rx_discovery. A user's class
+    holding a Host still writes the wire format; Host is a DataClassJsonMixin once the library
+    used dataclasses-json (a first encode)."""
+    out = _run("""
+        import json
+        from dataclasses import dataclass
+        from rx_discovery import Host
+        from dataclasses_json import DataClassJsonMixin, dataclass_json
+
+        @dataclass_json
+        @dataclass
+        class Inventory:
+            host: Host
+
+        host = Host("n", service_name="s", uuid="u")
+        print(json.dumps(json.loads(Inventory(host).to_json())["host"], separators=(",", ":")))
+        print(isinstance(host, DataClassJsonMixin))
+        host.to_json()
+        print(isinstance(host, DataClassJsonMixin))
+    """)
+    assert out == [HOST_JSON, "False", "True"], out
