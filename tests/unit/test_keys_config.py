@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import trustme
 from helpers import wait_until
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rx_discovery import ConfigError, Discovery, DiscoveryError
 from rx_discovery.config import Settings
@@ -238,3 +240,38 @@ def test_a_private_key_given_where_a_path_is_expected_is_not_echoed(make: Any) -
     message = str(caught.value)
     assert "secretkeymaterial" not in message and _KEY_B64 not in message
     assert "ETCD_TLS_KEY" in message or "client_key" in message
+
+
+def _dialable_by_idna(host: str) -> str | None:
+    """What config._dialable did for a DNS name before (the idna codec for every name)."""
+    import re
+
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ascii_host if re.fullmatch(r"[a-z0-9_.-]+", ascii_host, re.IGNORECASE) else None
+
+
+@given(st.text(alphabet=st.sampled_from("ab-_.0Z"), max_size=140)
+       | st.lists(st.text(alphabet="ab", min_size=0, max_size=66), max_size=4).map(".".join)
+       | st.text(max_size=20).filter(str.isascii))
+def test_an_ascii_host_name_is_dialable_exactly_as_the_idna_codec_says(host: str) -> None:
+    # ASCII names skip the idna codec (its import is ~0.4 MB): same answer, label rules too
+    from rx_discovery.config import _dialable
+
+    if host.strip("0123456789.:") == "":
+        return  # an IP address: answered before the name rules
+    assert _dialable(host, bracketed=False) == _dialable_by_idna(host)
+
+
+def test_a_dns_endpoint_does_not_load_the_idna_codec() -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys; from rx_discovery.config import parse_endpoint; "
+              "parse_endpoint('http://etcd-1.example.com:2379'); "
+              "print(sorted({'encodings.idna', 'unicodedata', 'stringprep'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "[]"
