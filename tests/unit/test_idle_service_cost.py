@@ -13,7 +13,6 @@ a real regression (a few closures, locks or subjects per service more) fails.
 from __future__ import annotations
 
 import gc
-import sys
 import tracemalloc
 from typing import Any
 
@@ -99,10 +98,6 @@ def test_an_idle_watched_service_costs_the_library_a_few_kilobytes_and_objects()
     discovery = Discovery(store=store)
     for index in range(SERVICES):
         host = make_host(index)
-        # interned up front, as a long-running process has them: the interpreter's table of
-        # interned strings must not grow (by a whole resize) inside the measurement
-        sys.intern(host.uuid)
-        sys.intern(f"s{index}")
         store.put(f"/services/s{index}/{host.uuid}", host.to_json().encode())
     size, count, subscriptions = _measure(discovery, scheduler)
     assert len(store.idle) == SERVICES + 1  # one watch each (and the warm-up's)
