@@ -105,6 +105,7 @@ class FakeStore:
         self.channel = FakeChannel()
         self._client = object()
         self.reports: list[StoreError] = []
+        self.failed_channels: list[Any] = []  # endpoints marked failed (to fail over)
 
     def _get_client(self) -> Any:
         return self._client
@@ -119,7 +120,7 @@ class FakeStore:
         pass
 
     def _endpoint_failed(self, client: Any, channel: Any) -> None:
-        pass
+        self.failed_channels.append(channel)
 
 
 class Recorded:
@@ -187,6 +188,7 @@ def test_a_call_that_ends_but_never_wakes_its_reader_fails_its_watches(
     assert isinstance(observer.errors[0], StoreUnavailable), repr(observer.errors[0])
     assert "UNAVAILABLE" in str(observer.errors[0])
     assert any(isinstance(e, StoreUnavailable) for e in store.reports), "health was told"
+    assert store.failed_channels == [store.channel], "the next stream fails over"
 
     # the watch re-subscribed (as its sync does) from its own revision, on a new stream
     again = Recorded()

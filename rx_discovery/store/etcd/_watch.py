@@ -138,6 +138,7 @@ class _Stream:
         self.client = client
         self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.call: Any = None
+        self.channel: Any = None  # the channel it was opened on
         self.watches: dict[int, _Watch] = {}
         self.next_id = 1  # 0 asks etcd to choose
         self.ended = False  # no watch may be created on it any more
@@ -288,6 +289,7 @@ class WatchMux:
             grpc.RpcError: the stream failed.
         """
         channel, metadata = self._store._stream_target(stream.client)
+        stream.channel = channel
         call = _watch_call(channel)(
             _queue_iterator(stream.requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
         with self._lock:
@@ -312,12 +314,17 @@ class WatchMux:
         except grpc.RpcError as exc:
             if stream.ended or stream.abandoned:  # cancelled here, or taken by the watchdog
                 return served, True
-            if _status_code(exc) in _ENDPOINT_FAILURE_CODES:
-                self._store._endpoint_failed(stream.client, channel)
+            self._endpoint_lost(stream, exc)
             raise
         finally:
             call.cancel()  # no-op when already ended
             stream.requests.put(None)  # ends gRPC's request-sending thread
+
+    def _endpoint_lost(self, stream: _Stream, error: grpc.RpcError) -> None:
+        """Skip the stream's endpoint for a while after a failure that says it is gone, so
+        that the next stream fails over."""
+        if _status_code(error) in _ENDPOINT_FAILURE_CODES:
+            self._store._endpoint_failed(stream.client, stream.channel)
 
     def _next(self, stream: _Stream, call: Any) -> Any:
         """The next message of ``call`` (None at its end, or once abandoned), telling the
@@ -373,6 +380,7 @@ class WatchMux:
             if ended_here:  # go on with the rest, as the reader would have
                 self._requeue(orphans)
             else:
+                self._endpoint_lost(stream, call)
                 self._fail_all(orphans, _translate(call, "watch") or StoreUnavailable(
                     "watch: the stream ended without a status"))
             with self._lock:
