@@ -80,12 +80,16 @@ def test_no_watch_opened_across_a_shutdown_stays_silent(tls_etcd: EmbeddedEtcd,
 
         def put_once() -> bool:
             try:
-                stores[0].put(KEY, b"x")
+                writer.put(KEY, b"x")
             except StoreError:
                 return False
             return True
 
-        wait_until(put_once, timeout=15, message="a put after the restart")
+        # a store of its own, connected after the restart: the put does not depend on the
+        # reconnection of the watching stores' channels
+        writer = EtcdStore(settings)
+        stores.append(writer)
+        wait_until(put_once, timeout=30, message="a put after the restart")
         wait_until(lambda: all(w.error is not None or _delivered(w) for w in watches),
                    timeout=15, message="every watch delivered the new key or failed")
         silent = [i for i, w in enumerate(watches) if w.error is None and not _delivered(w)]
