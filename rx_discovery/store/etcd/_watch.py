@@ -22,9 +22,18 @@ When the stream itself is lost (server down, frozen, failover) every watch on it
 re-subscribe (jittered backoff) from their own revision + 1, onto the next stream, which the
 first of them opens.
 
+A call that ended is never trusted to end its iterator: grpcio (1.85 seen) can leave a
+``Watch`` call opened as the server shuts down (its GOAWAY racing the call's transparent
+retry) terminated, ``UNAVAILABLE``, with the reader blocked for ever waiting for a message
+that never comes; its watches would then stay silent for ever. A watchdog, started when the
+call ends, abandons a reader still blocked on that call after :data:`_STUCK_AFTER_S` and
+fails (or re-creates) its watches itself, as the reader would have.
+
 Threads: one daemon reader thread per open stream (it exits when no watch is left), which
 emits every notification of every watch, in order per watch, outside every lock; gRPC adds
-its request-sending thread. A refused creation is checked on a short-lived thread.
+its request-sending thread. A refused creation is checked on a short-lived thread; a call's
+end is watched over by a short-lived thread (which emits the errors of a stuck stream's
+watches, once it has abandoned the reader).
 """
 
 from __future__ import annotations
@@ -73,6 +82,10 @@ log = logging.getLogger(__name__)
 # member cut off from the quorum cancels the stream ("no leader") instead of keeping it open
 # and silent until the partition heals, so the watches fail over to another member.
 _REQUIRE_LEADER = ("hasleader", "true")
+
+# A reader still waiting for a message this long (checked twice) after its call ended is stuck
+# in grpcio (see the module): abandoned. A normal end wakes the reader within milliseconds.
+_STUCK_AFTER_S = 1.0
 
 
 def _watch_call(channel: Any) -> Any:
@@ -125,10 +138,16 @@ class _Stream:
         self.client = client
         self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.call: Any = None
+        self.channel: Any = None  # the channel it was opened on
         self.watches: dict[int, _Watch] = {}
         self.next_id = 1  # 0 asks etcd to choose
         self.ended = False  # no watch may be created on it any more
         self.refused: list[_Watch] = []  # refused creations awaiting their check
+        # what the watchdog of an ended call looks at (under the mux's lock)
+        self.waiting_next = False  # the reader waits in next(call)
+        self.reads = 0  # messages read so far
+        self.finished = threading.Event()  # the reader is done with it
+        self.abandoned = False  # its reader was stuck: the watchdog took its watches
 
     def create(self, watch: _Watch) -> None:
         """Create ``watch`` on this stream (call under the mux's lock)."""
@@ -236,6 +255,8 @@ class WatchMux:
                 error: StoreError = StoreUnavailable("watch: stream ended by the server")
             except Exception as exc:
                 error = _translate(exc, "watch") or _unexpected(exc)
+            if self._finished(stream):
+                return  # abandoned while stuck: the watchdog did the rest, another reads
             if served:
                 relogged = False
             orphans = self._ended(stream)
@@ -249,12 +270,15 @@ class WatchMux:
                 self._store._drop_client(client)
                 self._requeue(orphans)
                 continue
-            # Every watch fails, those waiting for this stream too: their syncs re-subscribe
-            # after a jittered backoff (a retry here would spin while etcd is down).
-            error = _public(error)
-            self._store._report(error, "")
-            for watch in (*orphans, *self._take_waiting()):
-                self._fail(watch, error)
+            self._fail_all(orphans, error)
+
+    def _fail_all(self, orphans: list[_Watch], error: StoreError) -> None:
+        """Fail every watch of a lost stream, those waiting for it too: their syncs
+        re-subscribe after a jittered backoff (a retry here would spin while etcd is down)."""
+        error = _public(error)
+        self._store._report(error, "")
+        for watch in (*orphans, *self._take_waiting()):
+            self._fail(watch, error)
 
     def _serve(self, stream: _Stream) -> tuple[bool, bool]:
         """Open ``stream``, create the waiting watches on it and dispatch its responses until
@@ -265,6 +289,7 @@ class WatchMux:
             grpc.RpcError: the stream failed.
         """
         channel, metadata = self._store._stream_target(stream.client)
+        stream.channel = channel
         call = _watch_call(channel)(
             _queue_iterator(stream.requests), metadata=(*(metadata or ()), _REQUIRE_LEADER))
         with self._lock:
@@ -276,23 +301,92 @@ class WatchMux:
                 waiting, self._waiting = self._waiting, []
                 for watch in waiting:
                     stream.create(watch)
+        # called at once if it ended already
+        call.add_done_callback(functools.partial(self._call_done, stream))
         served = False
         try:
             if stream.ended:
                 return served, True
-            for response in call:
+            while (response := self._next(stream, call)) is not None:
                 served = True
                 self._dispatch(stream, response)
             return served, stream.ended
         except grpc.RpcError as exc:
-            if stream.ended:  # cancelled here
+            if stream.ended or stream.abandoned:  # cancelled here, or taken by the watchdog
                 return served, True
-            if _status_code(exc) in _ENDPOINT_FAILURE_CODES:
-                self._store._endpoint_failed(stream.client, channel)
+            self._endpoint_lost(stream, exc)
             raise
         finally:
             call.cancel()  # no-op when already ended
             stream.requests.put(None)  # ends gRPC's request-sending thread
+
+    def _endpoint_lost(self, stream: _Stream, error: grpc.RpcError) -> None:
+        """Skip the stream's endpoint for a while after a failure that says it is gone, so
+        that the next stream fails over."""
+        if _status_code(error) in _ENDPOINT_FAILURE_CODES:
+            self._store._endpoint_failed(stream.client, stream.channel)
+
+    def _next(self, stream: _Stream, call: Any) -> Any:
+        """The next message of ``call`` (None at its end, or once abandoned), telling the
+        watchdog while the reader waits for it.
+
+        Raises:
+            grpc.RpcError: the call failed.
+        """
+        with self._lock:
+            stream.waiting_next = True
+        try:
+            response = next(call, None)
+        finally:
+            with self._lock:
+                stream.waiting_next = False
+                stream.reads += 1
+                abandoned = stream.abandoned
+        return None if abandoned else response
+
+    def _finished(self, stream: _Stream) -> bool:
+        """The reader is done with ``stream``: True when the watchdog abandoned it (the
+        reader thread then leaves at once, touching nothing)."""
+        with self._lock:
+            stream.finished.set()
+            return stream.abandoned
+
+    def _call_done(self, stream: _Stream, call: Any) -> None:
+        """gRPC ended ``stream``'s call (any reason, on gRPC's thread): watch over its reader
+        until it is done with the stream."""
+        if not stream.finished.is_set():
+            threading.Thread(target=self._watch_reader, args=(stream, call),
+                             name="rx-discovery-watch-watchdog", daemon=True).start()
+
+    def _watch_reader(self, stream: _Stream, call: Any) -> None:
+        """Abandon the reader if it still waits in next() for the same message two checks
+        apart after its call ended; then do what it would have done with the call's error."""
+        seen = -1
+        while not stream.finished.wait(_STUCK_AFTER_S):
+            with self._lock:
+                if stream.finished.is_set():
+                    return
+                if not stream.waiting_next or stream.reads != seen:
+                    seen = stream.reads  # reading, or read since: not stuck (yet)
+                    continue
+                stream.abandoned = True  # this thread reads for it now, then starts another
+                ended_here = stream.ended  # its last watch went, or a token renewal
+            log.warning("watch: the stream's call ended (%s) but gRPC never woke its reader; "
+                        "resuming its watches without it", _call_status(call))
+            stream.requests.put(None)  # ends gRPC's request-sending thread, if it still runs
+            orphans = self._ended(stream)
+            if self._closed:
+                return
+            if ended_here:  # go on with the rest, as the reader would have
+                self._requeue(orphans)
+            else:
+                self._endpoint_lost(stream, call)
+                self._fail_all(orphans, _translate(call, "watch") or StoreUnavailable(
+                    "watch: the stream ended without a status"))
+            with self._lock:
+                self._reading = False
+            self._start_reader()  # for the watches that came meanwhile
+            return
 
     def _ended(self, stream: _Stream) -> list[_Watch]:
         """Detach the watches of an ended stream (to fail them, or re-create them)."""
@@ -441,6 +535,13 @@ class WatchMux:
                 self._reading = True
         if start:
             threading.Thread(target=self._run, name="rx-discovery-watch", daemon=True).start()
+
+
+def _call_status(call: Any) -> str:
+    """``CODE details`` of an ended call, for a log line (never its metadata)."""
+    code = _status_code(call)
+    details = call.details() if hasattr(call, "details") else ""
+    return f"{getattr(code, 'name', code)} {str(details or '')[:_MAX_DETAILS]}".rstrip()
 
 
 def _unexpected(error: Exception) -> StoreError:
