@@ -16,7 +16,6 @@ import grpc
 
 from rx_discovery._errors import LeaseNotFound, StoreError, StoreUnavailable
 from rx_discovery.config import Settings, load_cert_chain
-from rx_discovery.store._h2grpc import GrpcStream, StreamEnd
 from rx_discovery.store.etcd._client import grpc_proxy_applies
 from rx_discovery.store.etcd._errors import (
     _ENDPOINT_FAILURE_CODES,
@@ -31,6 +30,7 @@ from rx_discovery.store.etcd._errors import (
 )
 
 if TYPE_CHECKING:
+    from rx_discovery.store._h2grpc import StreamEnd
     from rx_discovery.store.etcd._store import EtcdStore
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,10 @@ class _LeaseStream:
         self._channel = endpoint.channel  # the client's channel to the same endpoint
         self._pending: dict[int, list[_Batch]] = {}
         self.dead = False
+        # h2 is imported here, by the first keepalive: ~1.4 MB and ~1,700 objects (each full
+        # garbage collection walks them) that a process that only watches never needs
+        from rx_discovery.store._h2grpc import GrpcStream
+
         host, _, port = endpoint.netloc.rpartition(":")
         self._call = GrpcStream.open(host.strip("[]"), int(port), _KEEPALIVE_PATH,
                                      tuple(metadata or ()), ssl_context, self._on_answer,
