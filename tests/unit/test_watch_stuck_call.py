@@ -224,6 +224,8 @@ def test_a_stuck_call_ended_here_re_creates_its_watches(quick_watchdog: None) ->
     wait_until(lambda: len(observer.items) == 2, timeout=5)
     assert [i.revision for i in observer.items] == [5, 6]
     assert observer.errors == []
+    first.messages.put(_END)  # the abandoned reader, woken late, leaves
+    assert stream.finished.wait(5), "the abandoned reader left"
     mux.close()
 
 
@@ -320,4 +322,6 @@ def test_a_stuck_call_whose_token_expired_logs_in_again(quick_watchdog: None) ->
     store.channel.calls[1].messages.put(_put(1, b"/services/a/y", 6))
     wait_until(lambda: len(observer.items) == 2, timeout=5)
     assert [i.revision for i in observer.items] == [5, 6]
+    call.messages.put(_END)  # the abandoned reader, woken late, leaves
+    assert stream.finished.wait(5), "the abandoned reader left"
     mux.close()
