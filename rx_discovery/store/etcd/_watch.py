@@ -245,12 +245,10 @@ class WatchMux:
                 if self._closed or not self._waiting:
                     self._reading = False
                     return
-            client = None
-            stream = _Stream(None)
+            stream = _Stream(None)  # no client: a failed login is not retried by a new one
             served = ended_here = False
             try:
-                client = self._store._get_client()
-                stream = _Stream(client)
+                stream = _Stream(self._store._get_client())
                 served, ended_here = self._serve(stream)
                 error: StoreError = StoreUnavailable("watch: stream ended by the server")
             except Exception as exc:
