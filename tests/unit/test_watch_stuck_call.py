@@ -106,6 +106,11 @@ class FakeStore:
         self._client = object()
         self.reports: list[StoreError] = []
         self.failed_channels: list[Any] = []  # endpoints marked failed (to fail over)
+        self.dropped: list[Any] = []  # clients dropped to log in again
+
+    def _drop_client(self, stale: Any) -> None:
+        self.dropped.append(stale)
+        self._client = object()
 
     def _get_client(self) -> Any:
         return self._client
@@ -219,6 +224,8 @@ def test_a_stuck_call_ended_here_re_creates_its_watches(quick_watchdog: None) ->
     wait_until(lambda: len(observer.items) == 2, timeout=5)
     assert [i.revision for i in observer.items] == [5, 6]
     assert observer.errors == []
+    first.messages.put(_END)  # the abandoned reader, woken late, leaves
+    assert stream.finished.wait(5), "the abandoned reader left"
     mux.close()
 
 
@@ -238,4 +245,83 @@ def test_a_reader_busy_after_the_call_ended_is_not_abandoned(quick_watchdog: Non
     assert [i.revision for i in observer.items] == [5, 6, 7]
     assert len(observer.errors) == 1 and observer.after_error == []
     assert len(store.channel.calls) == 1
+    mux.close()
+
+
+class SteppedEvent(threading.Event):
+    """A stream's ``finished`` whose timed waits (the watchdog's checks) each wait for the
+    test's ``tick``: the test decides where the reader is at each check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = threading.Semaphore(0)
+        self.entered = 0  # timed waits begun: check n is done once n + 1 began
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        self.entered += 1
+        while not self.is_set() and not self.ticks.acquire(timeout=0.01):
+            pass
+        return self.is_set()
+
+    def tick(self, stream: Any) -> None:
+        """Let the watchdog make one check, and wait until it made it."""
+        done = self.entered + 1
+        self.ticks.release()
+        wait_until(lambda: self.entered >= done or stream.abandoned, timeout=5,
+                   message="the watchdog checked")
+
+
+def test_a_reader_that_just_began_waiting_after_a_slow_observer_is_not_abandoned() -> None:
+    """The call ended while the reader was in a slow on_next (first check: not waiting); it
+    then waits in next() for a message that comes (second check: waiting since moments).
+    Waiting at one check only is not stuck: the reader delivers the message and the error."""
+    store = FakeStore()
+    mux = WatchMux(store)  # type: ignore[arg-type]
+    release = threading.Event()
+    observer = Recorded()
+    observer.on_next = lambda value: (release.wait(10), Recorded.on_next(  # type: ignore
+        observer, value))
+    _open(mux, store, observer)
+    call = store.channel.calls[0]
+    stream = mux._stream
+    assert stream is not None
+    finished = stream.finished = SteppedEvent()
+    call.messages.put(_put(1, b"/services/a/x", 5))
+    wait_until(lambda: not stream.waiting_next and stream.reads == 1, timeout=5,
+               message="the reader in the observer")
+    call.terminate(grpc.StatusCode.UNAVAILABLE, stuck=True)
+    wait_until(lambda: finished.entered == 1, timeout=5, message="the watchdog started")
+    finished.tick(stream)  # first check: the reader is in the observer
+    release.set()
+    wait_until(lambda: stream.waiting_next, timeout=5, message="the reader waits in next()")
+    finished.tick(stream)  # second check: the reader waits, since moments
+    call.messages.put(_put(1, b"/services/a/x", 6))
+    call.messages.put(_END)
+    wait_until(lambda: observer.errors, timeout=5)
+    assert not stream.abandoned
+    assert [i.revision for i in observer.items] == [5, 6]
+    assert len(observer.errors) == 1 and observer.after_error == []
+    mux.close()
+
+
+def test_a_stuck_call_whose_token_expired_logs_in_again(quick_watchdog: None) -> None:
+    """A stuck call ended with an expired token: as its reader would, the watchdog drops the
+    client (the next logs in again) and re-creates the watches, reporting no
+    AuthenticationFailed (a permanent error) to health and no error to the watch."""
+    store, mux, observer, call, stream = _served_once()
+    client = store._client
+    call.details = lambda: "etcdserver: invalid auth token"  # type: ignore[method-assign]
+    call.terminate(grpc.StatusCode.UNAUTHENTICATED, stuck=True)
+    wait_until(lambda: stream.abandoned, timeout=10, message="the reader abandoned")
+    wait_until(lambda: len(store.channel.calls) == 2 or observer.errors, timeout=10,
+               message="the watch re-created (or failed)")
+    assert observer.errors == [] and store.reports == []
+    assert store.dropped == [client], "the next stream logs in again"
+    store.channel.calls[1].messages.put(_put(1, b"/services/a/y", 6))
+    wait_until(lambda: len(observer.items) == 2, timeout=5)
+    assert [i.revision for i in observer.items] == [5, 6]
+    call.messages.put(_END)  # the abandoned reader, woken late, leaves
+    assert stream.finished.wait(5), "the abandoned reader left"
     mux.close()

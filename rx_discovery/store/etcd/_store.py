@@ -284,7 +284,8 @@ class EtcdStore:
 
         Threads: subscribing returns at once (on a closed store, it fails at once); the
         watch is created, and every notification of every watch of the store is emitted, on
-        the shared stream's daemon reader thread (see :mod:`._watch`).
+        the shared stream's daemon reader thread; an error found elsewhere (a refused watch
+        checked, a stuck stream's watchdog) on that short-lived thread (see :mod:`._watch`).
         """
         return _WatchObservable(self._watches, prefix, start_revision, exact)
 

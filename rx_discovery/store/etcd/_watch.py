@@ -245,12 +245,10 @@ class WatchMux:
                 if self._closed or not self._waiting:
                     self._reading = False
                     return
-            client = None
-            stream = _Stream(None)
+            stream = _Stream(None)  # no client: a failed login is not retried by a new one
             served = ended_here = False
             try:
-                client = self._store._get_client()
-                stream = _Stream(client)
+                stream = _Stream(self._store._get_client())
                 served, ended_here = self._serve(stream)
                 error: StoreError = StoreUnavailable("watch: stream ended by the server")
             except Exception as exc:
@@ -259,18 +257,28 @@ class WatchMux:
                 return  # abandoned while stuck: the watchdog did the rest, another reads
             if served:
                 relogged = False
-            orphans = self._ended(stream)
-            if self._closed:
-                return
-            if ended_here:  # its last watch went, or a token renewal: go on with the rest
-                self._requeue(orphans)
-                continue
-            if isinstance(error, _TokenExpired) and not relogged and client is not None:
-                relogged = True  # the stream was refused: log in again, re-create them all
-                self._store._drop_client(client)
-                self._requeue(orphans)
-                continue
-            self._fail_all(orphans, error)
+            if self._resume(stream, error, ended_here, relog=not relogged):
+                relogged = True
+
+    def _resume(self, stream: _Stream, error: StoreError, ended_here: bool,
+                relog: bool) -> bool:
+        """Detach the watches of ``stream``, which ended, and do with them what its end
+        asks (for its reader, or the watchdog that abandoned it): re-create them when it was
+        ended here (its last watch went, a token renewal); log in again and re-create them
+        on an expired token, when ``relog``; else fail them with ``error``. Returns whether
+        it logged in again."""
+        orphans = self._ended(stream)
+        if self._closed:
+            return False
+        if ended_here:
+            self._requeue(orphans)
+            return False
+        if relog and isinstance(error, _TokenExpired) and stream.client is not None:
+            self._store._drop_client(stream.client)
+            self._requeue(orphans)
+            return True
+        self._fail_all(orphans, error)
+        return False
 
     def _fail_all(self, orphans: list[_Watch], error: StoreError) -> None:
         """Fail every watch of a lost stream, those waiting for it too: their syncs
@@ -359,30 +367,34 @@ class WatchMux:
                              name="rx-discovery-watch-watchdog", daemon=True).start()
 
     def _watch_reader(self, stream: _Stream, call: Any) -> None:
-        """Abandon the reader if it still waits in next() for the same message two checks
-        apart after its call ended; then do what it would have done with the call's error."""
+        """Abandon the reader if it waits in next() for the same message at two checks in a
+        row (so for :data:`_STUCK_AFTER_S` at least) after its call ended; then do what it
+        would have done with the call's error."""
         seen = -1
         while not stream.finished.wait(_STUCK_AFTER_S):
             with self._lock:
                 if stream.finished.is_set():
                     return
-                if not stream.waiting_next or stream.reads != seen:
-                    seen = stream.reads  # reading, or read since: not stuck (yet)
+                if not stream.waiting_next:
+                    seen = -1  # reading (a slow observer): not stuck
+                    continue
+                if stream.reads != seen:
+                    seen = stream.reads  # began waiting since the last check: not stuck yet
                     continue
                 stream.abandoned = True  # this thread reads for it now, then starts another
                 ended_here = stream.ended  # its last watch went, or a token renewal
+                reads = stream.reads
             log.warning("watch: the stream's call ended (%s) but gRPC never woke its reader; "
                         "resuming its watches without it", _call_status(call))
             stream.requests.put(None)  # ends gRPC's request-sending thread, if it still runs
-            orphans = self._ended(stream)
+            if not ended_here:
+                self._endpoint_lost(stream, call)
+            # as its reader would have; an expired token logs in again if the stream was
+            # served (with a good token, then), as the reader's does
+            self._resume(stream, _translate(call, "watch") or StoreUnavailable(
+                "watch: the stream ended without a status"), ended_here, relog=reads > 0)
             if self._closed:
                 return
-            if ended_here:  # go on with the rest, as the reader would have
-                self._requeue(orphans)
-            else:
-                self._endpoint_lost(stream, call)
-                self._fail_all(orphans, _translate(call, "watch") or StoreUnavailable(
-                    "watch: the stream ended without a status"))
             with self._lock:
                 self._reading = False
             self._start_reader()  # for the watches that came meanwhile
