@@ -189,7 +189,9 @@ class SerialThread:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-        self._queue.put(action)
+            # queued under the lock: a stop() in between would queue the end first, and
+            # an action accepted here would never run
+            self._queue.put(action)
 
     def settle(self, timeout: float) -> None:
         """Wait until what was submitted so far has run (nothing to wait for once stopped)."""

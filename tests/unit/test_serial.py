@@ -153,3 +153,36 @@ def test_health_becomes_unavailable_after_failing_long_enough() -> None:
     tracker = HealthTracker("t", unavailable_after=0.0)
     tracker.failed("connection refused")
     assert tracker.current.state is HealthState.UNAVAILABLE
+
+
+def test_a_serial_thread_runs_what_it_accepted_before_a_stop_that_races_the_submit() -> None:
+    # submit() checked "not stopped" under its lock but queued the action after letting it
+    # go: a stop() in between queued the end first, and the accepted action never ran (a
+    # v2 watch's response, a health change: lost without a word)
+    from rx_discovery._serial import SerialThread
+
+    thread = SerialThread("rx-discovery-test-serial")
+    thread.submit(lambda: None)  # the thread runs
+    ran = threading.Event()
+    stopper_done = threading.Event()
+    real = thread._queue
+
+    class _StopInTheWindow:
+        def put(self, item: object) -> None:
+            if item is not None and not stopper_done.is_set():
+                def stop() -> None:
+                    thread.stop()
+                    stopper_done.set()
+                threading.Thread(target=stop, daemon=True).start()
+                # a stop() that cannot finish before the action is queued is the fix;
+                # one that can is the race, taken here at once
+                stopper_done.wait(2.0)
+            real.put(item)  # type: ignore[arg-type]
+
+        def get(self) -> object:
+            return real.get()
+
+    thread._queue = _StopInTheWindow()  # type: ignore[assignment]
+    thread.submit(ran.set)
+    assert stopper_done.wait(10)
+    assert ran.wait(10), "an action accepted before stop() never ran"
